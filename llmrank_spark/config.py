@@ -1,0 +1,170 @@
+"""Typed configuration: YAML files from ``conf/`` plus ``--set key=value`` overrides.
+
+Everything is validated before Spark starts, so a typo in a nightly job's config fails in
+milliseconds with the offending key named, not an hour later on an executor.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+REPO_CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key and what to do."""
+
+
+class _Section(BaseModel):
+    # extra="forbid" turns a misspelt key into an error instead of a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SparkConfig(_Section):
+    master: str = "local[*]"
+    app_name: str = "llmrank-spark"
+    # "maven": resolve the Delta jars from Maven Central through spark.jars.packages (cached by Ivy).
+    # "provided": the platform ships Delta already (Databricks); set no jars.
+    delta_jars: Literal["maven", "provided"] = "maven"
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class LakehouseConfig(_Section):
+    # Directory under which every table lives as <root>/<table name>, unless `tables` names another path.
+    root: str = "lakehouse"
+    tables: dict[str, str] = Field(default_factory=dict)
+
+
+class RunConfig(_Section):
+    # The partition every output of this run is written to; re-running a date replaces it.
+    run_date: dt.date = Field(default_factory=lambda: dt.datetime.now(dt.UTC).date())
+
+
+class SampleConfig(_Section):
+    seed: int = 7
+    n_items: int = Field(2400, ge=100)
+    n_users: int = Field(1200, ge=50)
+    n_events: int = Field(60000, ge=1000)
+    n_queries: int = Field(300, ge=10)
+    days: int = Field(60, ge=7)
+
+
+class CandidatesConfig(_Section):
+    n_per_request: int = Field(100, ge=1)
+    # Most candidates each retriever may contribute before the blend fills the rest by fused rank.
+    quotas: dict[str, int] = Field(
+        default_factory=lambda: {"covisit": 40, "als": 40, "semantic": 30, "popularity": 20}
+    )
+    exclude_purchased: bool = True
+    recent_items: int = Field(20, ge=1)
+    covisit_window_hours: float = Field(24.0, gt=0)
+    covisit_neighbours: int = Field(50, ge=1)
+    popularity_half_life_days: float = Field(14.0, gt=0)
+    als_rank: int = Field(32, ge=1)
+    als_max_iter: int = Field(10, ge=1)
+    als_reg_param: float = Field(0.05, ge=0)
+    als_alpha: float = Field(10.0, ge=0)
+    semantic_history_half_life_days: float = Field(30.0, gt=0)
+    seed: int = 42
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "view": 1.0,
+            "click": 2.0,
+            "add_to_cart": 4.0,
+            "purchase": 8.0,
+            "rating": 3.0,
+        }
+    )
+
+
+class RerankConfig(_Section):
+    # "cross_encoder" needs a fine-tuned artifact (model_path or the latest registry version);
+    # "zero_shot_bi_encoder" scores by cosine of MiniLM sentence embeddings and says so in model_version.
+    mode: Literal["cross_encoder", "zero_shot_bi_encoder"] = "zero_shot_bi_encoder"
+    model_path: str | None = None
+    top_k: int = Field(50, ge=1)
+    max_length: int = Field(128, ge=16, le=512)
+    micro_batch_size: int = Field(64, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    quantize_int8: bool = False
+    context_items: int = Field(5, ge=0)
+    context_template: str = "{title} ({category}, {brand})"
+    item_template: str = "{title}. Brand: {brand}. Category: {category}. {attributes}"
+    item_attributes: int = Field(6, ge=0)
+
+
+class Config(_Section):
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    lakehouse: LakehouseConfig = Field(default_factory=LakehouseConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    candidates: CandidatesConfig = Field(default_factory=CandidatesConfig)
+    rerank: RerankConfig = Field(default_factory=RerankConfig)
+
+    def table_path(self, table: str) -> str:
+        """Where a table lives: an explicit `lakehouse.tables` entry, else <root>/<table>."""
+        return self.lakehouse.tables.get(table, f"{self.lakehouse.root.rstrip('/')}/{table}")
+
+
+def _set_dotted(tree: dict[str, Any], dotted_key: str, value: Any) -> None:
+    node = tree
+    parts = dotted_key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted_key}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``key=value``; the value is read as YAML so numbers, booleans and lists keep their type."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(
+            f"--set expects key=value, got {text!r} (for example --set candidates.n_per_request=50)"
+        )
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"])
+        if item["type"] == "extra_forbidden":
+            lines.append(
+                f"unknown config key '{key}': remove it or check its spelling against conf/local.yaml"
+            )
+        else:
+            lines.append(f"config key '{key}': {item['msg']} (got {item.get('input')!r})")
+    return "; ".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (None: the built-in defaults, as conf/local.yaml spells out) and apply overrides."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(
+                f"config file {path} does not exist; pass --config conf/local.yaml or another file"
+            )
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                f"config file {path} must hold a mapping of sections, not {type(loaded).__name__}"
+            )
+        tree = loaded
+    for text in overrides or []:
+        _set_dotted(tree, *parse_override(text))
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as error:
+        where = f" in {path}" if path else ""
+        raise ConfigError(_describe(error) + where) from None

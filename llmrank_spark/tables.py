@@ -1,0 +1,382 @@
+"""Table contracts: the columns every input and output Delta table must have, enforced on read and write.
+
+The contracts here are the single source of ``docs/tables.md`` (``python -m llmrank_spark.tables``
+renders it and a test keeps the two equal), so the documentation cannot drift from what the jobs check.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import pandas as pd
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import to_arrow_schema
+from pyspark.sql.types import StructType
+
+from llmrank_spark.config import Config
+
+
+class ContractError(ValueError):
+    """A table does not match its contract; the message names the table and the column."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # Spark SQL simple type string, e.g. "string", "map<string,string>"
+    meaning: str
+    required: bool = True
+    key: bool = False  # part of the table's key: never null
+
+
+@dataclass(frozen=True)
+class TableContract:
+    name: str
+    role: str  # "input" or "output"
+    purpose: str
+    columns: tuple[Column, ...]
+    partition_by: tuple[str, ...] = ()
+    written_by: str = ""
+    extra_doc: str = ""
+
+    @property
+    def keys(self) -> list[str]:
+        return [c.name for c in self.columns if c.key]
+
+    def ddl(self) -> str:
+        return ", ".join(f"{c.name} {c.type}" for c in self.columns)
+
+
+RUN_DATE = Column("run_date", "date", "The nightly run that wrote the row; the partition column.", key=True)
+
+CONTRACTS: dict[str, TableContract] = {
+    t.name: t
+    for t in [
+        TableContract(
+            "items",
+            "input",
+            "The catalogue: one row per item, the source of item text and provider (brand).",
+            (
+                Column("item_id", "string", "Item identifier (SKU).", key=True),
+                Column("title", "string", "Display title; the core of the item text the reranker reads."),
+                Column("category", "string", "Leaf category; used for per-category popularity and blocking."),
+                Column(
+                    "brand", "string", "Provider (brand or seller); the unit of exposure fairness.", False
+                ),
+                Column("description", "string", "Free text description.", False),
+                Column("price", "double", "Current price.", False),
+                Column("attributes", "map<string,string>", "Structured attributes (name -> value).", False),
+            ),
+        ),
+        TableContract(
+            "interactions",
+            "input",
+            "The behaviour log: one row per event.",
+            (
+                Column("user_id", "string", "Who acted.", key=True),
+                Column("item_id", "string", "On which item.", key=True),
+                Column("event_type", "string", "view, click, add_to_cart, purchase or rating.", key=True),
+                Column("event_ts", "timestamp", "When (UTC).", key=True),
+                Column("value", "double", "Rating or quantity where the event has one.", False),
+                Column("query_id", "string", "Search query that led to the event, if any.", False),
+            ),
+        ),
+        TableContract(
+            "users",
+            "input",
+            "Optional user attributes, used for per-group quality and fairness reporting.",
+            (
+                Column("user_id", "string", "User identifier.", key=True),
+                Column("gender", "string", "As recorded by the source, if any.", False),
+                Column("age", "int", "Age in years, if known.", False),
+                Column("occupation", "string", "Occupation, if known.", False),
+                Column("segment", "string", "Marketing segment, if known.", False),
+            ),
+        ),
+        TableContract(
+            "queries",
+            "input",
+            "Optional search queries to rank for (requests of type 'query').",
+            (
+                Column("query_id", "string", "Query identifier.", key=True),
+                Column("query_text", "string", "What the shopper typed."),
+                Column("query_class", "string", "Coarse intent class (e.g. the category searched).", False),
+            ),
+        ),
+        TableContract(
+            "query_labels",
+            "input",
+            "Optional graded relevance judgements for queries (0 = irrelevant .. 3 = exact).",
+            (
+                Column("query_id", "string", "Query identifier.", key=True),
+                Column("item_id", "string", "Judged item.", key=True),
+                Column("relevance", "int", "Graded relevance, 0..3."),
+            ),
+        ),
+        TableContract(
+            "sample_truth",
+            "input",
+            "Ground truth of the embedded sample generator: how much each attribute drives each segment.",
+            (
+                Column("segment", "string", "User segment.", key=True),
+                Column("attribute", "string", "Attribute name.", key=True),
+                Column("weight", "double", "Strength of the attribute in the segment's choices."),
+                Column("rank", "int", "1 = the attribute that matters most to the segment."),
+            ),
+            written_by="generate-sample",
+        ),
+        TableContract(
+            "candidates",
+            "output",
+            "First-stage candidate lists: N items per request from the blended retrievers.",
+            (
+                RUN_DATE,
+                Column("request_id", "string", "User id (request_type user) or query id.", key=True),
+                Column("request_type", "string", "'user' or 'query'."),
+                Column("item_id", "string", "Candidate item.", key=True),
+                Column("retrieval_rank", "int", "1-based position in the blended candidate list."),
+                Column("retrieval_score", "double", "Blended (fused) retrieval score; higher is better."),
+                Column("sources", "array<string>", "Every retriever that proposed the item."),
+                Column("source_ranks", "map<string,int>", "Rank of the item within each source's list."),
+                Column("source_scores", "map<string,double>", "Each source's own score for the item."),
+            ),
+            partition_by=("run_date",),
+            written_by="candidates",
+        ),
+        TableContract(
+            "ranked",
+            "output",
+            "Re-ranked lists: the top-K candidates per request in model order.",
+            (
+                RUN_DATE,
+                Column("request_id", "string", "Request (user or query).", key=True),
+                Column("request_type", "string", "'user' or 'query'."),
+                Column("item_id", "string", "Ranked item.", key=True),
+                Column("rank", "int", "1-based final position."),
+                Column("score", "double", "Reranker score (higher is better)."),
+                Column("model_version", "string", "Reranker version that produced the score."),
+                Column("retrieval_rank", "int", "Position before re-ranking, for comparison."),
+                Column("retrieval_score", "double", "Blended retrieval score."),
+                Column("sources", "array<string>", "Retrievers that proposed the item."),
+            ),
+            partition_by=("run_date",),
+            written_by="rerank",
+        ),
+        TableContract(
+            "attribute_order",
+            "output",
+            "Per request and ranked item: which attributes matter most for this request.",
+            (
+                RUN_DATE,
+                Column("request_id", "string", "Request.", key=True),
+                Column("item_id", "string", "Ranked item.", key=True),
+                Column("attribute", "string", "Attribute name.", key=True),
+                Column("value", "string", "The item's value of the attribute."),
+                Column("importance", "double", "Importance of the attribute to the request."),
+                Column("rank", "int", "1 = most important attribute for this request and item."),
+            ),
+            partition_by=("run_date",),
+            written_by="attributes",
+        ),
+        TableContract(
+            "metrics",
+            "output",
+            "Quality, fairness and diversity measurements per run and step.",
+            (
+                RUN_DATE,
+                Column("step", "string", "Pipeline step measured (e.g. candidates, rerank).", key=True),
+                Column("model_version", "string", "Model version measured, if any.", False),
+                Column("metric", "string", "Metric name, e.g. ndcg@10.", key=True),
+                Column("slice", "string", "Population measured: 'all' or e.g. 'gender=F'.", key=True),
+                Column("value", "double", "The measurement."),
+            ),
+            partition_by=("run_date",),
+            written_by="evaluate",
+        ),
+        TableContract(
+            "model_registry",
+            "output",
+            "Every trained reranker version; append-only.",
+            (
+                Column("version", "string", "Model version.", key=True),
+                Column("path", "string", "Artifact directory (safetensors, tokenizer, reranker.json)."),
+                Column("base_model", "string", "Encoder the model was fine-tuned from."),
+                Column("loss", "string", "Training loss."),
+                Column("data_snapshot", "string", "Delta version of the interactions it was trained on."),
+                Column("metrics", "map<string,double>", "Validation metrics."),
+                Column("created_at", "timestamp", "When it was registered (UTC)."),
+            ),
+            written_by="train",
+        ),
+    ]
+}
+
+
+def contract(table: str) -> TableContract:
+    try:
+        return CONTRACTS[table]
+    except KeyError:
+        raise ContractError(f"unknown table '{table}'; known tables: {', '.join(CONTRACTS)}") from None
+
+
+def check_schema(df: DataFrame, table: str, where: str) -> None:
+    """Fail, naming table and column, if a required column is missing or any contract column has a wrong type.
+
+    Columns the contract does not name are allowed (and ignored by readers).
+    """
+    spec = contract(table)
+    present = {f.name: f.dataType.simpleString() for f in df.schema.fields}
+    for column in spec.columns:
+        if column.name not in present:
+            if column.required:
+                raise ContractError(
+                    f"table '{table}' ({where}): missing required column '{column.name}' ({column.type}); "
+                    f"add it to the table or fix the job that writes it (see docs/tables.md)"
+                )
+            continue
+        if present[column.name] != column.type:
+            raise ContractError(
+                f"table '{table}' ({where}): column '{column.name}' has type {present[column.name]}, "
+                f"contract says {column.type}; cast it before writing (see docs/tables.md)"
+            )
+
+
+def check_keys_not_null(df: DataFrame, table: str, where: str) -> None:
+    keys = [k for k in contract(table).keys if k in df.columns]
+    if not keys:
+        return
+    counts = df.agg(*[F.sum(F.col(k).isNull().cast("long")).alias(k) for k in keys]).first()
+    for key in keys:
+        if counts[key]:
+            raise ContractError(
+                f"table '{table}' ({where}): key column '{key}' is null in {counts[key]} rows; "
+                f"fix or drop those rows upstream"
+            )
+
+
+def conform(df: DataFrame, table: str) -> DataFrame:
+    """Select the contract's columns in contract order, adding absent optional ones as typed nulls."""
+    spec = contract(table)
+    return df.select(
+        *[
+            F.col(c.name) if c.name in df.columns else F.lit(None).cast(c.type).alias(c.name)
+            for c in spec.columns
+        ]
+    )
+
+
+def frame_from_pandas(spark: SparkSession, frame: pd.DataFrame, table: str) -> DataFrame:
+    """A Spark DataFrame with exactly the table's contract schema, built from a pandas frame through Arrow.
+
+    Absent optional columns and NaN become nulls; dict values become map entries.
+    """
+    spec = contract(table)
+    missing = [c.name for c in spec.columns if c.required and c.name not in frame.columns]
+    if missing:
+        raise ContractError(f"table '{table}': pandas frame lacks required columns {missing}")
+    schema = to_arrow_schema(StructType.fromDDL(spec.ddl()), timezone="UTC")
+    arrays = []
+    for field in schema:
+        if field.name not in frame.columns:
+            arrays.append(pa.nulls(len(frame), field.type))
+            continue
+        values = frame[field.name].astype(object).where(frame[field.name].notna(), None).tolist()
+        if pa.types.is_map(field.type):
+            values = [None if v is None else list(v.items()) for v in values]
+        arrays.append(pa.array(values, type=field.type))
+    return spark.createDataFrame(pa.Table.from_arrays(arrays, schema=schema))
+
+
+def table_exists(spark: SparkSession, config: Config, table: str) -> bool:
+    from delta.tables import DeltaTable
+
+    return DeltaTable.isDeltaTable(spark, config.table_path(table))
+
+
+def read_table(spark: SparkSession, config: Config, table: str, *, check_nulls: bool = True) -> DataFrame:
+    """Read a Delta table and enforce its contract; returns exactly the contract's columns."""
+    path = config.table_path(table)
+    if not table_exists(spark, config, table):
+        raise ContractError(
+            f"table '{table}' not found as a Delta table at {path}; "
+            f"create the inputs with `llmrank generate-sample` or `llmrank ingest movielens PATH`, "
+            f"or run the step that writes it"
+        )
+    df = spark.read.format("delta").load(path)
+    check_schema(df, table, path)
+    if check_nulls:
+        check_keys_not_null(df, table, path)
+    return conform(df, table)
+
+
+def write_table(df: DataFrame, config: Config, table: str, run_date: dt.date | None = None) -> str:
+    """Write a table, checked against its contract before a byte is written.
+
+    Tables partitioned by run_date get that partition replaced atomically (Delta ``replaceWhere``), so
+    re-running a date never duplicates rows and readers see either the old or the new partition.
+    Other tables are overwritten whole in one commit. Returns the table path.
+    """
+    spec = contract(table)
+    path = config.table_path(table)
+    check_schema(df, table, f"write to {path}")
+    df = conform(df, table)
+    writer = df.write.format("delta").mode("overwrite")
+    if "run_date" in spec.partition_by:
+        if run_date is None:
+            raise ValueError(f"table '{table}' is partitioned by run_date: pass the run's date")
+        check_single_run_date(df, table, run_date)
+        # run_date is a datetime.date, so the predicate below is a literal we formatted, never user text.
+        writer = writer.partitionBy(*spec.partition_by).option(
+            "replaceWhere", f"run_date = DATE'{run_date.isoformat()}'"
+        )
+    else:
+        writer = writer.option("overwriteSchema", "true")
+    writer.save(path)
+    return path
+
+
+def check_single_run_date(df: DataFrame, table: str, run_date: dt.date) -> None:
+    other = df.where(F.col("run_date") != F.lit(run_date)).limit(1).count()
+    if other:
+        raise ContractError(
+            f"table '{table}': rows with run_date other than {run_date} in a write for that date"
+        )
+
+
+def render_tables_doc() -> str:
+    """docs/tables.md, generated from CONTRACTS."""
+    out = [
+        "# Table contracts",
+        "",
+        "Generated from `llmrank_spark/tables.py` by `python -m llmrank_spark.tables > docs/tables.md`;",
+        "a test fails when the two differ. Every job checks these contracts when it reads a table and",
+        "before it writes one: a missing required column, a column of another type, or a null key fails",
+        "the job with the table and column named, before anything is written. Columns not listed here",
+        "are allowed on inputs and ignored.",
+        "",
+        "Output tables partitioned by `run_date` are written with Delta `replaceWhere` on that date:",
+        "re-running a date replaces its partition in one atomic commit and never appends duplicates.",
+        "New tables are created with the Delta change data feed enabled.",
+        "",
+    ]
+    for spec in CONTRACTS.values():
+        out += [f"## `{spec.name}` ({spec.role})", "", spec.purpose, ""]
+        facts = [f"key: {', '.join(spec.keys) or '-'}"]
+        facts.append(f"partitioned by: {', '.join(spec.partition_by) or 'not partitioned'}")
+        if spec.written_by:
+            facts.append(f"written by: `llmrank {spec.written_by}`")
+        out += ["- " + f for f in facts] + [""]
+        out += ["| column | type | required | meaning |", "| --- | --- | --- | --- |"]
+        for c in spec.columns:
+            out.append(f"| `{c.name}` | `{c.type}` | {'yes' if c.required else 'no'} | {c.meaning} |")
+        out.append("")
+        if spec.extra_doc:
+            out += [spec.extra_doc, ""]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(render_tables_doc(), end="")

@@ -1,0 +1,44 @@
+"""Shared fixtures: one SparkSession for the whole suite, and a config pointing at a temporary lakehouse."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from llmrank_spark.config import Config, load_config
+
+ML100K_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from llmrank_spark.session import get_spark
+
+    config = load_config(
+        overrides=[
+            "spark.master=local[2]",
+            "spark.conf={spark.sql.shuffle.partitions: '4', spark.default.parallelism: '2'}",
+        ]
+    )
+    session = get_spark(config)
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def config(tmp_path) -> Config:
+    """Defaults with the lakehouse in a fresh temporary directory and a fixed run date."""
+    return load_config(overrides=[f"lakehouse.root={tmp_path / 'lakehouse'}", "run.run_date=2026-11-20"])
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir() -> Path:
+    if not (ML100K_DIR / "u.data").is_file():
+        pytest.skip(f"MovieLens 100K not found at {ML100K_DIR} (it lives in ../shared, never in the repo)")
+    return ML100K_DIR

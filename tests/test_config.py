@@ -1,0 +1,73 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmrank_spark.cli import main
+from llmrank_spark.config import Config, ConfigError, load_config
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def test_local_yaml_spells_out_the_builtin_defaults():
+    from_file = load_config(CONF_DIR / "local.yaml").model_dump(exclude={"run"})
+    assert from_file == Config().model_dump(exclude={"run"})
+
+
+def test_override_keeps_yaml_types():
+    config = load_config(overrides=["candidates.n_per_request=25", "rerank.quantize_int8=true"])
+    assert config.candidates.n_per_request == 25
+    assert config.rerank.quantize_int8 is True
+
+
+def test_run_date_override_is_a_date():
+    config = load_config(overrides=["run.run_date=2026-11-20"])
+    assert config.run.run_date.isoformat() == "2026-11-20"
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"unknown config key 'candidates.n_per_requests'"):
+        load_config(overrides=["candidates.n_per_requests=10"])
+
+
+def test_unknown_section_in_file_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"rerankk": {"top_k": 5}}))
+    with pytest.raises(ConfigError, match=r"unknown config key 'rerankk'.*bad.yaml"):
+        load_config(path)
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ConfigError, match=r"config key 'rerank.top_k'.*'many'"):
+        load_config(overrides=["rerank.top_k=many"])
+
+
+def test_out_of_range_value_is_named():
+    with pytest.raises(ConfigError, match=r"config key 'candidates.n_per_request'"):
+        load_config(overrides=["candidates.n_per_request=0"])
+
+
+def test_malformed_override_says_what_to_write():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(overrides=["candidates.n_per_request"])
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope\.yaml does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_table_path_defaults_under_root_and_honours_explicit_paths():
+    config = load_config(overrides=["lakehouse.root=/data/lake", "lakehouse.tables={ranked: /gold/ranked}"])
+    assert config.table_path("items") == "/data/lake/items"
+    assert config.table_path("ranked") == "/gold/ranked"
+
+
+def test_cli_rejects_bad_config_before_spark_starts(capsys):
+    from pyspark.sql import SparkSession
+
+    active_before = SparkSession.getActiveSession()
+    assert main(["candidates", "--set", "candidates.bogus=1"]) == 2
+    assert "unknown config key 'candidates.bogus'" in capsys.readouterr().err
+    # No session was created by the failed command.
+    assert SparkSession.getActiveSession() is active_before

@@ -1,0 +1,120 @@
+import datetime as dt
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from pyspark.sql import functions as F
+
+from llmrank_spark.tables import ContractError, frame_from_pandas, read_table, render_tables_doc, write_table
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "tables.md"
+
+
+def _items(spark):
+    frame = pd.DataFrame(
+        {
+            "item_id": ["I1", "I2"],
+            "title": ["Blue boots", "Red jacket"],
+            "category": ["boots", "jackets"],
+            "brand": ["Acme", None],
+            "attributes": [{"colour": "blue"}, None],
+        }
+    )
+    return frame_from_pandas(spark, frame, "items")
+
+
+def _candidates(spark, run_date: dt.date, n: int = 3):
+    return spark.createDataFrame(
+        [
+            (
+                run_date,
+                "U1",
+                "user",
+                f"I{i}",
+                i,
+                1.0 / i,
+                ["popularity"],
+                {"popularity": i},
+                {"popularity": 1.0},
+            )
+            for i in range(1, n + 1)
+        ],
+        "run_date date, request_id string, request_type string, item_id string, retrieval_rank int, "
+        "retrieval_score double, sources array<string>, source_ranks map<string,int>, "
+        "source_scores map<string,double>",
+    )
+
+
+def test_docs_tables_md_is_generated_from_the_contracts():
+    assert DOCS.read_text() == render_tables_doc(), "run `make docs` to regenerate docs/tables.md"
+
+
+def test_round_trip_keeps_contract_columns_and_nulls(spark, config):
+    write_table(_items(spark), config, "items")
+    back = read_table(spark, config, "items").orderBy("item_id").collect()
+    assert [r.item_id for r in back] == ["I1", "I2"]
+    assert back[0].attributes == {"colour": "blue"}
+    assert back[1].brand is None and back[1].price is None
+
+
+def test_missing_required_column_names_table_and_column(spark, config):
+    write_table(_items(spark), config, "items")
+    broken = spark.read.format("delta").load(config.table_path("items")).drop("title")
+    broken.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(
+        config.table_path("items")
+    )
+    with pytest.raises(ContractError, match=r"table 'items'.*missing required column 'title'"):
+        read_table(spark, config, "items")
+
+
+def test_wrong_type_names_table_and_column(spark, config):
+    frame = _items(spark).withColumn("price", F.lit("cheap"))
+    with pytest.raises(ContractError, match=r"table 'items'.*column 'price' has type string.*double"):
+        write_table(frame, config, "items")
+    assert not Path(config.table_path("items")).exists(), "nothing may be written on a contract violation"
+
+
+def test_null_key_is_rejected_on_read(spark, config):
+    frame = _items(spark).withColumn(
+        "item_id", F.when(F.col("item_id") == "I2", None).otherwise(F.col("item_id"))
+    )
+    write_table(frame, config, "items")
+    with pytest.raises(ContractError, match=r"table 'items'.*key column 'item_id' is null in 1 rows"):
+        read_table(spark, config, "items")
+
+
+def test_extra_input_columns_are_ignored(spark, config):
+    write_table(_items(spark), config, "items")
+    path = config.table_path("items")
+    extra = spark.read.format("delta").load(path).withColumn("warehouse", F.lit("north"))
+    extra.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
+    assert "warehouse" not in read_table(spark, config, "items").columns
+
+
+def test_missing_table_says_how_to_create_inputs(spark, config):
+    with pytest.raises(ContractError, match=r"table 'interactions' not found.*generate-sample"):
+        read_table(spark, config, "interactions")
+
+
+def test_rerunning_a_date_replaces_its_partition_and_keeps_others(spark, config):
+    day1, day2 = dt.date(2026, 11, 19), dt.date(2026, 11, 20)
+    write_table(_candidates(spark, day1), config, "candidates", day1)
+    write_table(_candidates(spark, day2), config, "candidates", day2)
+    write_table(_candidates(spark, day2), config, "candidates", day2)
+    table = spark.read.format("delta").load(config.table_path("candidates"))
+    counts = {r.run_date: r["count"] for r in table.groupBy("run_date").count().collect()}
+    assert counts == {day1: 3, day2: 3}
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{config.table_path('candidates')}`").collect()
+    assert len(history) == 3
+
+
+def test_write_rejects_rows_of_another_date(spark, config):
+    with pytest.raises(ContractError, match="run_date other than"):
+        write_table(_candidates(spark, dt.date(2026, 11, 19)), config, "candidates", dt.date(2026, 11, 20))
+
+
+def test_outputs_have_the_change_data_feed_enabled(spark, config):
+    day = dt.date(2026, 11, 20)
+    write_table(_candidates(spark, day), config, "candidates", day)
+    properties = spark.sql(f"SHOW TBLPROPERTIES delta.`{config.table_path('candidates')}`").collect()
+    assert {r.key: r.value for r in properties}.get("delta.enableChangeDataFeed") == "true"
