@@ -72,7 +72,7 @@ def doctor(config: Config) -> None:
     print("doctor: OK")
 
 
-def _print_results(results: Sequence[steps.StepResult]) -> None:
+def _print_results(results: Sequence[steps.StepRun]) -> None:
     for result in results:
         print(result.summary())
 

@@ -7,11 +7,12 @@ milliseconds with the offending key named, not an hour later on an executor.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 REPO_CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -34,10 +35,54 @@ class SparkConfig(_Section):
     conf: dict[str, str] = Field(default_factory=dict)
 
 
+# A catalog table name of one to three identifiers (Unity Catalog: catalog.schema.table).
+CATALOG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}$")
+# Characters that could break out of a quoted path or identifier in a SQL string.
+UNSAFE_PATH_CHARS = set("`'\";\n\r\x00")
+
+
+def is_catalog_name(location: str) -> bool:
+    """A table location is a catalog name when it has no path separator or URI scheme."""
+    return "/" not in location and ":" not in location
+
+
+def check_location(location: str, key: str) -> str:
+    if is_catalog_name(location):
+        if not CATALOG_NAME.match(location):
+            raise ValueError(f"{key}: {location!r} is neither a path nor a catalog.schema.table name")
+    elif UNSAFE_PATH_CHARS & set(location):
+        raise ValueError(f"{key}: path {location!r} holds a quote, backtick, semicolon or control character")
+    return location
+
+
 class LakehouseConfig(_Section):
-    # Directory under which every table lives as <root>/<table name>, unless `tables` names another path.
+    # Directory under which every table lives as <root>/<table name> ...
     root: str = "lakehouse"
+    # ... or, when set, the catalog and schema holding them as managed tables (Unity Catalog: "main.ranking").
+    catalog_schema: str | None = None
+    # Per-table exceptions: a path or a catalog name.
     tables: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("root")
+    @classmethod
+    def _safe_root(cls, root: str) -> str:
+        if UNSAFE_PATH_CHARS & set(root):
+            raise ValueError(f"path {root!r} holds a quote, backtick, semicolon or control character")
+        return root
+
+    @field_validator("catalog_schema")
+    @classmethod
+    def _catalog_schema(cls, value: str | None) -> str | None:
+        if value is not None and (not CATALOG_NAME.match(value) or value.count(".") != 1):
+            raise ValueError(f"{value!r} must be catalog.schema, e.g. main.ranking")
+        return value
+
+    @field_validator("tables")
+    @classmethod
+    def _table_locations(cls, tables: dict[str, str]) -> dict[str, str]:
+        for table, location in tables.items():
+            check_location(location, f"lakehouse.tables.{table}")
+        return tables
 
 
 class RunConfig(_Section):
@@ -108,8 +153,12 @@ class Config(_Section):
     rerank: RerankConfig = Field(default_factory=RerankConfig)
 
     def table_path(self, table: str) -> str:
-        """Where a table lives: an explicit `lakehouse.tables` entry, else <root>/<table>."""
-        return self.lakehouse.tables.get(table, f"{self.lakehouse.root.rstrip('/')}/{table}")
+        """Where a table lives (a path, or a catalog name): a `lakehouse.tables` entry, else the default."""
+        if table in self.lakehouse.tables:
+            return self.lakehouse.tables[table]
+        if self.lakehouse.catalog_schema:
+            return f"{self.lakehouse.catalog_schema}.{table}"
+        return f"{self.lakehouse.root.rstrip('/')}/{table}"
 
 
 def _set_dotted(tree: dict[str, Any], dotted_key: str, value: Any) -> None:

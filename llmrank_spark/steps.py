@@ -1,133 +1,161 @@
 """The Spark layer of each nightly step: read the contracted inputs, call the stage, write the output.
 
 `jobs/*.py` (spark-submit) and the `llmrank` console command both call these functions, so a
-notebook, a scheduled job and a developer's terminal run exactly the same code.
+notebook, a scheduled job and a developer's terminal run exactly the same code. Every step runs
+inside a `StepRun`, which pins the Delta version of each input it reads and logs what it read and
+wrote to the `runs` table, so any output row can be traced to its inputs and model.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from delta.tables import DeltaTable
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from llmrank_spark.config import Config
-from llmrank_spark.tables import contract, frame_from_pandas, read_table, table_exists, write_table
+from llmrank_spark.tables import (
+    contract,
+    frame_from_pandas,
+    latest_version,
+    load,
+    read_table,
+    table_exists,
+    write_table,
+)
 
 
-@dataclass
-class StepResult:
-    """What a step wrote: rows and Delta version per table, for the run summary."""
+class StepRun:
+    """One step's run: pinned reads, checked writes, and a row in `runs` whether it succeeds or fails."""
 
-    step: str
-    seconds: float = 0.0
-    rows: dict[str, int] = field(default_factory=dict)
-    versions: dict[str, int] = field(default_factory=dict)
-    paths: dict[str, str] = field(default_factory=dict)
+    def __init__(self, spark: SparkSession, config: Config, step: str) -> None:
+        self.spark, self.config, self.step = spark, config, step
+        self.inputs: dict[str, int] = {}
+        self.outputs: dict[str, int] = {}
+        self.rows: dict[str, int] = {}
+        self.seconds = 0.0
+
+    def __enter__(self) -> StepRun:
+        self._started_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        self._clock = time.perf_counter()
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.seconds = time.perf_counter() - self._clock
+        self._log(status="failed" if error else "succeeded", error=str(error) if error else None)
+
+    def read(self, table: str) -> DataFrame:
+        """The table at its current version, pinned, so what was read is exactly what is logged."""
+        version = latest_version(self.spark, self.config, table) if self._exists(table) else None
+        frame = read_table(self.spark, self.config, table, version=version)
+        self.inputs[table] = version
+        return frame
+
+    def read_optional(self, table: str) -> DataFrame | None:
+        return self.read(table) if self._exists(table) else None
+
+    def write(self, table: str, frame: DataFrame) -> None:
+        write_table(frame, self.config, table, self.config.run.run_date)
+        location = self.config.table_path(table)
+        written = load(self.spark, location)
+        if "run_date" in contract(table).partition_by:
+            written = written.where(F.col("run_date") == F.lit(self.config.run.run_date))
+        self.rows[table] = written.count()
+        self.outputs[table] = latest_version(self.spark, self.config, table)
 
     def summary(self) -> str:
-        parts = [
-            f"{t}: {self.rows[t]:,} rows (Delta v{self.versions[t]}) at {self.paths[t]}" for t in self.rows
+        lines = [
+            f"{t}: {self.rows[t]:,} rows (Delta v{self.outputs[t]}) at {self.config.table_path(t)}"
+            for t in self.outputs
         ]
-        return f"[{self.step}] {self.seconds:.1f}s\n  " + "\n  ".join(parts)
+        return f"[{self.step}] {self.seconds:.1f}s\n  " + "\n  ".join(lines)
+
+    def _exists(self, table: str) -> bool:
+        return table_exists(self.spark, self.config, table)
+
+    def _log(self, status: str, error: str | None) -> None:
+        record = pd.DataFrame(
+            [
+                {
+                    "run_id": uuid.uuid4().hex,
+                    "run_date": self.config.run.run_date,
+                    "step": self.step,
+                    "status": status,
+                    "started_at": self._started_at,
+                    "seconds": self.seconds,
+                    "inputs": self.inputs,
+                    "outputs": self.outputs,
+                    "rows": self.rows,
+                    "config": self.config.model_dump_json(),
+                    "error": error,
+                }
+            ]
+        )
+        write_table(frame_from_pandas(self.spark, record, "runs"), self.config, "runs")
 
 
-def _record(result: StepResult, spark: SparkSession, config: Config, table: str) -> None:
-    """Count what the step just wrote (this run's partition for run_date tables) and note the version."""
-    path = config.table_path(table)
-    written = spark.read.format("delta").load(path)
-    if "run_date" in contract(table).partition_by:
-        written = written.where(F.col("run_date") == F.lit(config.run.run_date))
-    result.rows[table] = written.count()
-    result.paths[table] = path
-    history = DeltaTable.forPath(spark, path).history(1).select("version").first()
-    result.versions[table] = int(history["version"])
+def _write_input_tables(spark: SparkSession, config: Config, step: str, frames: dict) -> StepRun:
+    with StepRun(spark, config, step) as run:
+        for table, frame in frames.items():
+            run.write(table, frame_from_pandas(spark, frame, table))
+    return run
 
 
-def _write_frames(spark: SparkSession, config: Config, step: str, frames: dict, started: float) -> StepResult:
-    result = StepResult(step)
-    for table, frame in frames.items():
-        write_table(frame_from_pandas(spark, frame, table), config, table)
-        _record(result, spark, config, table)
-    result.seconds = time.perf_counter() - started
-    return result
-
-
-def generate_sample(spark: SparkSession, config: Config) -> StepResult:
+def generate_sample(spark: SparkSession, config: Config) -> StepRun:
     """Write the seeded sample lakehouse (catalogue, behaviour, queries, ground truth) as Delta tables."""
     from llmrank_spark.sample_data import generate_sample as generate
 
-    started = time.perf_counter()
-    return _write_frames(spark, config, "generate-sample", generate(config.sample), started)
+    return _write_input_tables(spark, config, "generate-sample", generate(config.sample))
 
 
-def ingest_movielens(spark: SparkSession, config: Config, path: str | Path) -> StepResult:
+def ingest_movielens(spark: SparkSession, config: Config, path: str | Path) -> StepRun:
     """Turn MovieLens 100K files into the items, interactions and users input tables."""
     from llmrank_spark.movielens import load_movielens
 
-    started = time.perf_counter()
-    return _write_frames(spark, config, "ingest-movielens", load_movielens(path), started)
+    return _write_input_tables(spark, config, "ingest-movielens", load_movielens(path))
 
 
-def _write_output(
-    spark: SparkSession, config: Config, step: str, table: str, frame: DataFrame, started: float
-) -> StepResult:
-    write_table(frame, config, table, config.run.run_date)
-    result = StepResult(step)
-    _record(result, spark, config, table)
-    result.seconds = time.perf_counter() - started
-    return result
-
-
-def _optional_input(spark: SparkSession, config: Config, table: str):
-    return read_table(spark, config, table) if table_exists(spark, config, table) else None
-
-
-def candidates(spark: SparkSession, config: Config) -> StepResult:
+def candidates(spark: SparkSession, config: Config) -> StepRun:
     """First stage: blended multi-source candidate lists for every active user."""
     from llmrank_spark.candidates import build_candidates
 
-    started = time.perf_counter()
-    frame = build_candidates(
-        spark,
-        read_table(spark, config, "items"),
-        read_table(spark, config, "interactions"),
-        _optional_input(spark, config, "users"),
-        config.candidates,
-        config.run.run_date,
-    )
-    return _write_output(spark, config, "candidates", "candidates", frame, started)
+    with StepRun(spark, config, "candidates") as run:
+        frame = build_candidates(
+            spark,
+            run.read("items"),
+            run.read("interactions"),
+            run.read_optional("users"),
+            config.candidates,
+            config.run.run_date,
+        )
+        run.write("candidates", frame)
+    return run
 
 
-def rerank(spark: SparkSession, config: Config) -> StepResult:
+def rerank(spark: SparkSession, config: Config) -> StepRun:
     """Second stage: score every candidate with the broadcast BERT model and keep each list's top-K."""
     from llmrank_spark.ranking import rerank_candidates
 
-    started = time.perf_counter()
-    run_candidates = read_table(spark, config, "candidates").where(
-        F.col("run_date") == F.lit(config.run.run_date)
-    )
-    frame = rerank_candidates(
-        spark,
-        run_candidates,
-        read_table(spark, config, "items"),
-        read_table(spark, config, "interactions"),
-        config.rerank,
-        config.run.run_date,
-    )
-    return _write_output(spark, config, "rerank", "ranked", frame, started)
+    with StepRun(spark, config, "rerank") as run:
+        todays = run.read("candidates").where(F.col("run_date") == F.lit(config.run.run_date))
+        frame = rerank_candidates(
+            spark, todays, run.read("items"), run.read("interactions"), config.rerank, config.run.run_date
+        )
+        run.write("ranked", frame)
+    return run
 
 
-NIGHTLY_STEPS: dict[str, Callable[[SparkSession, Config], StepResult]] = {
+NIGHTLY_STEPS: dict[str, Callable[[SparkSession, Config], StepRun]] = {
     "candidates": candidates,
     "rerank": rerank,
 }
 
 
-def nightly(spark: SparkSession, config: Config) -> list[StepResult]:
+def nightly(spark: SparkSession, config: Config) -> list[StepRun]:
     """Every nightly step in order, for one run_date."""
     return [step(spark, config) for step in NIGHTLY_STEPS.values()]

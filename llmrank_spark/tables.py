@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import StructType
 
-from llmrank_spark.config import Config
+from llmrank_spark.config import Config, is_catalog_name
 
 
 class ContractError(ValueError):
@@ -40,6 +40,7 @@ class TableContract:
     columns: tuple[Column, ...]
     partition_by: tuple[str, ...] = ()
     written_by: str = ""
+    append_only: bool = False
     extra_doc: str = ""
 
     @property
@@ -126,7 +127,7 @@ CONTRACTS: dict[str, TableContract] = {
                 Column("weight", "double", "Strength of the attribute in the segment's choices."),
                 Column("rank", "int", "1 = the attribute that matters most to the segment."),
             ),
-            written_by="generate-sample",
+            written_by="`llmrank generate-sample`",
         ),
         TableContract(
             "candidates",
@@ -144,7 +145,7 @@ CONTRACTS: dict[str, TableContract] = {
                 Column("source_scores", "map<string,double>", "Each source's own score for the item."),
             ),
             partition_by=("run_date",),
-            written_by="candidates",
+            written_by="`llmrank candidates`",
         ),
         TableContract(
             "ranked",
@@ -163,7 +164,7 @@ CONTRACTS: dict[str, TableContract] = {
                 Column("sources", "array<string>", "Retrievers that proposed the item."),
             ),
             partition_by=("run_date",),
-            written_by="rerank",
+            written_by="`llmrank rerank`",
         ),
         TableContract(
             "attribute_order",
@@ -179,7 +180,7 @@ CONTRACTS: dict[str, TableContract] = {
                 Column("rank", "int", "1 = most important attribute for this request and item."),
             ),
             partition_by=("run_date",),
-            written_by="attributes",
+            written_by="`llmrank attributes`",
         ),
         TableContract(
             "metrics",
@@ -194,7 +195,7 @@ CONTRACTS: dict[str, TableContract] = {
                 Column("value", "double", "The measurement."),
             ),
             partition_by=("run_date",),
-            written_by="evaluate",
+            written_by="`llmrank evaluate`",
         ),
         TableContract(
             "model_registry",
@@ -209,7 +210,29 @@ CONTRACTS: dict[str, TableContract] = {
                 Column("metrics", "map<string,double>", "Validation metrics."),
                 Column("created_at", "timestamp", "When it was registered (UTC)."),
             ),
-            written_by="train",
+            written_by="`llmrank train`",
+            append_only=True,
+        ),
+        TableContract(
+            "runs",
+            "output",
+            "One row per step run: what it read and wrote, so any output row traces to its inputs.",
+            (
+                Column("run_id", "string", "Unique id of this step run.", key=True),
+                RUN_DATE,
+                Column("step", "string", "Pipeline step.", key=True),
+                Column("status", "string", "'succeeded' or 'failed'."),
+                Column("started_at", "timestamp", "When the step started (UTC)."),
+                Column("seconds", "double", "Wall-clock duration."),
+                Column("inputs", "map<string,bigint>", "Delta version read of each input table."),
+                Column("outputs", "map<string,bigint>", "Delta version written of each output table."),
+                Column("rows", "map<string,bigint>", "Rows written per output table (this run's partition)."),
+                Column("config", "string", "The step's full configuration as JSON."),
+                Column("error", "string", "The failure message, if the step failed.", False),
+            ),
+            partition_by=("run_date",),
+            written_by="every step",
+            append_only=True,
         ),
     ]
 }
@@ -290,25 +313,51 @@ def frame_from_pandas(spark: SparkSession, frame: pd.DataFrame, table: str) -> D
     return spark.createDataFrame(pa.Table.from_arrays(arrays, schema=schema))
 
 
+def _delta_table(spark: SparkSession, location: str):
+    from delta.tables import DeltaTable
+
+    if is_catalog_name(location):
+        return DeltaTable.forName(spark, location)
+    return DeltaTable.forPath(spark, location)
+
+
+def load(spark: SparkSession, location: str, version: int | None = None) -> DataFrame:
+    """Read a Delta table by path or catalog name, optionally pinned to a version (time travel)."""
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.table(location) if is_catalog_name(location) else reader.load(location)
+
+
 def table_exists(spark: SparkSession, config: Config, table: str) -> bool:
     from delta.tables import DeltaTable
 
-    return DeltaTable.isDeltaTable(spark, config.table_path(table))
+    location = config.table_path(table)
+    if is_catalog_name(location):
+        return spark.catalog.tableExists(location)
+    return DeltaTable.isDeltaTable(spark, location)
 
 
-def read_table(spark: SparkSession, config: Config, table: str, *, check_nulls: bool = True) -> DataFrame:
-    """Read a Delta table and enforce its contract; returns exactly the contract's columns."""
-    path = config.table_path(table)
+def latest_version(spark: SparkSession, config: Config, table: str) -> int:
+    """The table's current Delta version: what a reader that starts now sees."""
+    return int(_delta_table(spark, config.table_path(table)).history(1).select("version").first()["version"])
+
+
+def read_table(
+    spark: SparkSession, config: Config, table: str, *, version: int | None = None, check_nulls: bool = True
+) -> DataFrame:
+    """Read a Delta table (at `version`, if given) and enforce its contract; returns the contract's columns."""
+    location = config.table_path(table)
     if not table_exists(spark, config, table):
         raise ContractError(
-            f"table '{table}' not found as a Delta table at {path}; "
+            f"table '{table}' not found as a Delta table at {location}; "
             f"create the inputs with `llmrank generate-sample` or `llmrank ingest movielens PATH`, "
             f"or run the step that writes it"
         )
-    df = spark.read.format("delta").load(path)
-    check_schema(df, table, path)
+    df = load(spark, location, version)
+    check_schema(df, table, location)
     if check_nulls:
-        check_keys_not_null(df, table, path)
+        check_keys_not_null(df, table, location)
     return conform(df, table)
 
 
@@ -317,25 +366,35 @@ def write_table(df: DataFrame, config: Config, table: str, run_date: dt.date | N
 
     Tables partitioned by run_date get that partition replaced atomically (Delta ``replaceWhere``), so
     re-running a date never duplicates rows and readers see either the old or the new partition.
-    Other tables are overwritten whole in one commit. Returns the table path.
+    Append-only tables (the run log, the model registry) get one appending commit; other tables are
+    overwritten whole in one commit. Returns the table's location.
     """
     spec = contract(table)
-    path = config.table_path(table)
-    check_schema(df, table, f"write to {path}")
+    location = config.table_path(table)
+    check_schema(df, table, f"write to {location}")
     df = conform(df, table)
-    writer = df.write.format("delta").mode("overwrite")
-    if "run_date" in spec.partition_by:
+    if spec.append_only:
+        writer = df.write.format("delta").mode("append")
+        if spec.partition_by:
+            writer = writer.partitionBy(*spec.partition_by)
+    elif "run_date" in spec.partition_by:
         if run_date is None:
             raise ValueError(f"table '{table}' is partitioned by run_date: pass the run's date")
         check_single_run_date(df, table, run_date)
         # run_date is a datetime.date, so the predicate below is a literal we formatted, never user text.
-        writer = writer.partitionBy(*spec.partition_by).option(
-            "replaceWhere", f"run_date = DATE'{run_date.isoformat()}'"
+        writer = (
+            df.write.format("delta")
+            .mode("overwrite")
+            .partitionBy(*spec.partition_by)
+            .option("replaceWhere", f"run_date = DATE'{run_date.isoformat()}'")
         )
     else:
-        writer = writer.option("overwriteSchema", "true")
-    writer.save(path)
-    return path
+        writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    if is_catalog_name(location):
+        writer.saveAsTable(location)
+    else:
+        writer.save(location)
+    return location
 
 
 def check_single_run_date(df: DataFrame, table: str, run_date: dt.date) -> None:
@@ -367,7 +426,9 @@ def render_tables_doc() -> str:
         facts = [f"key: {', '.join(spec.keys) or '-'}"]
         facts.append(f"partitioned by: {', '.join(spec.partition_by) or 'not partitioned'}")
         if spec.written_by:
-            facts.append(f"written by: `llmrank {spec.written_by}`")
+            facts.append(f"written by: {spec.written_by}")
+        if spec.append_only:
+            facts.append("append-only")
         out += ["- " + f for f in facts] + [""]
         out += ["| column | type | required | meaning |", "| --- | --- | --- | --- |"]
         for c in spec.columns:

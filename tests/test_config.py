@@ -71,3 +71,17 @@ def test_cli_rejects_bad_config_before_spark_starts(capsys):
     assert "unknown config key 'candidates.bogus'" in capsys.readouterr().err
     # No session was created by the failed command.
     assert SparkSession.getActiveSession() is active_before
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "lakehouse.tables={ranked: 'gold.ranked; DROP TABLE x'}",
+        "lakehouse.tables={ranked: '/data/ranked`'}",
+        "lakehouse.catalog_schema=main",
+        "lakehouse.root=/data/lake'--",
+    ],
+)
+def test_table_locations_that_could_inject_sql_are_rejected(override):
+    with pytest.raises(ConfigError, match="lakehouse"):
+        load_config(overrides=[override])

@@ -118,3 +118,26 @@ def test_outputs_have_the_change_data_feed_enabled(spark, config):
     write_table(_candidates(spark, day), config, "candidates", day)
     properties = spark.sql(f"SHOW TBLPROPERTIES delta.`{config.table_path('candidates')}`").collect()
     assert {r.key: r.value for r in properties}.get("delta.enableChangeDataFeed") == "true"
+
+
+def test_pinned_read_sees_the_version_it_asked_for(spark, config):
+    from llmrank_spark.tables import latest_version
+
+    write_table(_items(spark), config, "items")
+    write_table(_items(spark).where("item_id = 'I1'"), config, "items")
+    assert latest_version(spark, config, "items") == 1
+    assert read_table(spark, config, "items", version=0).count() == 2
+    assert read_table(spark, config, "items").count() == 1
+
+
+def test_catalog_names_are_used_for_managed_tables(spark, tmp_path):
+    from llmrank_spark.config import load_config
+
+    spark.sql("CREATE DATABASE IF NOT EXISTS llmrank_test")
+    config = load_config(overrides=["lakehouse.catalog_schema=spark_catalog.llmrank_test"])
+    assert config.table_path("items") == "spark_catalog.llmrank_test.items"
+    try:
+        write_table(_items(spark), config, "items")
+        assert read_table(spark, config, "items").count() == 2
+    finally:
+        spark.sql("DROP TABLE IF EXISTS spark_catalog.llmrank_test.items")
