@@ -346,7 +346,7 @@ def latest_version(spark: SparkSession, config: Config, table: str) -> int:
 def read_table(
     spark: SparkSession, config: Config, table: str, *, version: int | None = None, check_nulls: bool = True
 ) -> DataFrame:
-    """Read a Delta table (at `version`, if given) and enforce its contract; returns the contract's columns."""
+    """Read a Delta table (at `version`, if given), enforce its contract, return the contract's columns."""
     location = config.table_path(table)
     if not table_exists(spark, config, table):
         raise ContractError(
