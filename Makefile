@@ -29,8 +29,17 @@ setup: $(VENV)/.installed
 	ln -sfn $(VENV) .venv
 	$(BIN)/llmrank doctor
 
+# The demo runs the nightly pipeline the way a scheduler does: spark-submit of jobs/nightly.py with
+# the package shipped to the executors as a wheel and Delta Lake pulled by --packages.
 demo: setup
-	$(BIN)/llmrank demo
+	$(BIN)/llmrank generate-sample
+	rm -rf dist && $(BIN)/pip wheel --quiet --no-deps --no-build-isolation -w dist .
+	$(BIN)/spark-submit --master 'local[*]' \
+	  --packages "io.delta:delta-spark_4.2_2.13:$$($(BIN)/python -c 'from importlib.metadata import version; print(version("delta-spark"))')" \
+	  --conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension \
+	  --conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog \
+	  --py-files dist/llmrank_spark-*.whl \
+	  jobs/nightly.py --config conf/local.yaml
 
 test: setup
 	$(BIN)/ruff check .

@@ -1,0 +1,21 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # llmrank-spark: Sample lakehouse
+# MAGIC Writes the seeded sample e-commerce lakehouse (items, interactions, users, queries, query labels, ground truth) as Delta tables. Skip it when the input tables come from your own pipelines.
+# MAGIC
+# MAGIC Widgets: `config` (YAML file; empty = built-in defaults), `run_date` (empty = today, UTC),
+# MAGIC `overrides` (`key=value` pairs separated by `;`).
+
+# COMMAND ----------
+
+from llmrank_spark import steps
+from llmrank_spark.notebook import notebook_config
+from llmrank_spark.session import get_spark
+
+config = notebook_config(globals().get("dbutils"))
+spark = get_spark(config)
+
+# COMMAND ----------
+
+run = steps.generate_sample(spark, config)
+print(run.summary())

@@ -1,0 +1,21 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # llmrank-spark: Nightly step 1, candidates
+# MAGIC Blends co-visitation, ALS, popularity and text-embedding retrievers into N candidates per user and writes the `candidates` Delta partition for the run date.
+# MAGIC
+# MAGIC Widgets: `config` (YAML file; empty = built-in defaults), `run_date` (empty = today, UTC),
+# MAGIC `overrides` (`key=value` pairs separated by `;`).
+
+# COMMAND ----------
+
+from llmrank_spark import steps
+from llmrank_spark.notebook import notebook_config
+from llmrank_spark.session import get_spark
+
+config = notebook_config(globals().get("dbutils"))
+spark = get_spark(config)
+
+# COMMAND ----------
+
+run = steps.candidates(spark, config)
+print(run.summary())

@@ -1,0 +1,21 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # llmrank-spark: Nightly step 2, re-rank
+# MAGIC Scores every candidate with the broadcast BERT model in a pandas UDF, keeps each request's top-K and writes the `ranked` Delta partition for the run date.
+# MAGIC
+# MAGIC Widgets: `config` (YAML file; empty = built-in defaults), `run_date` (empty = today, UTC),
+# MAGIC `overrides` (`key=value` pairs separated by `;`).
+
+# COMMAND ----------
+
+from llmrank_spark import steps
+from llmrank_spark.notebook import notebook_config
+from llmrank_spark.session import get_spark
+
+config = notebook_config(globals().get("dbutils"))
+spark = get_spark(config)
+
+# COMMAND ----------
+
+run = steps.rerank(spark, config)
+print(run.summary())
