@@ -1,7 +1,8 @@
 # Databricks notebook source
 # MAGIC %md
 # MAGIC # llmrank-spark: Sample lakehouse
-# MAGIC Writes the seeded sample e-commerce lakehouse (items, interactions, users, queries, query labels, ground truth) as Delta tables. Skip it when the input tables come from your own pipelines.
+# MAGIC Writes the seeded sample e-commerce lakehouse (items, interactions, users, queries, query labels,
+# MAGIC ground truth) as Delta tables. Skip it when the input tables come from your own pipelines.
 # MAGIC
 # MAGIC Widgets: `config` (YAML file; empty = built-in defaults), `run_date` (empty = today, UTC),
 # MAGIC `overrides` (`key=value` pairs separated by `;`).

@@ -18,7 +18,9 @@ spark = get_spark(config)
 show = globals().get("display") or (lambda frame: frame.show(20, truncate=60))
 run_date = F.lit(config.run.run_date)
 ranked = read_table(spark, config, "ranked").where(F.col("run_date") == run_date)
-request_id = widget_values(globals().get("dbutils"))["request_id"] or ranked.orderBy("request_id").first().request_id
+request_id = (
+    widget_values(globals().get("dbutils"))["request_id"] or ranked.orderBy("request_id").first().request_id
+)
 print(f"request {request_id}, run_date {config.run.run_date}")
 
 # COMMAND ----------
@@ -71,4 +73,6 @@ show(
 # COMMAND ----------
 
 runs = read_table(spark, config, "runs").where(F.col("run_date") == run_date)
-show(runs.select("step", "status", "started_at", "seconds", "inputs", "outputs", "rows").orderBy("started_at"))
+show(
+    runs.select("step", "status", "started_at", "seconds", "inputs", "outputs", "rows").orderBy("started_at")
+)
