@@ -85,3 +85,9 @@ def test_cli_rejects_bad_config_before_spark_starts(capsys):
 def test_table_locations_that_could_inject_sql_are_rejected(override):
     with pytest.raises(ConfigError, match="lakehouse"):
         load_config(overrides=[override])
+
+
+def test_databricks_config_uses_unity_catalog_names_and_cluster_delta():
+    config = load_config(CONF_DIR / "databricks.yaml")
+    assert config.spark.delta_jars == "provided"
+    assert config.table_path("ranked") == "main.llmrank.ranked"
