@@ -44,14 +44,30 @@ def get_spark(config: Config) -> SparkSession:
     # Executors must run the same interpreter as the driver (the project's environment).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    builder = SparkSession.builder.appName(config.spark.app_name).master(config.spark.master)
-    settings = {**LOCAL_DEFAULTS, **config.spark.conf}
-    if config.spark.delta_jars == "maven":
-        settings["spark.sql.extensions"] = DELTA_EXTENSION
-        settings["spark.sql.catalog.spark_catalog"] = DELTA_CATALOG
+    settings = {
+        "spark.master": config.spark.master,
+        "spark.app.name": config.spark.app_name,
+        **LOCAL_DEFAULTS,
+        **config.spark.conf,
+    }
+    resolve_delta_jars = config.spark.delta_jars == "maven"
+    if resolve_delta_jars:
+        settings |= {
+            "spark.sql.extensions": DELTA_EXTENSION,
+            "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
+        }
+    if "PYSPARK_GATEWAY_PORT" in os.environ:
+        # Started by spark-submit: its --master, --conf and --packages (visible in a fresh SparkConf) win
+        # over the config's, so one config file serves local, YARN and Kubernetes submissions.
+        from pyspark import SparkConf
+
+        submitted = SparkConf()
+        settings = {key: value for key, value in settings.items() if not submitted.contains(key)}
+        resolve_delta_jars = False
+    builder = SparkSession.builder
     for key, value in settings.items():
         builder = builder.config(key, value)
-    if config.spark.delta_jars == "maven":
+    if resolve_delta_jars:
         # delta-spark's helper adds the io.delta Maven coordinates matching the installed version.
         from delta import configure_spark_with_delta_pip
 
