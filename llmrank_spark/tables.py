@@ -420,6 +420,22 @@ def render_tables_doc() -> str:
         "re-running a date replaces its partition in one atomic commit and never appends duplicates.",
         "New tables are created with the Delta change data feed enabled.",
         "",
+        "## Reading the outputs downstream",
+        "",
+        "- **Freshness.** The nightly job writes one `run_date` partition per output per night. A",
+        "  partition is complete once the `runs` table has a `succeeded` row for its step and date;",
+        "  read the newest such date, not simply the newest partition.",
+        "- **Keys.** Listed per table below; within a `run_date` they are unique.",
+        "- **Model.** `ranked.model_version` names the reranker that scored each row, and the `runs`",
+        "  row of the `rerank` step holds the Delta versions of every input it read.",
+        "- **Incremental reads.** Outputs have the change data feed on:",
+        "  `spark.read.format('delta').option('readChangeFeed', 'true').option('startingVersion', N)`.",
+        "  A re-run of a date shows as deletes of the old partition's rows and inserts of the new ones.",
+        "- **Schema changes.** Adding a nullable column is compatible: readers select columns by name",
+        "  and ignore the rest. Renaming, removing or retyping a column, or changing a key, is breaking:",
+        "  it ships as a new table (`<name>_v2`) written beside the old one for at least one release,",
+        "  announced in the changelog, before the old table stops being written.",
+        "",
     ]
     for spec in CONTRACTS.values():
         out += [f"## `{spec.name}` ({spec.role})", "", spec.purpose, ""]
