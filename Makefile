@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	@mkdir -p $(CACHE_DIR)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[spark,dev]'
 	touch $@
 
 # Installs the environment, points it at this checkout, resolves the Delta jars from Maven Central
