@@ -1,0 +1,189 @@
+"""Fairness and diversity re-ranking: the FA*IR-style floor, the knob at its ends, monotone exposure."""
+
+import itertools
+import math
+from fractions import Fraction
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from llmrank_spark.fairness import ProviderPolicy, fair_rerank, mmr_rerank, provider_policy
+from llmrank_spark.metrics import exposure_shares, gini
+
+N_ITEMS, N_PROVIDERS = 120, 15
+
+
+def catalogue(seed: int) -> tuple[pd.DataFrame, pd.Series]:
+    """Items with Zipf-like provider sizes and popularity: a few providers hold most interactions."""
+    rng = np.random.default_rng(seed)
+    provider_of = np.minimum(rng.zipf(1.6, size=N_ITEMS) - 1, N_PROVIDERS - 1)
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{i:03d}" for i in range(N_ITEMS)],
+            "brand": [f"p{p:02d}" for p in provider_of],
+            "category": [f"c{i % 5}" for i in range(N_ITEMS)],
+        }
+    )
+    popularity = pd.Series(rng.poisson(200 / (1 + provider_of)), index=items.item_id)
+    return items, popularity
+
+
+def random_lists(seed: int, items: pd.DataFrame, popularity: pd.Series, n_requests: int = 25) -> pd.DataFrame:
+    """Per request 40 candidates whose scores lean towards popular items, with some exact score ties."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for r in range(n_requests):
+        chosen = rng.choice(N_ITEMS, size=40, replace=False)
+        bias = np.log1p(popularity.iloc[chosen].to_numpy())
+        score = np.round(bias + rng.normal(scale=1.0, size=40), 1)
+        rows.append(
+            pd.DataFrame({"request_id": f"r{r:02d}", "item_id": items.item_id.iloc[chosen], "score": score})
+        )
+    lists = pd.concat(rows, ignore_index=True)
+    lists["rank"] = (
+        lists.sort_values(["score", "item_id"], ascending=[False, True]).groupby("request_id").cumcount() + 1
+    ).astype("int32")
+    lists["sources"] = [["als"]] * len(lists)
+    return lists.sort_values(["request_id", "rank"]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def case() -> tuple[pd.DataFrame, ProviderPolicy]:
+    items, popularity = catalogue(11)
+    return random_lists(11, items, popularity), provider_policy(items, popularity, head_share=0.6)
+
+
+def test_provider_policy_long_tail_is_outside_the_top_providers_holding_the_head_share():
+    items = pd.DataFrame(
+        {
+            "item_id": ["a1", "a2", "b1", "c1", "d1", "x1"],
+            "brand": ["A", "A", "B", "C", "D", None],
+        }
+    )
+    popularity = pd.Series({"a1": 40, "a2": 20, "b1": 25, "c1": 15, "x1": 99})  # d1 never interacted with
+    policy = provider_policy(items, popularity, head_share=0.6)
+    # Provider totals A 60, B 25, C 15, D 0 of 100: A alone holds 60%, so B, C and D are the long tail.
+    assert policy.need.to_dict() == pytest.approx({"A": 0.0, "B": 0.6, "C": 0.85, "D": 1.0})
+    assert policy.long_tail == {"B", "C", "D"}
+    assert "x1" not in policy.item_provider.index
+    assert provider_policy(items, popularity, head_share=0.61).long_tail == {"C", "D"}
+
+
+def test_lambda_zero_without_floor_returns_the_relevance_order(case):
+    lists, policy = case
+    reranked = fair_rerank(lists, policy, lambda_=0.0, min_long_tail_share=0.0, k=10)
+    expected = lists[lists["rank"] <= 10].reset_index(drop=True)
+    pd.testing.assert_frame_equal(reranked, expected)
+
+
+def count_floor(share: float, prefix: int) -> int:
+    """floor(share * prefix) in exact rational arithmetic, independent of the implementation's float guard."""
+    return math.floor(Fraction(str(share)) * prefix)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("lambda_", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("share", [0.1, 0.29, 0.5, 0.7, 1.0])
+def test_every_prefix_holds_the_long_tail_floor(seed, lambda_, share):
+    items, popularity = catalogue(seed)
+    policy = provider_policy(items, popularity, head_share=0.5)
+    lists = random_lists(seed, items, popularity)
+    k = 15
+    reranked = fair_rerank(lists, policy, lambda_=lambda_, min_long_tail_share=share, k=k)
+    for request, candidates in lists.groupby("request_id"):
+        available = candidates.item_id.map(policy.item_provider).isin(policy.long_tail).sum()
+        placed = reranked[reranked.request_id == request].sort_values("rank")
+        assert placed["rank"].tolist() == list(range(1, k + 1))
+        assert set(placed.item_id) <= set(candidates.item_id)
+        long_tail = placed.item_id.map(policy.item_provider).isin(policy.long_tail).cumsum().to_numpy()
+        for prefix in range(1, k + 1):
+            assert long_tail[prefix - 1] >= min(count_floor(share, prefix), available), (request, prefix)
+
+
+def test_floor_is_exact_where_floating_point_undershoots():
+    # 0.58 * 50 is 28.999999999999996 in floating point; the floor of the exact product is 29.
+    items = [f"i{i:02d}" for i in range(60)]
+    policy = ProviderPolicy(
+        item_provider=pd.Series([("tail" if i >= 30 else "head") for i in range(60)], index=items),
+        need=pd.Series({"head": 0.0, "tail": 0.9}),
+        long_tail=frozenset({"tail"}),
+    )
+    lists = pd.DataFrame({"request_id": "r", "item_id": items, "score": np.arange(60, 0, -1.0)})
+    reranked = fair_rerank(lists, policy, lambda_=0.0, min_long_tail_share=0.58, k=50)
+    assert (reranked.item_id.map(policy.item_provider) == "tail").sum() == 29
+
+
+def test_a_provider_already_placed_gains_less_the_next_time():
+    policy = ProviderPolicy(
+        item_provider=pd.Series({"a1": "A", "a2": "A", "a3": "A", "b1": "B"}),
+        need=pd.Series({"A": 1.0, "B": 0.8}),
+        long_tail=frozenset({"A", "B"}),
+    )
+    lists = pd.DataFrame(
+        {"request_id": "r", "item_id": ["a1", "a2", "a3", "b1"], "score": [4.0, 3.0, 2.0, 1.0]}
+    )
+    # With lambda_ = 1 only the gain counts: a1 gets 1; then a2 gets 1 / 2 while b1 still gets 0.8.
+    reranked = fair_rerank(lists, policy, lambda_=1.0, min_long_tail_share=0.0, k=4)
+    assert reranked.item_id.tolist() == ["a1", "b1", "a2", "a3"]
+
+
+def long_tail_exposure(reranked: pd.DataFrame, policy: ProviderPolicy) -> float:
+    shares = exposure_shares(reranked, policy.item_provider, k=10, groups=policy.need.index)
+    return float(shares[shares.index.isin(policy.long_tail)].sum())
+
+
+def test_higher_lambda_never_lowers_long_tail_exposure_and_lowers_gini(case):
+    lists, policy = case
+    exposures, ginis = [], []
+    for lambda_ in np.linspace(0, 1, 11):
+        reranked = fair_rerank(lists, policy, lambda_=lambda_, min_long_tail_share=0.0, k=10)
+        exposures.append(long_tail_exposure(reranked, policy))
+        ginis.append(gini(exposure_shares(reranked, policy.item_provider, k=10, groups=policy.need.index)))
+    assert all(later >= earlier - 1e-12 for earlier, later in itertools.pairwise(exposures))
+    assert exposures[-1] > exposures[0]
+    assert ginis[-1] < ginis[0]
+
+
+def test_rerank_keeps_columns_and_cuts_to_k_or_the_list(case):
+    lists, policy = case
+    reranked = fair_rerank(lists, policy, lambda_=0.5, min_long_tail_share=0.2, k=100)
+    assert list(reranked.columns) == list(lists.columns) and reranked["rank"].dtype == np.int32
+    assert reranked.groupby("request_id").size().eq(40).all()
+    merged = reranked.merge(lists, on=["request_id", "item_id"], suffixes=("", "_before"))
+    assert len(merged) == len(lists) and (merged.score == merged.score_before).all()
+
+
+def test_invalid_arguments_are_named(case):
+    lists, policy = case
+    with pytest.raises(ValueError, match="must be in \\[0, 1\\]"):
+        fair_rerank(lists, policy, lambda_=1.5, min_long_tail_share=0.0, k=10)
+    with pytest.raises(ValueError, match="lack columns \\['score'\\]"):
+        fair_rerank(lists.drop(columns="score"), policy, lambda_=0.5, min_long_tail_share=0.0, k=10)
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        mmr_rerank(lists, trade_off=0.5, k=0, item_category=pd.Series(dtype=object))
+    with pytest.raises(ValueError, match="exactly one of item_category or embeddings"):
+        mmr_rerank(lists, trade_off=0.5, k=5)
+
+
+def test_mmr_with_trade_off_one_is_the_relevance_order(case):
+    lists, _ = case
+    category = pd.Series({f"i{i:03d}": f"c{i % 3}" for i in range(N_ITEMS)})
+    embeddings = {f"i{i:03d}": np.random.default_rng(i).normal(size=4) for i in range(N_ITEMS)}
+    expected = lists[lists["rank"] <= 12].reset_index(drop=True)
+    pd.testing.assert_frame_equal(mmr_rerank(lists, trade_off=1.0, k=12, item_category=category), expected)
+    pd.testing.assert_frame_equal(mmr_rerank(lists, trade_off=1.0, k=12, embeddings=embeddings), expected)
+
+
+def test_mmr_spreads_categories_and_embeddings():
+    lists = pd.DataFrame(
+        {"request_id": "r", "item_id": ["a1", "a2", "b1", "c1"], "score": [1.0, 0.9, 0.5, 0.0]}
+    )
+    category = pd.Series({"a1": "A", "a2": "A", "b1": "B"})  # c1 has no category: similar to nothing
+    # Relevance scaled to 1, .9, .5, 0. With trade-off .5: after a1, a2 scores .45 - .5 < b1's .25.
+    by_category = mmr_rerank(lists, trade_off=0.5, k=4, item_category=category)
+    assert by_category.item_id.tolist() == ["a1", "b1", "c1", "a2"]
+    embeddings = {"a1": [1.0, 0.0], "a2": [1.0, 0.1], "b1": [0.0, 1.0], "c1": [-1.0, 0.0]}
+    # After a1: c1 points away from it (cosine -1), 0 + .5 beats b1's .25 - 0 and a2's .45 - .5 * .995.
+    by_embedding = mmr_rerank(lists, trade_off=0.5, k=3, embeddings=embeddings)
+    assert by_embedding.item_id.tolist() == ["a1", "c1", "b1"]
