@@ -21,6 +21,8 @@ DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 # Settings every local run wants; anything in config.spark.conf wins over these.
 LOCAL_DEFAULTS = {
     "spark.sql.shuffle.partitions": "8",
+    # Delta rebuilds a table's snapshot with this many tasks (default 50): far too many for local tables.
+    "spark.databricks.delta.snapshotPartitions": "2",
     "spark.default.parallelism": "4",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.execution.arrow.maxRecordsPerBatch": "4096",
