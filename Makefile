@@ -51,6 +51,7 @@ lint: setup
 
 docs: setup
 	$(BIN)/python -m llmrank_spark.tables > docs/tables.md
+	$(BIN)/python -m llmrank_spark.config > conf/local.yaml
 
 clean:
 	rm -rf lakehouse spark-warehouse .pytest_cache .venv

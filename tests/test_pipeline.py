@@ -57,5 +57,5 @@ def test_demo_writes_delta_tables_and_a_rerun_replaces_the_date(spark, tmp_path,
     last_rerank = runs.where("step = 'rerank'").orderBy(F.col("started_at").desc()).first()
     assert last_rerank.status == "succeeded"
     assert last_rerank.inputs["candidates"] == 1 and last_rerank.outputs == {"ranked": 1}
-    assert set(last_rerank.inputs) == {"candidates", "items", "interactions"}
+    assert set(last_rerank.inputs) == {"candidates", "items", "interactions", "queries"}
     assert last_rerank.rows["ranked"] == second[ranked_path]["rows"]

@@ -1,0 +1,156 @@
+"""What the reranker reads: item texts, request contexts, and the token budget a pair must fit in.
+
+Pure pandas/tokenizer functions do the work (unit tests call them without Spark); `item_texts` and
+`user_contexts` are the thin Spark layer the rerank step and the training job both use, so a model is
+always trained and served on identically built text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from llmrank_spark.config import RerankConfig
+
+# Context of a user with no history at all: the model still gets a fluent, honest first segment.
+NEW_SHOPPER_CONTEXT = "new shopper with no history yet"
+# Placed before a user's history so a cross-encoder can tell the context segment from a query.
+HISTORY_PREFIX = "Recently viewed: "
+HISTORY_SEPARATOR = "; "
+MISSING_VALUE = "unknown"
+# Item fields a template may name besides {attributes}.
+ITEM_FIELDS = ("item_id", "title", "category", "brand", "description", "price")
+# Item text keeps all its tokens unless that would leave the context less than this share of the budget.
+CONTEXT_MIN_SHARE = 0.25
+
+IntOrArray = TypeVar("IntOrArray", int, np.ndarray)
+
+_SPACES = re.compile(r"\s+")
+
+
+def _attribute_pairs(attributes: Any) -> list[tuple[str, str]]:
+    """A map column arrives from Arrow as a dict or as a list of (key, value) pairs, depending on the path."""
+    if attributes is None or (isinstance(attributes, float) and pd.isna(attributes)):
+        return []
+    pairs = attributes.items() if isinstance(attributes, Mapping) else attributes
+    return [(str(k), str(v)) for k, v in pairs if v is not None and str(v) != ""]
+
+
+def format_attributes(attributes: Any, limit: int) -> str:
+    """The first `limit` attributes by name as "name: value, ...": stable, so texts reproduce."""
+    chosen = sorted(_attribute_pairs(attributes))[:limit]
+    return ", ".join(f"{name}: {value}" for name, value in chosen)
+
+
+def _field_value(value: Any) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)) or str(value).strip() == "":
+        return MISSING_VALUE
+    return str(value)
+
+
+def render_item_texts(items: pd.DataFrame, template: str, attribute_limit: int) -> pd.Series:
+    """One text per item row from a template of item fields and {attributes}; missing ones read "unknown"."""
+    present = [field for field in ITEM_FIELDS if field in items.columns]
+    has_attributes = "attributes" in items.columns
+    texts = []
+    for row in items.itertuples(index=False):
+        values = {field: _field_value(getattr(row, field)) for field in present}
+        values["attributes"] = format_attributes(row.attributes, attribute_limit) if has_attributes else ""
+        try:
+            text = template.format_map(values)
+        except KeyError as missing:
+            raise KeyError(
+                f"text template {template!r} names {missing} which is not an item field; "
+                f"use {', '.join('{' + f + '}' for f in (*ITEM_FIELDS, 'attributes'))}"
+            ) from None
+        texts.append(_SPACES.sub(" ", text).strip())
+    return pd.Series(texts, index=items.index, dtype=object)
+
+
+def item_text_frame(items: pd.DataFrame, cfg: RerankConfig) -> pd.DataFrame:
+    """(item_id, item_text) for a pandas batch of the items table."""
+    return pd.DataFrame(
+        {
+            "item_id": items["item_id"].to_numpy(),
+            "item_text": render_item_texts(items, cfg.item_template, cfg.item_attributes).to_numpy(),
+        }
+    )
+
+
+def history_context(snippets: list[str]) -> str:
+    """A user's context from item snippets, newest first; the documented fallback when there are none."""
+    if not snippets:
+        return NEW_SHOPPER_CONTEXT
+    return HISTORY_PREFIX + HISTORY_SEPARATOR.join(snippets)
+
+
+def user_context_frame(history: pd.DataFrame, cfg: RerankConfig) -> pd.DataFrame:
+    """(request_id, context_text) from history rows (user_id, item_id, event_ts and the item fields).
+
+    Each item counts once, at its latest event; the `cfg.context_items` newest items are kept, newest
+    first, ties on time broken by item_id so the text never depends on row order.
+    """
+    if history.empty:
+        return pd.DataFrame({"request_id": pd.Series(dtype=object), "context_text": pd.Series(dtype=object)})
+    latest = (
+        history.sort_values(["user_id", "event_ts", "item_id"], ascending=[True, False, True])
+        .drop_duplicates(["user_id", "item_id"])
+        .groupby("user_id", sort=True)
+        .head(cfg.context_items)
+    )
+    latest = latest.assign(snippet=render_item_texts(latest, cfg.context_template, cfg.item_attributes))
+    snippets = latest.groupby("user_id", sort=True)["snippet"].agg(list)
+    contexts = pd.DataFrame({"request_id": history["user_id"].drop_duplicates().sort_values()})
+    contexts["context_text"] = [history_context(snippets.get(user, [])) for user in contexts["request_id"]]
+    return contexts.reset_index(drop=True)
+
+
+def budget_split(
+    context_tokens: IntOrArray, item_tokens: IntOrArray, budget: int
+) -> tuple[IntOrArray, IntOrArray]:
+    """Tokens kept of (context, item) so both fit in `budget`: the context is cut first.
+
+    The item keeps all its tokens up to a cap that still leaves the context `CONTEXT_MIN_SHARE` of the
+    budget (or all of it, when the context is shorter than that). Works on ints and on numpy arrays.
+    """
+    context_floor = np.minimum(context_tokens, int(budget * CONTEXT_MIN_SHARE))
+    item_kept = np.minimum(item_tokens, budget - context_floor)
+    return np.minimum(context_tokens, budget - item_kept), item_kept
+
+
+# ---- Spark layer --------------------------------------------------------------------------------
+
+
+def item_texts(items: DataFrame, cfg: RerankConfig) -> DataFrame:
+    """(item_id, item_text) for every row of the items table, rendered by `render_item_texts`."""
+
+    def render(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            yield item_text_frame(batch, cfg)
+
+    columns = [c for c in (*ITEM_FIELDS, "attributes") if c in items.columns]
+    return items.select(*columns).mapInPandas(render, "item_id string, item_text string")
+
+
+def user_contexts(
+    interactions: DataFrame, items: DataFrame, cfg: RerankConfig, as_of: dt.date | None = None
+) -> DataFrame:
+    """(request_id, context_text) for every user in `interactions`: their newest items, newest first.
+
+    With `as_of`, only events up to the end of that day count, so re-running a past date sees the same
+    history it saw then. Users absent here have no history: callers give them `NEW_SHOPPER_CONTEXT`.
+    """
+    if as_of is not None:
+        interactions = interactions.where(F.col("event_ts") < F.lit(as_of + dt.timedelta(days=1)))
+    latest = interactions.groupBy("user_id", "item_id").agg(F.max("event_ts").alias("event_ts"))
+    item_columns = [c for c in (*ITEM_FIELDS, "attributes") if c in items.columns]
+    history = latest.join(items.select(*item_columns), "item_id")
+    schema = "request_id string, context_text string"
+    return history.groupBy("user_id").applyInPandas(lambda pdf: user_context_frame(pdf, cfg), schema)

@@ -1,0 +1,169 @@
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_scoring import direct_scores
+from tiny_reranker import TINY_VERSION, tiny_artifact
+
+from llmrank_spark.config import RerankConfig
+from llmrank_spark.model import ZERO_SHOT_VERSION, ArtifactError
+from llmrank_spark.ranking import rank_request, rerank_candidates
+from llmrank_spark.tables import check_schema, frame_from_pandas
+from llmrank_spark.text import NEW_SHOPPER_CONTEXT, item_text_frame, user_context_frame
+
+RUN_DATE = dt.date(2026, 11, 20)
+ITEMS = pd.DataFrame(
+    {
+        "item_id": [f"i{n}" for n in range(8)],
+        "title": [
+            "Trail Runner",
+            "Wool Beanie",
+            "Leather Belt",
+            "Garden Hose",
+            "Canvas Tote",
+            "Rain Jacket",
+            "Desk Lamp",
+            "Coffee Mug",
+        ],
+        "category": ["Shoes", "Hats", "Accessories", "Garden", "Bags", "Outerwear", "Home", "Kitchen"],
+        "brand": ["Acme", "Zed", "Bolt", "Flow", None, "Acme", "Lumo", "Brew"],
+        "attributes": [{"color": "red"}, {"size": "M"}, {}, None, {"material": "canvas"}, {}, {}, {}],
+    }
+)
+EVENTS = pd.DataFrame(
+    {
+        "user_id": ["u1", "u1", "u2", "u1"],
+        "item_id": ["i0", "i1", "i3", "i7"],
+        "event_type": ["view", "purchase", "click", "view"],
+        # u1's last event is after the run date: it must not be in the context.
+        "event_ts": pd.to_datetime(["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-25"]),
+    }
+)
+REQUESTS = {
+    "u1": ["i2", "i3", "i4", "i5", "i6"],
+    "u2": ["i0", "i1", "i2", "i5"],
+    "u3": ["i1", "i4", "i6", "i7"],
+}
+CANDIDATES = pd.DataFrame(
+    [
+        {
+            "run_date": RUN_DATE,
+            "request_id": user,
+            "request_type": "user",
+            "item_id": item,
+            "retrieval_rank": rank,
+            "retrieval_score": 1.0 / rank,
+            "sources": ["als", "popularity"],
+            "source_ranks": {"als": rank, "popularity": rank + 1},
+            "source_scores": {"als": 2.0 / rank, "popularity": 1.0},
+        }
+        for user, items in REQUESTS.items()
+        for rank, item in enumerate(items, start=1)
+    ]
+)
+TOP_K = 3
+
+
+def tiny_config() -> RerankConfig:
+    return RerankConfig(
+        mode="cross_encoder", model_path=str(tiny_artifact()), top_k=TOP_K, micro_batch_size=4
+    )
+
+
+def run_rerank(
+    spark, cfg: RerankConfig, candidates: pd.DataFrame = CANDIDATES, queries: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    ranked = rerank_candidates(
+        spark,
+        frame_from_pandas(spark, candidates, "candidates"),
+        frame_from_pandas(spark, ITEMS, "items"),
+        frame_from_pandas(spark, EVENTS, "interactions"),
+        cfg,
+        RUN_DATE,
+        queries=None if queries is None else frame_from_pandas(spark, queries, "queries"),
+    )
+    check_schema(ranked, "ranked", "rerank_candidates output")
+    return ranked.toPandas().sort_values(["request_id", "rank"]).reset_index(drop=True)
+
+
+def expected_scores(cfg: RerankConfig) -> pd.DataFrame:
+    """Every candidate scored outside Spark: pure text builders plus the model run pair by pair."""
+    texts = item_text_frame(ITEMS, cfg)
+    history = EVENTS[EVENTS["event_ts"] < pd.Timestamp(RUN_DATE + dt.timedelta(days=1))].merge(
+        ITEMS, on="item_id"
+    )
+    contexts = user_context_frame(history, cfg)
+    pairs = CANDIDATES.merge(texts, on="item_id").merge(contexts, on="request_id", how="left")
+    pairs["context_text"] = pairs["context_text"].fillna(NEW_SHOPPER_CONTEXT)
+    return pairs.assign(score=direct_scores(pairs["context_text"].tolist(), pairs["item_text"].tolist()))
+
+
+def test_ties_are_broken_by_retrieval_rank_then_item_id_never_by_input_order():
+    scored = pd.DataFrame(
+        {
+            "request_id": "u1",
+            "request_type": "user",
+            "item_id": ["d", "c", "b", "a", "e"],
+            "score": [0.5, 0.9, 0.5, 0.5, 0.1],
+            "retrieval_rank": [2, 1, 3, 2, 4],
+            "retrieval_score": [0.5, 1.0, 0.3, 0.5, 0.2],
+            "sources": [["als"]] * 5,
+        }
+    )
+    outputs = [rank_request(scored.sample(frac=1, random_state=seed), top_k=4) for seed in range(5)]
+    for output in outputs:
+        pd.testing.assert_frame_equal(output, outputs[0])
+    assert outputs[0]["item_id"].tolist() == ["c", "a", "d", "b"]
+    assert outputs[0]["rank"].tolist() == [1, 2, 3, 4]
+
+
+def test_cross_encoder_mode_without_artifact_fails_before_scoring(spark):
+    with pytest.raises(
+        ArtifactError, match=r"rerank\.model_path is not set.*rerank\.mode=zero_shot_bi_encoder"
+    ):
+        run_rerank(spark, RerankConfig(mode="cross_encoder"))
+
+
+def test_rerank_keeps_top_k_by_model_score_and_a_rerun_is_identical(spark):
+    cfg = tiny_config()
+    ranked = run_rerank(spark, cfg)
+    expected = expected_scores(cfg)
+
+    assert ranked.groupby("request_id").size().to_dict() == {"u1": TOP_K, "u2": TOP_K, "u3": TOP_K}
+    assert (ranked["model_version"] == TINY_VERSION).all() and (ranked["run_date"] == RUN_DATE).all()
+    for request, rows in ranked.groupby("request_id"):
+        assert rows["rank"].tolist() == list(range(1, TOP_K + 1))
+        best = expected[expected["request_id"] == request].nlargest(TOP_K, "score")
+        assert rows["item_id"].tolist() == best["item_id"].tolist()
+    merged = ranked.merge(expected, on=["request_id", "item_id"], suffixes=("", "_direct"))
+    np.testing.assert_allclose(merged["score"], merged["score_direct"], atol=1e-4)
+    assert (merged["retrieval_rank"] == merged["retrieval_rank_direct"]).all()
+    assert merged["sources"].map(list).tolist() == [["als", "popularity"]] * len(merged)
+
+    pd.testing.assert_frame_equal(run_rerank(spark, cfg), ranked)
+
+
+def test_query_requests_are_scored_against_the_query_text_and_need_the_queries_table(spark):
+    cfg = tiny_config()
+    query_candidates = CANDIDATES[CANDIDATES["request_id"] == "u3"].assign(
+        request_id="q1", request_type="query"
+    )
+    queries = pd.DataFrame({"query_id": ["q1"], "query_text": ["warm hat for winter"]})
+    ranked = run_rerank(spark, cfg, query_candidates, queries)
+
+    texts = item_text_frame(ITEMS, cfg).set_index("item_id")["item_text"]
+    direct = direct_scores(["warm hat for winter"] * len(ranked), texts[ranked["item_id"]].tolist())
+    np.testing.assert_allclose(ranked["score"], direct, atol=1e-4)
+    assert (ranked["request_type"] == "query").all()
+
+    with pytest.raises(Exception, match="query request 'q1' has no row in the queries table"):
+        run_rerank(spark, cfg, query_candidates)
+
+
+@pytest.mark.slow
+def test_zero_shot_mode_says_so_in_model_version(spark):
+    ranked = run_rerank(spark, RerankConfig(top_k=2))
+    assert (ranked["model_version"] == ZERO_SHOT_VERSION).all()
+    assert len(ranked) == 2 * len(REQUESTS)
+    assert ranked["score"].between(-1.0, 1.0).all()

@@ -1,0 +1,100 @@
+import datetime as dt
+
+import pandas as pd
+
+from llmrank_spark.config import RerankConfig
+from llmrank_spark.tables import frame_from_pandas
+from llmrank_spark.text import (
+    HISTORY_PREFIX,
+    NEW_SHOPPER_CONTEXT,
+    budget_split,
+    format_attributes,
+    history_context,
+    item_text_frame,
+    item_texts,
+    user_context_frame,
+    user_contexts,
+)
+
+CFG = RerankConfig(context_items=2, item_attributes=2)
+ITEMS = pd.DataFrame(
+    {
+        "item_id": ["a", "b", "c"],
+        "title": ["Red Shoe", "Blue Hat", "Green Bag"],
+        "category": ["Shoes", None, "Bags"],
+        "brand": ["Acme", "Zed", ""],
+        "attributes": [{"size": "42", "color": "red", "material": "leather"}, None, {}],
+    }
+)
+
+
+def history(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
+    events = pd.DataFrame(rows, columns=["user_id", "item_id", "event_ts"])
+    return events.assign(event_ts=pd.to_datetime(events["event_ts"])).merge(ITEMS, on="item_id")
+
+
+def test_item_text_fills_template_with_first_attributes_by_name_and_marks_missing_fields():
+    texts = dict(item_text_frame(ITEMS, CFG).itertuples(index=False))
+    assert texts["a"] == "Red Shoe. Brand: Acme. Category: Shoes. color: red, material: leather"
+    assert texts["b"] == "Blue Hat. Brand: Zed. Category: unknown."
+    assert texts["c"] == "Green Bag. Brand: unknown. Category: Bags."
+
+
+def test_attributes_arrive_as_dict_or_pairs_and_format_the_same():
+    as_dict = {"b": "2", "a": "1", "c": None}
+    assert format_attributes(as_dict, 5) == format_attributes(list(as_dict.items()), 5) == "a: 1, b: 2"
+
+
+def test_user_context_is_newest_distinct_items_first_whatever_the_row_order():
+    rows = [
+        ("u1", "a", "2026-01-01"),
+        ("u1", "b", "2026-01-02"),
+        ("u1", "a", "2026-01-05"),
+        ("u1", "c", "2026-01-03"),
+        ("u2", "c", "2026-01-01"),
+    ]
+    expected = {
+        "u1": HISTORY_PREFIX + "Red Shoe (Shoes, Acme); Green Bag (Bags, unknown)",
+        "u2": HISTORY_PREFIX + "Green Bag (Bags, unknown)",
+    }
+    for seed in range(3):
+        shuffled = history(rows).sample(frac=1, random_state=seed)
+        assert dict(user_context_frame(shuffled, CFG).itertuples(index=False)) == expected
+
+
+def test_user_without_history_gets_the_documented_fallback():
+    assert history_context([]) == NEW_SHOPPER_CONTEXT
+
+
+def test_equal_event_times_are_ordered_by_item_id():
+    rows = [("u1", "b", "2026-01-01"), ("u1", "a", "2026-01-01")]
+    contexts = user_context_frame(history(rows), CFG)
+    assert (
+        contexts["context_text"].iloc[0] == HISTORY_PREFIX + "Red Shoe (Shoes, Acme); Blue Hat (unknown, Zed)"
+    )
+
+
+def test_budget_cuts_the_context_first():
+    assert budget_split(context_tokens=100, item_tokens=30, budget=61) == (31, 30)
+    assert budget_split(context_tokens=10, item_tokens=30, budget=61) == (10, 30)
+
+
+def test_budget_caps_a_long_item_but_leaves_the_context_its_share():
+    context, item = budget_split(context_tokens=100, item_tokens=500, budget=100)
+    assert (context, item) == (25, 75)
+    assert budget_split(context_tokens=5, item_tokens=500, budget=100) == (5, 95)
+
+
+def test_spark_helpers_match_the_pure_functions(spark):
+    items = frame_from_pandas(spark, ITEMS, "items")
+    rendered = dict(item_texts(items, CFG).toPandas().itertuples(index=False))
+    assert rendered == dict(item_text_frame(ITEMS, CFG).itertuples(index=False))
+
+    events = pd.DataFrame(
+        [("u1", "a", "2026-01-01"), ("u1", "b", "2026-01-03"), ("u2", "c", "2026-01-04")],
+        columns=["user_id", "item_id", "event_ts"],
+    ).assign(event_type="view", event_ts=lambda f: pd.to_datetime(f["event_ts"]))
+    interactions = frame_from_pandas(spark, events, "interactions")
+    contexts = dict(user_contexts(interactions, items, CFG, as_of=dt.date(2026, 1, 2)).collect())
+    # Events after the run date are not history yet: u1 saw only "a" by then, u2 nothing.
+    assert contexts == {"u1": HISTORY_PREFIX + "Red Shoe (Shoes, Acme)"}

@@ -1,0 +1,60 @@
+"""A tiny seeded BERT cross-encoder saved as a real reranker artifact: fast enough for every test run.
+
+It uses the packaged MiniLM tokenizer, so texts are tokenised exactly as in production; only the
+network is small (2 layers, hidden size 32) and its weights are a seeded random initialisation.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import shutil
+import tempfile
+from functools import cache
+from pathlib import Path
+
+TINY_VERSION = "tiny-test-v1"
+
+
+def build_tiny_artifact(path: Path, version: str = TINY_VERSION, seed: int = 0) -> Path:
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from llmrank_spark.config import RerankConfig
+    from llmrank_spark.model import ArtifactManifest, base_model_dir, load_tokenizer, save_artifact
+
+    tokenizer = load_tokenizer(base_model_dir())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=1,
+        # Wide initial weights, so scores differ clearly between pairs and a misaligned score shows.
+        initializer_range=0.5,
+    )
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(config).eval()
+    defaults = RerankConfig()
+    manifest = ArtifactManifest(
+        version=version,
+        max_length=defaults.max_length,
+        context_template=defaults.context_template,
+        item_template=defaults.item_template,
+        item_attributes=defaults.item_attributes,
+        loss="none (seeded random weights for tests)",
+        data_snapshot="none",
+        metrics={"ndcg@10": 0.0},
+        # Fixed, so every build has the same bytes and executors reuse one unpacked copy.
+        created_at=dt.datetime(2026, 11, 20, tzinfo=dt.UTC),
+    )
+    return save_artifact(model, tokenizer, path, manifest)
+
+
+@cache
+def tiny_artifact() -> Path:
+    """The tiny artifact, built once per test process in a directory removed at exit."""
+    root = Path(tempfile.mkdtemp(prefix="llmrank-tiny-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return build_tiny_artifact(root / TINY_VERSION)
