@@ -76,8 +76,8 @@ def check_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
         .drop(columns=["_score", "_sources"])
         .reset_index(drop=True)
     )
-    reason = pd.Series(None, index=pairs.index, dtype=object)
-    detail = pd.Series(None, index=pairs.index, dtype=object)
+    reason = pd.Series([None] * len(pairs), index=pairs.index, dtype=object)
+    detail = reason.copy()
 
     def reject(rows: pd.Series, why: str, what) -> None:
         fresh = rows & reason.isna()
