@@ -155,7 +155,13 @@ def rerank_candidates(
         checked.where(~rejected)
         .withColumn("score", score("context_text", "item_text"))
         .withColumn("reason", F.when(~finite, F.lit(NON_FINITE_SCORE)))
-        .withColumn("detail", F.when(~finite, F.concat(F.lit("score "), F.col("score").cast("string"))))
+        # Arrow hands a NaN from the UDF to Spark as null (the scorer itself never returns null).
+        .withColumn(
+            "detail",
+            F.when(
+                ~finite, F.concat(F.lit("score "), F.coalesce(F.col("score").cast("string"), F.lit("NaN")))
+            ),
+        )
     )
     outcome = scored.select(*ids, "score", "reason", "detail").unionByName(
         checked.where(rejected).select(*ids, F.lit(None).cast("double").alias("score"), "reason", "detail")

@@ -166,11 +166,15 @@ def rerank(spark: SparkSession, config: Config) -> StepRun:
 
     with StepRun(spark, config, "rerank") as run:
         todays = run.read("candidates").where(F.col("run_date") == F.lit(config.run.run_date))
+        # Events of a type the candidates step rejected (no weight) are not history here either.
+        known_events = run.read("interactions").where(
+            F.col("event_type").isin(list(config.candidates.event_weights))
+        )
         result = rerank_candidates(
             spark,
             todays,
             run.read("items"),
-            run.read("interactions"),
+            known_events,
             config.rerank,
             config.run.run_date,
             queries=run.read_optional("queries"),
