@@ -188,6 +188,8 @@ class RerankConfig(_Section):
     top_k: int = Field(50, ge=1)
     max_length: int = Field(128, ge=16, le=512)
     micro_batch_size: int = Field(64, ge=1)
+    # On GPU out-of-memory the scorer halves its micro-batch and retries, down to this floor, then fails.
+    min_micro_batch_size: int = Field(1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     quantize_int8: bool = False
@@ -197,6 +199,16 @@ class RerankConfig(_Section):
     item_attributes: int = Field(6, ge=0)
 
 
+class FaultsConfig(_Section):
+    """Test-only fault injection (docs/reliability.md): tests set these to prove the job fails or recovers
+    cleanly. Every key must stay unset in production."""
+
+    # The scoring UDF raises InjectedFault in every task that has already scored this many Arrow batches.
+    fail_scoring_after_batches: int | None = Field(None, ge=0)
+    # The first scoring task that creates this file (it must not exist yet) kills its Python worker.
+    kill_worker_once_marker: str | None = None
+
+
 class Config(_Section):
     spark: SparkConfig = Field(default_factory=SparkConfig)
     lakehouse: LakehouseConfig = Field(default_factory=LakehouseConfig)
@@ -204,6 +216,7 @@ class Config(_Section):
     sample: SampleConfig = Field(default_factory=SampleConfig)
     candidates: CandidatesConfig = Field(default_factory=CandidatesConfig)
     rerank: RerankConfig = Field(default_factory=RerankConfig)
+    faults: FaultsConfig = Field(default_factory=FaultsConfig)
 
     def table_path(self, table: str) -> str:
         """Where a table lives (a path, or a catalog name): a `lakehouse.tables` entry, else the default."""

@@ -1,24 +1,33 @@
 """The rerank stage: score every candidate with the broadcast BERT model, keep each request's top-K.
 
 `rank_request` is the pure listwise step (one request's scored candidates -> its ranked top-K);
-`rerank_candidates` is the Spark layer the pipeline calls: it builds the texts, scores the pairs in the
-pandas UDF of `scoring` and applies `rank_request` per request with `applyInPandas`.
+`rerank_candidates` is the Spark layer the pipeline calls: it builds the texts, checks each request's
+pairs (`rejects.check_pairs`), scores the valid ones in the pandas UDF of `scoring`, and applies
+`rank_request` per request with `applyInPandas`; what cannot be ranked goes to `rejects` with a reason.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from llmrank_spark.config import RerankConfig
+from llmrank_spark.config import FaultsConfig, RerankConfig
 from llmrank_spark.model import ModelSpec, cross_encoder_spec, read_manifest, zero_shot_spec
+from llmrank_spark.rejects import (
+    CHECKED_SCHEMA,
+    NON_FINITE_SCORE,
+    PAIR_COLUMNS,
+    as_rejects,
+    check_pairs,
+)
 from llmrank_spark.scoring import ScoringSettings, scoring_udf, ship_model
 from llmrank_spark.tables import conform
-from llmrank_spark.text import NEW_SHOPPER_CONTEXT, item_texts, user_contexts
+from llmrank_spark.text import item_texts, user_contexts
 
 # Best first; equal scores fall back to the retrieval order, then the item id: never to input order.
 RANK_ORDER = (("score", False), ("retrieval_rank", True), ("item_id", True))
@@ -86,6 +95,37 @@ def request_contexts(
     return contexts
 
 
+@dataclass(frozen=True)
+class RerankResult:
+    """The rerank step's outputs. Both derive from `outcome`, every candidate pair once, scored or rejected:
+    persist it before writing (`steps.materialised`) so each pair is scored once and a scoring failure
+    happens before either table is written."""
+
+    outcome: DataFrame
+    ranked: DataFrame  # the `ranked` table's rows
+    rejects: DataFrame  # the `rejects` table's rows of the rerank step
+
+
+def checked_pairs(
+    candidates: DataFrame, items: DataFrame, contexts: DataFrame, cfg: RerankConfig
+) -> DataFrame:
+    """Every candidate row with its texts, grouped by request and marked scorable or rejected (`check_pairs`).
+
+    The grouping also places whole requests in one partition in a fixed order, so Arrow batches (and so
+    the scores, bit for bit) are the same on every rerun, and a batch repeats few contexts.
+    """
+    catalogue = item_texts(items, cfg).withColumn("in_catalogue", F.lit(True))
+    pairs = (
+        candidates.select(
+            "request_id", "request_type", "item_id", "retrieval_rank", "retrieval_score", "sources"
+        )
+        .join(catalogue, "item_id", "left")
+        .join(contexts.withColumn("context_found", F.lit(True)), ["request_type", "request_id"], "left")
+        .select(*PAIR_COLUMNS)
+    )
+    return pairs.groupBy("request_type", "request_id").applyInPandas(check_pairs, CHECKED_SCHEMA)
+
+
 def rerank_candidates(
     spark: SparkSession,
     candidates: DataFrame,
@@ -94,58 +134,49 @@ def rerank_candidates(
     cfg: RerankConfig,
     run_date: dt.date,
     queries: DataFrame | None = None,
-) -> DataFrame:
-    """The `ranked` table for one run: each request's top-K candidates by reranker score.
+    faults: FaultsConfig | None = None,
+) -> RerankResult:
+    """The `ranked` rows for one run, each request's top-K candidates by reranker score, and the `rejects`.
 
-    `candidates` follows the `candidates` contract. Query requests need `queries` (their text is the
-    context); users without history get `NEW_SHOPPER_CONTEXT`. Fails, naming what is missing and how to
+    `candidates` follows the `candidates` contract. Pairs the rules of `check_pairs` reject, and pairs the
+    model scores NaN or infinite, go to rejects with the reason; so every candidate request is ranked or
+    rejected. Users without history get `NEW_SHOPPER_CONTEXT`. Fails, naming what is missing and how to
     fix it, when cfg asks for a cross-encoder that does not exist: it never scores with an untrained head.
+    `faults` is test-only fault injection.
     """
     spec, cfg = model_for(cfg)
-    score = scoring_udf(ship_model(spark, spec), ScoringSettings.from_config(cfg))
-    missing_query = F.raise_error(
-        F.concat(
-            F.lit("query request '"),
-            F.col("request_id"),
-            F.lit("' has no row in the queries table: pass queries to rerank_candidates"),
-        )
-    )
-    missing_item = F.raise_error(
-        F.concat(
-            F.lit("candidate item '"),
-            F.col("item_id"),
-            F.lit("' is not in the items table; rebuild candidates against the current catalogue"),
-        )
-    )
+    score = scoring_udf(ship_model(spark, spec), ScoringSettings.from_config(cfg), faults)
     contexts = request_contexts(candidates, interactions, items, cfg, run_date, queries)
-    pairs = (
-        candidates.join(item_texts(items, cfg), "item_id", "left")
-        .join(contexts, ["request_type", "request_id"], "left")
+    checked = checked_pairs(candidates, items, contexts, cfg)
+    rejected = F.col("reason").isNotNull()
+    finite = F.col("score").isNotNull() & ~F.isnan("score") & (F.abs("score") != F.lit(float("inf")))
+    ids = [name for name in RANKED_COLUMNS if name not in ("rank", "score")]
+    scored = (
+        checked.where(~rejected)
+        .withColumn("score", score("context_text", "item_text"))
+        .withColumn("reason", F.when(~finite, F.lit(NON_FINITE_SCORE)))
+        # Arrow hands a NaN from the UDF to Spark as null (the scorer itself never returns null).
         .withColumn(
-            "context_text",
-            F.coalesce(
-                "context_text",
-                F.when(F.col("request_type") == "user", F.lit(NEW_SHOPPER_CONTEXT)).otherwise(missing_query),
+            "detail",
+            F.when(
+                ~finite, F.concat(F.lit("score "), F.coalesce(F.col("score").cast("string"), F.lit("NaN")))
             ),
         )
-        .withColumn("item_text", F.coalesce("item_text", missing_item))
     )
-    # Whole requests per partition in a fixed order: Arrow batches (and so the scores, bit for bit) are
-    # the same on every rerun, and a batch repeats few contexts. The grouping below shuffles again, but
-    # only ids and scores: the texts are dropped first.
-    scored = (
-        pairs.repartition("request_id", "request_type")
-        .sortWithinPartitions("request_id", "request_type", "item_id")
-        .withColumn("score", score("context_text", "item_text"))
+    outcome = scored.select(*ids, "score", "reason", "detail").unionByName(
+        checked.where(rejected).select(*ids, F.lit(None).cast("double").alias("score"), "reason", "detail")
     )
 
     def rank(scored_request: pd.DataFrame) -> pd.DataFrame:
         return rank_request(scored_request, cfg.top_k)
 
+    # The grouping shuffles again, but only ids and scores: the texts are dropped first.
     ranked = (
-        scored.select(*[name for name in RANKED_COLUMNS if name != "rank"])
+        outcome.where(~rejected)
+        .select(*[name for name in RANKED_COLUMNS if name != "rank"])
         .groupBy("request_id", "request_type")
         .applyInPandas(rank, RANKED_SCHEMA)
     )
     ranked = ranked.withColumn("model_version", F.lit(spec.version)).withColumn("run_date", F.lit(run_date))
-    return conform(ranked, "ranked")
+    rejects = as_rejects(outcome.where(rejected), run_date, "rerank", "candidates")
+    return RerankResult(outcome, conform(ranked, "ranked"), rejects)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -28,6 +30,22 @@ from llmrank_spark.tables import (
     table_exists,
     write_table,
 )
+
+
+@contextmanager
+def materialised(frame: DataFrame) -> Iterator[DataFrame]:
+    """`frame` computed once, in full, before the block writes anything derived from it.
+
+    A step whose outputs share expensive work (the model's scores) then does that work once, and a
+    failure in it (a crashed scorer, an injected fault) happens before the first commit: every output
+    table keeps its previous version. Cached blocks lost with an executor are recomputed by Spark.
+    """
+    frame.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        frame.count()
+        yield frame
+    finally:
+        frame.unpersist()
 
 
 class StepRun:
@@ -60,11 +78,14 @@ class StepRun:
         return self.read(table) if self._exists(table) else None
 
     def write(self, table: str, frame: DataFrame) -> None:
-        write_table(frame, self.config, table, self.config.run.run_date)
+        write_table(frame, self.config, table, self.config.run.run_date, self.step)
         location = self.config.table_path(table)
         written = load(self.spark, location)
-        if "run_date" in contract(table).partition_by:
+        partition_by = contract(table).partition_by
+        if "run_date" in partition_by:
             written = written.where(F.col("run_date") == F.lit(self.config.run.run_date))
+        if "step" in partition_by:
+            written = written.where(F.col("step") == F.lit(self.step))
         self.rows[table] = written.count()
         self.outputs[table] = latest_version(self.spark, self.config, table)
 
@@ -125,7 +146,7 @@ def candidates(spark: SparkSession, config: Config) -> StepRun:
     from llmrank_spark.candidates import build_candidates
 
     with StepRun(spark, config, "candidates") as run:
-        frame = build_candidates(
+        lists = build_candidates(
             spark,
             run.read("items"),
             run.read("interactions"),
@@ -133,7 +154,9 @@ def candidates(spark: SparkSession, config: Config) -> StepRun:
             config.candidates,
             config.run.run_date,
         )
-        run.write("candidates", frame)
+        with materialised(lists.candidates):
+            run.write("candidates", lists.candidates)
+            run.write("rejects", lists.rejects)
     return run
 
 
@@ -143,16 +166,23 @@ def rerank(spark: SparkSession, config: Config) -> StepRun:
 
     with StepRun(spark, config, "rerank") as run:
         todays = run.read("candidates").where(F.col("run_date") == F.lit(config.run.run_date))
-        frame = rerank_candidates(
+        # Events of a type the candidates step rejected (no weight) are not history here either.
+        known_events = run.read("interactions").where(
+            F.col("event_type").isin(list(config.candidates.event_weights))
+        )
+        result = rerank_candidates(
             spark,
             todays,
             run.read("items"),
-            run.read("interactions"),
+            known_events,
             config.rerank,
             config.run.run_date,
             queries=run.read_optional("queries"),
+            faults=config.faults,
         )
-        run.write("ranked", frame)
+        with materialised(result.outcome):
+            run.write("ranked", result.ranked)
+            run.write("rejects", result.rejects)
     return run
 
 
