@@ -8,6 +8,7 @@ pandas UDF of `scoring` and applies `rank_request` per request with `applyInPand
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,7 @@ RANKED_COLUMNS = {
     "retrieval_rank": "int",
     "retrieval_score": "double",
     "sources": "array<string>",
+    "model_rank": "int",
 }
 RANKED_SCHEMA = ", ".join(f"{name} {kind}" for name, kind in RANKED_COLUMNS.items())
 
@@ -40,7 +42,8 @@ def rank_request(scored: pd.DataFrame, top_k: int) -> pd.DataFrame:
     """One request's scored candidates in model order, ties broken deterministically, cut to `top_k`."""
     columns, ascending = zip(*RANK_ORDER, strict=True)
     ranked = scored.sort_values(list(columns), ascending=list(ascending), kind="mergesort").head(top_k)
-    ranked = ranked.assign(rank=np.arange(1, len(ranked) + 1, dtype=np.int32))
+    positions = np.arange(1, len(ranked) + 1, dtype=np.int32)
+    ranked = ranked.assign(rank=positions, model_rank=positions)
     return ranked[list(RANKED_COLUMNS)].reset_index(drop=True)
 
 
@@ -94,8 +97,12 @@ def rerank_candidates(
     cfg: RerankConfig,
     run_date: dt.date,
     queries: DataFrame | None = None,
+    reorder: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
 ) -> DataFrame:
     """The `ranked` table for one run: each request's top-K candidates by reranker score.
+
+    `reorder`, when given, post-processes each request's top-K (e.g. `fairness.list_reorderer`): it
+    changes `rank` and leaves `model_rank`, the position in model order, as it was.
 
     `candidates` follows the `candidates` contract. Query requests need `queries` (their text is the
     context); users without history get `NEW_SHOPPER_CONTEXT`. Fails, naming what is missing and how to
@@ -140,10 +147,11 @@ def rerank_candidates(
     )
 
     def rank(scored_request: pd.DataFrame) -> pd.DataFrame:
-        return rank_request(scored_request, cfg.top_k)
+        ranked_request = rank_request(scored_request, cfg.top_k)
+        return ranked_request if reorder is None else reorder(ranked_request)[list(RANKED_COLUMNS)]
 
     ranked = (
-        scored.select(*[name for name in RANKED_COLUMNS if name != "rank"])
+        scored.select(*[name for name in RANKED_COLUMNS if name not in ("rank", "model_rank")])
         .groupBy("request_id", "request_type")
         .applyInPandas(rank, RANKED_SCHEMA)
     )
