@@ -153,13 +153,13 @@ def rerank(spark: SparkSession, config: Config) -> StepRun:
             config.rerank,
             config.run.run_date,
             queries=run.read_optional("queries"),
-            reorder=_fairness_pass(items, interactions, config),
+            reorder=fairness_pass(items, interactions, config),
         )
         run.write("ranked", frame)
     return run
 
 
-def _fairness_pass(items: DataFrame, interactions: DataFrame, config: Config):
+def fairness_pass(items: DataFrame, interactions: DataFrame, config: Config):
     """The per-list fairness/diversity pass of `config.fairness`, or None when it is off."""
     if config.fairness.mode == "off":
         return None
