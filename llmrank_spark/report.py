@@ -158,13 +158,14 @@ def plot_trends(history: pd.DataFrame, step: str, k: int, path: Path) -> Path:
     rows = history[(history.step == step) & (history.slice == "all") & history.metric.isin(wanted)]
     table = rows.pivot_table(index="run_date", columns="metric", values="value").sort_index()
     shown = [m for m in wanted if m in table.columns]
-    figure, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.4), squeeze=False)
+    figure, axes = plt.subplots(1, len(shown), figsize=(3.4 * len(shown), 3.8), squeeze=False)
+    dates = [str(d) for d in table.index]  # one tick per run, however far apart the runs are
     for axis, metric in zip(axes[0], shown, strict=True):
-        axis.plot(pd.to_datetime(table.index), table[metric], marker="o")
-        axis.set_title(metric)
+        axis.plot(dates, table[metric].to_numpy(), marker="o")
+        axis.set_title(metric, fontsize=12)
         axis.grid(alpha=0.3)
-        axis.tick_params(axis="x", labelrotation=45, labelsize=8)
-    figure.suptitle(f"Trends across runs ({ORDER_NAMES.get(step, step)})")
+        axis.tick_params(axis="x", labelrotation=45, labelsize=9)
+    figure.suptitle(f"Trends across runs ({ORDER_NAMES.get(step, step)})", fontsize=13)
     return _save(figure, path)
 
 
