@@ -209,6 +209,45 @@ class FaultsConfig(_Section):
     kill_worker_once_marker: str | None = None
 
 
+class EvaluateConfig(_Section):
+    # List depths every metric is measured at (each at most rerank.top_k to be meaningful).
+    ks: list[int] = Field(default_factory=lambda: [10, 50])
+    # Items holding the first head_share of interactions are "head", the last tail_share "tail".
+    popularity_head_share: float = Field(0.2, gt=0, lt=1)
+    popularity_tail_share: float = Field(0.2, gt=0, lt=1)
+    # users-table columns whose groups get their own quality figures and gap; "age_band" cuts `age`.
+    user_group_attributes: list[str] = Field(default_factory=lambda: ["gender", "age_band"])
+    age_band_edges: list[int] = Field(default_factory=lambda: [18, 25, 35, 45, 50, 56])
+    # Labels of user requests: the user's events in the label_days after run_date, graded by event type
+    # (the best grade per item counts). Types left out (views by default) are not labels.
+    label_days: int = Field(30, ge=1)
+    label_grades: dict[str, int] = Field(
+        default_factory=lambda: {"click": 1, "add_to_cart": 2, "purchase": 3, "rating": 1}
+    )
+    # Intra-list diversity by MiniLM text embedding of the ranked items (loads the packaged encoder).
+    embedding_diversity: bool = True
+
+
+class FairnessConfig(_Section):
+    # off: ranked holds the model order. on: each ranked list is re-ordered for provider-exposure fairness
+    # (and diversity, if on). sweep: as on, and evaluate also measures every weight in sweep_weights.
+    mode: Literal["off", "on", "sweep"] = "on"
+    # lambda: 0 = relevance only, 1 = provider need only (fairness.fair_rerank). Chosen from the measured
+    # sweep in docs/benchmarks.md.
+    weight: float = Field(0.3, ge=0, le=1)
+    sweep_weights: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0])
+    # Guarantee: every prefix of p positions holds at least floor(min_long_tail_share * p) long-tail items.
+    min_long_tail_share: float = Field(0.2, ge=0, le=1)
+    # Long-tail providers: outside the most popular providers that together hold this share of interactions.
+    long_tail_head_share: float = Field(0.5, gt=0, lt=1)
+    # The provider of an item: its brand, or when set the value of this key in its attributes (MovieLens has
+    # no studio: `year` makes release-year cohorts the providers).
+    provider_attribute: str | None = None
+    # MMR by category before the fairness pass; mmr_trade_off 1 = relevance only.
+    diversity: bool = False
+    mmr_trade_off: float = Field(0.7, ge=0, le=1)
+
+
 class Config(_Section):
     spark: SparkConfig = Field(default_factory=SparkConfig)
     lakehouse: LakehouseConfig = Field(default_factory=LakehouseConfig)
@@ -217,6 +256,8 @@ class Config(_Section):
     candidates: CandidatesConfig = Field(default_factory=CandidatesConfig)
     rerank: RerankConfig = Field(default_factory=RerankConfig)
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    fairness: FairnessConfig = Field(default_factory=FairnessConfig)
 
     def table_path(self, table: str) -> str:
         """Where a table lives (a path, or a catalog name): a `lakehouse.tables` entry, else the default."""

@@ -9,6 +9,7 @@ pairs (`rejects.check_pairs`), scores the valid ones in the pandas UDF of `scori
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +42,7 @@ RANKED_COLUMNS = {
     "retrieval_rank": "int",
     "retrieval_score": "double",
     "sources": "array<string>",
+    "model_rank": "int",
 }
 RANKED_SCHEMA = ", ".join(f"{name} {kind}" for name, kind in RANKED_COLUMNS.items())
 
@@ -49,7 +51,8 @@ def rank_request(scored: pd.DataFrame, top_k: int) -> pd.DataFrame:
     """One request's scored candidates in model order, ties broken deterministically, cut to `top_k`."""
     columns, ascending = zip(*RANK_ORDER, strict=True)
     ranked = scored.sort_values(list(columns), ascending=list(ascending), kind="mergesort").head(top_k)
-    ranked = ranked.assign(rank=np.arange(1, len(ranked) + 1, dtype=np.int32))
+    positions = np.arange(1, len(ranked) + 1, dtype=np.int32)
+    ranked = ranked.assign(rank=positions, model_rank=positions)
     return ranked[list(RANKED_COLUMNS)].reset_index(drop=True)
 
 
@@ -135,12 +138,15 @@ def rerank_candidates(
     run_date: dt.date,
     queries: DataFrame | None = None,
     faults: FaultsConfig | None = None,
+    reorder: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
 ) -> RerankResult:
     """The `ranked` rows for one run, each request's top-K candidates by reranker score, and the `rejects`.
 
     `candidates` follows the `candidates` contract. Pairs the rules of `check_pairs` reject, and pairs the
     model scores NaN or infinite, go to rejects with the reason; so every candidate request is ranked or
-    rejected. Users without history get `NEW_SHOPPER_CONTEXT`. Fails, naming what is missing and how to
+    rejected. `reorder`, when given, post-processes each request's top-K (e.g. `fairness.list_reorderer`):
+    it changes `rank` and leaves `model_rank`, the position in model order, as it was.
+    Users without history get `NEW_SHOPPER_CONTEXT`. Fails, naming what is missing and how to
     fix it, when cfg asks for a cross-encoder that does not exist: it never scores with an untrained head.
     `faults` is test-only fault injection.
     """
@@ -150,7 +156,7 @@ def rerank_candidates(
     checked = checked_pairs(candidates, items, contexts, cfg)
     rejected = F.col("reason").isNotNull()
     finite = F.col("score").isNotNull() & ~F.isnan("score") & (F.abs("score") != F.lit(float("inf")))
-    ids = [name for name in RANKED_COLUMNS if name not in ("rank", "score")]
+    ids = [name for name in RANKED_COLUMNS if name not in ("rank", "model_rank", "score")]
     scored = (
         checked.where(~rejected)
         .withColumn("score", score("context_text", "item_text"))
@@ -168,12 +174,13 @@ def rerank_candidates(
     )
 
     def rank(scored_request: pd.DataFrame) -> pd.DataFrame:
-        return rank_request(scored_request, cfg.top_k)
+        ranked_request = rank_request(scored_request, cfg.top_k)
+        return ranked_request if reorder is None else reorder(ranked_request)[list(RANKED_COLUMNS)]
 
     # The grouping shuffles again, but only ids and scores: the texts are dropped first.
     ranked = (
         outcome.where(~rejected)
-        .select(*[name for name in RANKED_COLUMNS if name != "rank"])
+        .select(*[name for name in RANKED_COLUMNS if name not in ("rank", "model_rank")])
         .groupBy("request_id", "request_type")
         .applyInPandas(rank, RANKED_SCHEMA)
     )

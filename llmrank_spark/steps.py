@@ -57,6 +57,7 @@ class StepRun:
         self.outputs: dict[str, int] = {}
         self.rows: dict[str, int] = {}
         self.seconds = 0.0
+        self.notes: list[str] = []  # lines a person should read after the step (e.g. the run report)
 
     def __enter__(self) -> StepRun:
         self._started_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -94,7 +95,7 @@ class StepRun:
             f"{t}: {self.rows[t]:,} rows (Delta v{self.outputs[t]}) at {self.config.table_path(t)}"
             for t in self.outputs
         ]
-        return f"[{self.step}] {self.seconds:.1f}s\n  " + "\n  ".join(lines)
+        return f"[{self.step}] {self.seconds:.1f}s\n  " + "\n  ".join(lines + self.notes)
 
     def _exists(self, table: str) -> bool:
         return table_exists(self.spark, self.config, table)
@@ -166,19 +167,19 @@ def rerank(spark: SparkSession, config: Config) -> StepRun:
 
     with StepRun(spark, config, "rerank") as run:
         todays = run.read("candidates").where(F.col("run_date") == F.lit(config.run.run_date))
+        items, interactions = run.read("items"), run.read("interactions")
         # Events of a type the candidates step rejected (no weight) are not history here either.
-        known_events = run.read("interactions").where(
-            F.col("event_type").isin(list(config.candidates.event_weights))
-        )
+        known_events = interactions.where(F.col("event_type").isin(list(config.candidates.event_weights)))
         result = rerank_candidates(
             spark,
             todays,
-            run.read("items"),
+            items,
             known_events,
             config.rerank,
             config.run.run_date,
             queries=run.read_optional("queries"),
             faults=config.faults,
+            reorder=fairness_pass(items, known_events, config),
         )
         with materialised(result.outcome):
             run.write("ranked", result.ranked)
@@ -186,9 +187,40 @@ def rerank(spark: SparkSession, config: Config) -> StepRun:
     return run
 
 
+def fairness_pass(items: DataFrame, interactions: DataFrame, config: Config):
+    """The per-list fairness/diversity pass of `config.fairness`, or None when it is off."""
+    if config.fairness.mode == "off":
+        return None
+    from llmrank_spark.evaluate import catalogue_frame, item_counts_until
+    from llmrank_spark.fairness import list_reorderer, provider_policy, with_providers
+
+    catalogue = with_providers(catalogue_frame(items), config.fairness.provider_attribute)
+    counts = item_counts_until(interactions, config.run.run_date)
+    policy = provider_policy(catalogue, counts, config.fairness.long_tail_head_share)
+    return list_reorderer(policy, config.fairness, catalogue.set_index("item_id")["category"])
+
+
+def evaluate(spark: SparkSession, config: Config) -> StepRun:
+    """Measure the run's lists (retrieval, model and fair order) into `metrics` and write the run report."""
+    from llmrank_spark.evaluate import evaluate_tables
+    from llmrank_spark.report import write_report
+
+    with StepRun(spark, config, "evaluate") as run:
+        tables = {table: run.read(table) for table in ("ranked", "candidates", "items", "interactions")} | {
+            table: run.read_optional(table) for table in ("users", "query_labels")
+        }
+        rows = evaluate_tables(tables, config).assign(run_date=config.run.run_date)
+        run.write("metrics", frame_from_pandas(spark, rows, "metrics"))
+        history = read_table(spark, config, "metrics", version=run.outputs["metrics"]).toPandas()
+        report = write_report(history, config)
+        run.notes += [f"report: {report.index}", *report.summary]
+    return run
+
+
 NIGHTLY_STEPS: dict[str, Callable[[SparkSession, Config], StepRun]] = {
     "candidates": candidates,
     "rerank": rerank,
+    "evaluate": evaluate,
 }
 
 

@@ -163,6 +163,12 @@ CONTRACTS: dict[str, TableContract] = {
                 Column("retrieval_rank", "int", "Position before re-ranking, for comparison."),
                 Column("retrieval_score", "double", "Blended retrieval score."),
                 Column("sources", "array<string>", "Retrievers that proposed the item."),
+                Column(
+                    "model_rank",
+                    "int",
+                    "Position in model order, before the fairness/diversity pass (= rank when it is off).",
+                    False,
+                ),
             ),
             partition_by=("run_date",),
             written_by="`llmrank rerank`",
@@ -211,7 +217,13 @@ CONTRACTS: dict[str, TableContract] = {
             "Quality, fairness and diversity measurements per run and step.",
             (
                 RUN_DATE,
-                Column("step", "string", "Pipeline step measured (e.g. candidates, rerank).", key=True),
+                Column(
+                    "step",
+                    "string",
+                    "Order measured: candidates (retrieval order), rerank (model order), fairness (the "
+                    "final order with the configured lambda) or fairness[lambda=0.30] (a sweep point).",
+                    key=True,
+                ),
                 Column("model_version", "string", "Model version measured, if any.", False),
                 Column("metric", "string", "Metric name, e.g. ndcg@10.", key=True),
                 Column("slice", "string", "Population measured: 'all' or e.g. 'gender=F'.", key=True),
