@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_ranking import CANDIDATES, EVENTS, ITEMS, RUN_DATE, TOP_K, expected_scores, run_rerank
+from test_ranking import CANDIDATES, EVENTS, ITEMS, RUN_DATE, TOP_K, expected_scores
 from tiny_reranker import build_tiny_artifact
 
 from llmrank_spark.config import Config, RerankConfig, TrainConfig
@@ -224,21 +224,6 @@ def tiny_with_head(path, head: FusionHead | None, version: str = "tiny-fused-v1"
 HEAD = FusionHead(features=["als", "popularity"], logit_weight=0.5, feature_weights=[4.0, -1.0], bias=0.25)
 
 
-def test_rerank_serves_the_fusion_head_on_the_candidate_features(spark, tmp_path):
-    path = tiny_with_head(tmp_path / "fused", HEAD)
-    cfg = RerankConfig(mode="cross_encoder", model_path=str(path), top_k=TOP_K, micro_batch_size=4)
-    ranked = run_rerank(spark, cfg)
-    expected = expected_scores(cfg)
-    expected["score"] = fused_scores(
-        expected["score"].to_numpy(), retrieval_features(expected["source_ranks"], HEAD.features), HEAD
-    )
-    merged = ranked.merge(expected, on=["request_id", "item_id"], suffixes=("", "_direct"))
-    np.testing.assert_allclose(merged["score"], merged["score_direct"], atol=1e-4)
-    for request, rows in ranked.groupby("request_id"):
-        best = expected[expected["request_id"] == request].nlargest(TOP_K, "score")
-        assert rows["item_id"].tolist() == best["item_id"].tolist()
-
-
 def _lists(n_lists: int, seed: int) -> pd.DataFrame:
     """Lists whose positive is always the candidate ALS ranks first, so the head can learn to rank them."""
     rng = np.random.default_rng(seed)
@@ -305,21 +290,31 @@ def test_warm_start_loads_the_newest_registered_version(spark, tmp_path):
     assert fresh.head_spec().logit_weight == 1.0 and fresh.head_spec().feature_weights == [0.0]
 
 
-def test_cross_encoder_rerank_without_model_path_uses_the_newest_registered_version(spark, config, tmp_path):
+def test_rerank_serves_the_newest_registered_version_with_its_fusion_head(spark, config, tmp_path):
+    """rerank.mode=cross_encoder without model_path picks the registry's newest version, and its head
+    fuses the logit with the candidate row's features exactly as `fused_scores` does."""
     from llmrank_spark import steps
 
     path = tiny_with_head(tmp_path / "registered", HEAD, version="registered-v1")
-    write_table(
-        frame_from_pandas(spark, registry_row(read_manifest(path), path), "model_registry"),
-        config,
-        "model_registry",
-    )
+    row = registry_row(read_manifest(path), path)
+    write_table(frame_from_pandas(spark, row, "model_registry"), config, "model_registry")
     for table, frame in (("candidates", CANDIDATES), ("items", ITEMS), ("interactions", EVENTS)):
         write_table(frame_from_pandas(spark, frame, table), config, table, RUN_DATE)
     assert config.run.run_date == RUN_DATE
-    config = config.model_copy(
-        update={"rerank": config.rerank.model_copy(update={"mode": "cross_encoder", "top_k": TOP_K})}
+    rerank_cfg = config.rerank.model_copy(
+        update={"mode": "cross_encoder", "top_k": TOP_K, "micro_batch_size": 4}
     )
-    steps.rerank(spark, config)
+    steps.rerank(spark, config.model_copy(update={"rerank": rerank_cfg}))
     ranked = spark.read.format("delta").load(config.table_path("ranked")).toPandas()
     assert set(ranked["model_version"]) == {"registered-v1"}
+
+    expected = expected_scores(rerank_cfg.model_copy(update={"model_path": str(path)}))
+    expected["score"] = fused_scores(
+        expected["score"].to_numpy(), retrieval_features(expected["source_ranks"], HEAD.features), HEAD
+    )
+    merged = ranked.merge(expected, on=["request_id", "item_id"], suffixes=("", "_direct"))
+    assert len(merged) == TOP_K * 3
+    np.testing.assert_allclose(merged["score"], merged["score_direct"], atol=1e-4)
+    for request, rows in ranked.sort_values("rank").groupby("request_id"):
+        best = expected[expected["request_id"] == request].nlargest(TOP_K, "score")
+        assert rows["item_id"].tolist() == best["item_id"].tolist()
