@@ -248,6 +248,57 @@ class FairnessConfig(_Section):
     mmr_trade_off: float = Field(0.7, ge=0, le=1)
 
 
+TRAIN_LOSSES = ("bce", "ranknet", "hinge", "listnet", "lambdaloss")
+
+
+class TrainConfig(_Section):
+    """The fine-tuning job (`llmrank train`); docs/training.md explains each knob and the CPU budget."""
+
+    # bce: pointwise; ranknet, hinge: pairwise; listnet, lambdaloss: listwise (docs/training.md).
+    loss: Literal[TRAIN_LOSSES] = "listnet"
+    # Each user's newest events (one per item) that become lists; the newest of them is the validation slice.
+    lists_per_user: int = Field(4, ge=2)
+    # Users with fewer earlier events than this give no lists: their context would say too little.
+    min_history: int = Field(5, ge=1)
+    list_size: int = Field(8, ge=2)
+    # Negatives of a list drawn from the user's candidate list (the rest are random catalogue items).
+    hard_negatives: int = Field(3, ge=0)
+    # Subsampling caps that keep a CPU run within its budget (seeded): lists trained on and validated on.
+    max_train_lists: int = Field(600, ge=1)
+    max_validation_lists: int = Field(150, ge=1)
+    batch_lists: int = Field(4, ge=1)
+    epochs: int = Field(1, ge=1)
+    learning_rate: float = Field(3e-5, gt=0)
+    head_learning_rate: float = Field(1e-2, gt=0)
+    # Top encoder layers fine-tuned (MiniLM has 6); the frozen rest need no backward pass, for CPU cost.
+    trainable_layers: int = Field(2, ge=0, le=12)
+    max_length: int = Field(64, ge=16, le=512)
+    eval_every_steps: int = Field(25, ge=1)
+    # Evaluations without a better validation NDCG@10 before training stops (the best weights are kept).
+    patience: int = Field(3, ge=1)
+    # Retrieval features the fusion head weighs with the BERT logit; [] trains and serves the logit alone.
+    fusion_features: list[str] = Field(default_factory=lambda: list(RETRIEVERS))
+    # Graded relevance of the positive: by event type, or a rating's value / rating_scale.
+    event_grades: dict[str, float] = Field(
+        default_factory=lambda: {"view": 0.25, "click": 0.5, "add_to_cart": 0.75, "purchase": 1.0}
+    )
+    rating_scale: float = Field(5.0, gt=0)
+    # Start from the newest version in model_registry when there is one (continual updates).
+    warm_start: bool = True
+    # Where artifacts are written, one directory per version; None: <lakehouse.root>/models.
+    model_root: str | None = None
+    seed: int = 42
+    threads: int = Field(2, ge=1)
+
+    @field_validator("fusion_features")
+    @classmethod
+    def _known_features(cls, features: list[str]) -> list[str]:
+        unknown = sorted(set(features) - set(RETRIEVERS))
+        if unknown:
+            raise ValueError(f"unknown fusion feature(s) {unknown}; the features are {', '.join(RETRIEVERS)}")
+        return features
+
+
 class Config(_Section):
     spark: SparkConfig = Field(default_factory=SparkConfig)
     lakehouse: LakehouseConfig = Field(default_factory=LakehouseConfig)
@@ -258,6 +309,7 @@ class Config(_Section):
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     fairness: FairnessConfig = Field(default_factory=FairnessConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
     def table_path(self, table: str) -> str:
         """Where a table lives (a path, or a catalog name): a `lakehouse.tables` entry, else the default."""

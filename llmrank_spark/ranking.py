@@ -18,7 +18,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from llmrank_spark.config import FaultsConfig, RerankConfig
-from llmrank_spark.model import ModelSpec, cross_encoder_spec, read_manifest, zero_shot_spec
+from llmrank_spark.model import FusionHead, ModelSpec, cross_encoder_spec, read_manifest, zero_shot_spec
 from llmrank_spark.rejects import (
     CHECKED_SCHEMA,
     NON_FINITE_SCORE,
@@ -45,6 +45,29 @@ RANKED_COLUMNS = {
     "model_rank": "int",
 }
 RANKED_SCHEMA = ", ".join(f"{name} {kind}" for name, kind in RANKED_COLUMNS.items())
+
+
+def retrieval_features(source_ranks: pd.Series, features: list[str]) -> np.ndarray:
+    """(rows, features) float32: 1 / log2(1 + rank) of the item in each named retriever's list, 0 when that
+    retriever did not propose it (or the item is no candidate at all). Bounded, and monotone in rank."""
+    matrix = np.zeros((len(source_ranks), len(features)), dtype=np.float32)
+    column = {name: j for j, name in enumerate(features)}
+    for i, ranks in enumerate(source_ranks):
+        if ranks is None or (isinstance(ranks, float) and np.isnan(ranks)):
+            continue
+        # A map column arrives from Arrow as a dict or as (key, value) pairs, depending on the path.
+        for source, rank in ranks.items() if isinstance(ranks, dict) else ranks:
+            if source in column and rank is not None:
+                matrix[i, column[source]] = 1.0 / np.log2(1.0 + rank)
+    return matrix
+
+
+def fused_scores(logits: np.ndarray, features: np.ndarray, head: FusionHead | None) -> np.ndarray:
+    """The served score: the BERT logit, or with a fusion head w_logit * logit + w . features + b."""
+    if head is None:
+        return np.asarray(logits, dtype=np.float64)
+    weights = np.asarray(head.feature_weights, dtype=np.float64)
+    return head.logit_weight * np.asarray(logits, dtype=np.float64) + features @ weights + head.bias
 
 
 def rank_request(scored: pd.DataFrame, top_k: int) -> pd.DataFrame:
@@ -151,6 +174,7 @@ def rerank_candidates(
     `faults` is test-only fault injection.
     """
     spec, cfg = model_for(cfg)
+    head = read_manifest(spec.path).fusion_head if spec.kind == "cross_encoder" else None
     score = scoring_udf(ship_model(spark, spec), ScoringSettings.from_config(cfg), faults)
     contexts = request_contexts(candidates, interactions, items, cfg, run_date, queries)
     checked = checked_pairs(candidates, items, contexts, cfg)
@@ -169,18 +193,26 @@ def rerank_candidates(
             ),
         )
     )
-    outcome = scored.select(*ids, "score", "reason", "detail").unionByName(
-        checked.where(rejected).select(*ids, F.lit(None).cast("double").alias("score"), "reason", "detail")
+    outcome = scored.select(*ids, "source_ranks", "score", "reason", "detail").unionByName(
+        checked.where(rejected).select(
+            *ids, "source_ranks", F.lit(None).cast("double").alias("score"), "reason", "detail"
+        )
     )
 
     def rank(scored_request: pd.DataFrame) -> pd.DataFrame:
+        if head is not None:
+            features = retrieval_features(scored_request["source_ranks"], head.features)
+            scored_request = scored_request.assign(
+                score=fused_scores(scored_request["score"], features, head)
+            )
         ranked_request = rank_request(scored_request, cfg.top_k)
         return ranked_request if reorder is None else reorder(ranked_request)[list(RANKED_COLUMNS)]
 
-    # The grouping shuffles again, but only ids and scores: the texts are dropped first.
+    # The grouping shuffles again, but only ids, scores and (for a fusion head) source ranks.
+    kept = [name for name in RANKED_COLUMNS if name not in ("rank", "model_rank")]
     ranked = (
         outcome.where(~rejected)
-        .select(*[name for name in RANKED_COLUMNS if name not in ("rank", "model_rank")])
+        .select(*kept, *(["source_ranks"] if head else []))
         .groupBy("request_id", "request_type")
         .applyInPandas(rank, RANKED_SCHEMA)
     )

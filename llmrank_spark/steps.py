@@ -166,6 +166,7 @@ def rerank(spark: SparkSession, config: Config) -> StepRun:
     from llmrank_spark.ranking import rerank_candidates
 
     with StepRun(spark, config, "rerank") as run:
+        config = _with_registered_model(spark, config)
         todays = run.read("candidates").where(F.col("run_date") == F.lit(config.run.run_date))
         items, interactions = run.read("items"), run.read("interactions")
         # Events of a type the candidates step rejected (no weight) are not history here either.
@@ -214,6 +215,40 @@ def evaluate(spark: SparkSession, config: Config) -> StepRun:
         history = read_table(spark, config, "metrics", version=run.outputs["metrics"]).toPandas()
         report = write_report(history, config)
         run.notes += [f"report: {report.index}", *report.summary]
+    return run
+
+
+def _with_registered_model(spark: SparkSession, config: Config) -> Config:
+    """rerank.mode=cross_encoder without a model_path serves the newest registered version, if any (with
+    none, `cross_encoder_spec` refuses, naming the fix)."""
+    from llmrank_spark.training import latest_registered
+
+    if config.rerank.mode != "cross_encoder" or config.rerank.model_path is not None:
+        return config
+    path = latest_registered(spark, config)
+    if path is None:
+        return config
+    return config.model_copy(update={"rerank": config.rerank.model_copy(update={"model_path": path})})
+
+
+def train(spark: SparkSession, config: Config) -> StepRun:
+    """Fine-tune the reranker on the interactions and register the new version (warm-started from the
+    newest registered one when train.warm_start)."""
+    from llmrank_spark.training import latest_registered, train_reranker
+
+    with StepRun(spark, config, "train") as run:
+        warm_from = latest_registered(spark, config) if config.train.warm_start else None
+        interactions = run.read("interactions")
+        row, _ = train_reranker(
+            spark,
+            run.read("items"),
+            interactions,
+            run.read_optional("users"),
+            config,
+            data_snapshot=f"interactions@v{run.inputs['interactions']}",
+            warm_from=warm_from,
+        )
+        run.write("model_registry", frame_from_pandas(spark, row, "model_registry"))
     return run
 
 
