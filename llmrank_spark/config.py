@@ -197,6 +197,16 @@ class RerankConfig(_Section):
     item_attributes: int = Field(6, ge=0)
 
 
+class AttributesConfig(_Section):
+    # Ranked items per request whose attributes are scored; each costs 1 + (its attributes) scored pairs.
+    top_k_items: int = Field(10, ge=1)
+    # Attributes scored per item at most, in item-text order: the item fields below, then the map by name.
+    max_attributes: int = Field(8, ge=1)
+    # Item columns that count as attributes besides the attributes map, when the item template shows
+    # them: brand is what shoppers and merchandisers name first.
+    item_fields: list[Literal["brand", "category", "price"]] = Field(default_factory=lambda: ["brand"])
+
+
 class Config(_Section):
     spark: SparkConfig = Field(default_factory=SparkConfig)
     lakehouse: LakehouseConfig = Field(default_factory=LakehouseConfig)
@@ -204,6 +214,7 @@ class Config(_Section):
     sample: SampleConfig = Field(default_factory=SampleConfig)
     candidates: CandidatesConfig = Field(default_factory=CandidatesConfig)
     rerank: RerankConfig = Field(default_factory=RerankConfig)
+    attributes: AttributesConfig = Field(default_factory=AttributesConfig)
 
     def table_path(self, table: str) -> str:
         """Where a table lives (a path, or a catalog name): a `lakehouse.tables` entry, else the default."""

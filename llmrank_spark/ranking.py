@@ -86,6 +86,48 @@ def request_contexts(
     return contexts
 
 
+def with_contexts(
+    requests: DataFrame,
+    interactions: DataFrame,
+    items: DataFrame,
+    cfg: RerankConfig,
+    run_date: dt.date,
+    queries: DataFrame | None,
+) -> DataFrame:
+    """`requests` (request_type, request_id, ...) with the context_text the reranker reads for each.
+
+    Users without history get `NEW_SHOPPER_CONTEXT`; a query request without a `queries` row fails.
+    """
+    missing_query = F.raise_error(
+        F.concat(
+            F.lit("query request '"),
+            F.col("request_id"),
+            F.lit("' has no row in the queries table: pass the queries table to the step"),
+        )
+    )
+    contexts = request_contexts(requests, interactions, items, cfg, run_date, queries)
+    return requests.join(contexts, ["request_type", "request_id"], "left").withColumn(
+        "context_text",
+        F.coalesce(
+            "context_text",
+            F.when(F.col("request_type") == "user", F.lit(NEW_SHOPPER_CONTEXT)).otherwise(missing_query),
+        ),
+    )
+
+
+def score_by_request(pairs: DataFrame, score, *order: str) -> DataFrame:
+    """`pairs` with a `score` column from the scoring UDF, computed request by request.
+
+    Whole requests per partition in a fixed order (request, then `order`): Arrow batches (and so the
+    scores, bit for bit) are the same on every rerun, and a batch repeats few contexts.
+    """
+    return (
+        pairs.repartition("request_id", "request_type")
+        .sortWithinPartitions("request_id", "request_type", *order)
+        .withColumn("score", score("context_text", "item_text"))
+    )
+
+
 def rerank_candidates(
     spark: SparkSession,
     candidates: DataFrame,
@@ -103,13 +145,6 @@ def rerank_candidates(
     """
     spec, cfg = model_for(cfg)
     score = scoring_udf(ship_model(spark, spec), ScoringSettings.from_config(cfg))
-    missing_query = F.raise_error(
-        F.concat(
-            F.lit("query request '"),
-            F.col("request_id"),
-            F.lit("' has no row in the queries table: pass queries to rerank_candidates"),
-        )
-    )
     missing_item = F.raise_error(
         F.concat(
             F.lit("candidate item '"),
@@ -117,27 +152,13 @@ def rerank_candidates(
             F.lit("' is not in the items table; rebuild candidates against the current catalogue"),
         )
     )
-    contexts = request_contexts(candidates, interactions, items, cfg, run_date, queries)
     pairs = (
-        candidates.join(item_texts(items, cfg), "item_id", "left")
-        .join(contexts, ["request_type", "request_id"], "left")
-        .withColumn(
-            "context_text",
-            F.coalesce(
-                "context_text",
-                F.when(F.col("request_type") == "user", F.lit(NEW_SHOPPER_CONTEXT)).otherwise(missing_query),
-            ),
-        )
+        with_contexts(candidates, interactions, items, cfg, run_date, queries)
+        .join(item_texts(items, cfg), "item_id", "left")
         .withColumn("item_text", F.coalesce("item_text", missing_item))
     )
-    # Whole requests per partition in a fixed order: Arrow batches (and so the scores, bit for bit) are
-    # the same on every rerun, and a batch repeats few contexts. The grouping below shuffles again, but
-    # only ids and scores: the texts are dropped first.
-    scored = (
-        pairs.repartition("request_id", "request_type")
-        .sortWithinPartitions("request_id", "request_type", "item_id")
-        .withColumn("score", score("context_text", "item_text"))
-    )
+    # The grouping below shuffles again, but only ids and scores: the texts are dropped first.
+    scored = score_by_request(pairs, score, "item_id")
 
     def rank(scored_request: pd.DataFrame) -> pd.DataFrame:
         return rank_request(scored_request, cfg.top_k)
