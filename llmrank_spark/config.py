@@ -299,6 +299,16 @@ class TrainConfig(_Section):
         return features
 
 
+class AttributesConfig(_Section):
+    # Ranked items per request whose attributes are scored; each costs 1 + (its attributes) scored pairs.
+    top_k_items: int = Field(10, ge=1)
+    # Attributes scored per item at most, in item-text order: the item fields below, then the map by name.
+    max_attributes: int = Field(8, ge=1)
+    # Item columns that count as attributes besides the attributes map, when the item template shows
+    # them: brand is what shoppers and merchandisers name first.
+    item_fields: list[Literal["brand", "category", "price"]] = Field(default_factory=lambda: ["brand"])
+
+
 class Config(_Section):
     spark: SparkConfig = Field(default_factory=SparkConfig)
     lakehouse: LakehouseConfig = Field(default_factory=LakehouseConfig)
@@ -310,6 +320,7 @@ class Config(_Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     fairness: FairnessConfig = Field(default_factory=FairnessConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    attributes: AttributesConfig = Field(default_factory=AttributesConfig)
 
     def table_path(self, table: str) -> str:
         """Where a table lives (a path, or a catalog name): a `lakehouse.tables` entry, else the default."""

@@ -28,7 +28,7 @@ from llmrank_spark.rejects import (
 )
 from llmrank_spark.scoring import ScoringSettings, scoring_udf, ship_model
 from llmrank_spark.tables import conform
-from llmrank_spark.text import item_texts, user_contexts
+from llmrank_spark.text import NEW_SHOPPER_CONTEXT, item_texts, user_contexts
 
 # Best first; equal scores fall back to the retrieval order, then the item id: never to input order.
 RANK_ORDER = (("score", False), ("retrieval_rank", True), ("item_id", True))
@@ -150,6 +150,48 @@ def checked_pairs(
         .select(*PAIR_COLUMNS)
     )
     return pairs.groupBy("request_type", "request_id").applyInPandas(check_pairs, CHECKED_SCHEMA)
+
+
+def with_contexts(
+    requests: DataFrame,
+    interactions: DataFrame,
+    items: DataFrame,
+    cfg: RerankConfig,
+    run_date: dt.date,
+    queries: DataFrame | None,
+) -> DataFrame:
+    """`requests` (request_type, request_id, ...) with the context_text the reranker reads for each.
+
+    Users without history get `NEW_SHOPPER_CONTEXT`; a query request without a `queries` row fails.
+    """
+    missing_query = F.raise_error(
+        F.concat(
+            F.lit("query request '"),
+            F.col("request_id"),
+            F.lit("' has no row in the queries table: pass the queries table to the step"),
+        )
+    )
+    contexts = request_contexts(requests, interactions, items, cfg, run_date, queries)
+    return requests.join(contexts, ["request_type", "request_id"], "left").withColumn(
+        "context_text",
+        F.coalesce(
+            "context_text",
+            F.when(F.col("request_type") == "user", F.lit(NEW_SHOPPER_CONTEXT)).otherwise(missing_query),
+        ),
+    )
+
+
+def score_by_request(pairs: DataFrame, score, *order: str) -> DataFrame:
+    """`pairs` with a `score` column from the scoring UDF, computed request by request.
+
+    Whole requests per partition in a fixed order (request, then `order`): Arrow batches (and so the
+    scores, bit for bit) are the same on every rerun, and a batch repeats few contexts.
+    """
+    return (
+        pairs.repartition("request_id", "request_type")
+        .sortWithinPartitions("request_id", "request_type", *order)
+        .withColumn("score", score("context_text", "item_text"))
+    )
 
 
 def rerank_candidates(

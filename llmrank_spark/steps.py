@@ -252,9 +252,37 @@ def train(spark: SparkSession, config: Config) -> StepRun:
     return run
 
 
+def attributes(spark: SparkSession, config: Config) -> StepRun:
+    """Attribute orders: which attributes of each top-ranked item matter most to the request, by occlusion."""
+    from llmrank_spark.attributes import attribute_orders, orders_by_segment
+
+    with StepRun(spark, config, "attributes") as run:
+        items = run.read("items")
+        queries = run.read_optional("queries")
+        orders = attribute_orders(
+            spark,
+            run.read("ranked").where(F.col("run_date") == F.lit(config.run.run_date)),
+            items,
+            run.read("interactions"),
+            config.rerank,
+            config.attributes,
+            config.run.run_date,
+            queries=queries,
+        )
+        run.write("attribute_order", orders)
+        # The segment table is aggregated from the partition just written, not from `orders`: that would
+        # score every variant a second time.
+        written = read_table(spark, config, "attribute_order", version=run.outputs["attribute_order"])
+        todays = written.where(F.col("run_date") == F.lit(config.run.run_date))
+        by_segment = orders_by_segment(todays, items, run.read_optional("users"), queries)
+        run.write("attribute_order_by_segment", by_segment)
+    return run
+
+
 NIGHTLY_STEPS: dict[str, Callable[[SparkSession, Config], StepRun]] = {
     "candidates": candidates,
     "rerank": rerank,
+    "attributes": attributes,
     "evaluate": evaluate,
 }
 
