@@ -9,6 +9,7 @@ pairs (`rejects.check_pairs`), scores the valid ones in the pandas UDF of `scori
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +18,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from llmrank_spark.config import FaultsConfig, RerankConfig
-from llmrank_spark.model import ModelSpec, cross_encoder_spec, read_manifest, zero_shot_spec
+from llmrank_spark.model import FusionHead, ModelSpec, cross_encoder_spec, read_manifest, zero_shot_spec
 from llmrank_spark.rejects import (
     CHECKED_SCHEMA,
     NON_FINITE_SCORE,
@@ -27,7 +28,7 @@ from llmrank_spark.rejects import (
 )
 from llmrank_spark.scoring import ScoringSettings, scoring_udf, ship_model
 from llmrank_spark.tables import conform
-from llmrank_spark.text import item_texts, user_contexts
+from llmrank_spark.text import NEW_SHOPPER_CONTEXT, item_texts, user_contexts
 
 # Best first; equal scores fall back to the retrieval order, then the item id: never to input order.
 RANK_ORDER = (("score", False), ("retrieval_rank", True), ("item_id", True))
@@ -41,15 +42,40 @@ RANKED_COLUMNS = {
     "retrieval_rank": "int",
     "retrieval_score": "double",
     "sources": "array<string>",
+    "model_rank": "int",
 }
 RANKED_SCHEMA = ", ".join(f"{name} {kind}" for name, kind in RANKED_COLUMNS.items())
+
+
+def retrieval_features(source_ranks: pd.Series, features: list[str]) -> np.ndarray:
+    """(rows, features) float32: 1 / log2(1 + rank) of the item in each named retriever's list, 0 when that
+    retriever did not propose it (or the item is no candidate at all). Bounded, and monotone in rank."""
+    matrix = np.zeros((len(source_ranks), len(features)), dtype=np.float32)
+    column = {name: j for j, name in enumerate(features)}
+    for i, ranks in enumerate(source_ranks):
+        if ranks is None or (isinstance(ranks, float) and np.isnan(ranks)):
+            continue
+        # A map column arrives from Arrow as a dict or as (key, value) pairs, depending on the path.
+        for source, rank in ranks.items() if isinstance(ranks, dict) else ranks:
+            if source in column and rank is not None:
+                matrix[i, column[source]] = 1.0 / np.log2(1.0 + rank)
+    return matrix
+
+
+def fused_scores(logits: np.ndarray, features: np.ndarray, head: FusionHead | None) -> np.ndarray:
+    """The served score: the BERT logit, or with a fusion head w_logit * logit + w . features + b."""
+    if head is None:
+        return np.asarray(logits, dtype=np.float64)
+    weights = np.asarray(head.feature_weights, dtype=np.float64)
+    return head.logit_weight * np.asarray(logits, dtype=np.float64) + features @ weights + head.bias
 
 
 def rank_request(scored: pd.DataFrame, top_k: int) -> pd.DataFrame:
     """One request's scored candidates in model order, ties broken deterministically, cut to `top_k`."""
     columns, ascending = zip(*RANK_ORDER, strict=True)
     ranked = scored.sort_values(list(columns), ascending=list(ascending), kind="mergesort").head(top_k)
-    ranked = ranked.assign(rank=np.arange(1, len(ranked) + 1, dtype=np.int32))
+    positions = np.arange(1, len(ranked) + 1, dtype=np.int32)
+    ranked = ranked.assign(rank=positions, model_rank=positions)
     return ranked[list(RANKED_COLUMNS)].reset_index(drop=True)
 
 
@@ -126,6 +152,48 @@ def checked_pairs(
     return pairs.groupBy("request_type", "request_id").applyInPandas(check_pairs, CHECKED_SCHEMA)
 
 
+def with_contexts(
+    requests: DataFrame,
+    interactions: DataFrame,
+    items: DataFrame,
+    cfg: RerankConfig,
+    run_date: dt.date,
+    queries: DataFrame | None,
+) -> DataFrame:
+    """`requests` (request_type, request_id, ...) with the context_text the reranker reads for each.
+
+    Users without history get `NEW_SHOPPER_CONTEXT`; a query request without a `queries` row fails.
+    """
+    missing_query = F.raise_error(
+        F.concat(
+            F.lit("query request '"),
+            F.col("request_id"),
+            F.lit("' has no row in the queries table: pass the queries table to the step"),
+        )
+    )
+    contexts = request_contexts(requests, interactions, items, cfg, run_date, queries)
+    return requests.join(contexts, ["request_type", "request_id"], "left").withColumn(
+        "context_text",
+        F.coalesce(
+            "context_text",
+            F.when(F.col("request_type") == "user", F.lit(NEW_SHOPPER_CONTEXT)).otherwise(missing_query),
+        ),
+    )
+
+
+def score_by_request(pairs: DataFrame, score, *order: str) -> DataFrame:
+    """`pairs` with a `score` column from the scoring UDF, computed request by request.
+
+    Whole requests per partition in a fixed order (request, then `order`): Arrow batches (and so the
+    scores, bit for bit) are the same on every rerun, and a batch repeats few contexts.
+    """
+    return (
+        pairs.repartition("request_id", "request_type")
+        .sortWithinPartitions("request_id", "request_type", *order)
+        .withColumn("score", score("context_text", "item_text"))
+    )
+
+
 def rerank_candidates(
     spark: SparkSession,
     candidates: DataFrame,
@@ -135,22 +203,26 @@ def rerank_candidates(
     run_date: dt.date,
     queries: DataFrame | None = None,
     faults: FaultsConfig | None = None,
+    reorder: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
 ) -> RerankResult:
     """The `ranked` rows for one run, each request's top-K candidates by reranker score, and the `rejects`.
 
     `candidates` follows the `candidates` contract. Pairs the rules of `check_pairs` reject, and pairs the
     model scores NaN or infinite, go to rejects with the reason; so every candidate request is ranked or
-    rejected. Users without history get `NEW_SHOPPER_CONTEXT`. Fails, naming what is missing and how to
+    rejected. `reorder`, when given, post-processes each request's top-K (e.g. `fairness.list_reorderer`):
+    it changes `rank` and leaves `model_rank`, the position in model order, as it was.
+    Users without history get `NEW_SHOPPER_CONTEXT`. Fails, naming what is missing and how to
     fix it, when cfg asks for a cross-encoder that does not exist: it never scores with an untrained head.
     `faults` is test-only fault injection.
     """
     spec, cfg = model_for(cfg)
+    head = read_manifest(spec.path).fusion_head if spec.kind == "cross_encoder" else None
     score = scoring_udf(ship_model(spark, spec), ScoringSettings.from_config(cfg), faults)
     contexts = request_contexts(candidates, interactions, items, cfg, run_date, queries)
     checked = checked_pairs(candidates, items, contexts, cfg)
     rejected = F.col("reason").isNotNull()
     finite = F.col("score").isNotNull() & ~F.isnan("score") & (F.abs("score") != F.lit(float("inf")))
-    ids = [name for name in RANKED_COLUMNS if name not in ("rank", "score")]
+    ids = [name for name in RANKED_COLUMNS if name not in ("rank", "model_rank", "score")]
     scored = (
         checked.where(~rejected)
         .withColumn("score", score("context_text", "item_text"))
@@ -163,17 +235,26 @@ def rerank_candidates(
             ),
         )
     )
-    outcome = scored.select(*ids, "score", "reason", "detail").unionByName(
-        checked.where(rejected).select(*ids, F.lit(None).cast("double").alias("score"), "reason", "detail")
+    outcome = scored.select(*ids, "source_ranks", "score", "reason", "detail").unionByName(
+        checked.where(rejected).select(
+            *ids, "source_ranks", F.lit(None).cast("double").alias("score"), "reason", "detail"
+        )
     )
 
     def rank(scored_request: pd.DataFrame) -> pd.DataFrame:
-        return rank_request(scored_request, cfg.top_k)
+        if head is not None:
+            features = retrieval_features(scored_request["source_ranks"], head.features)
+            scored_request = scored_request.assign(
+                score=fused_scores(scored_request["score"], features, head)
+            )
+        ranked_request = rank_request(scored_request, cfg.top_k)
+        return ranked_request if reorder is None else reorder(ranked_request)[list(RANKED_COLUMNS)]
 
-    # The grouping shuffles again, but only ids and scores: the texts are dropped first.
+    # The grouping shuffles again, but only ids, scores and (for a fusion head) source ranks.
+    kept = [name for name in RANKED_COLUMNS if name not in ("rank", "model_rank")]
     ranked = (
         outcome.where(~rejected)
-        .select(*[name for name in RANKED_COLUMNS if name != "rank"])
+        .select(*kept, *(["source_ranks"] if head else []))
         .groupBy("request_id", "request_type")
         .applyInPandas(rank, RANKED_SCHEMA)
     )

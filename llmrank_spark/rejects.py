@@ -49,6 +49,7 @@ PAIR_COLUMNS = {
     "retrieval_rank": "int",
     "retrieval_score": "double",
     "sources": "array<string>",
+    "source_ranks": "map<string,int>",  # read by a fine-tuned reranker's fusion head
     "in_catalogue": "boolean",  # null: no items row
     "item_text": "string",
     "context_found": "boolean",  # null: no context row (a user without history, or an unknown query)

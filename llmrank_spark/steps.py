@@ -57,6 +57,7 @@ class StepRun:
         self.outputs: dict[str, int] = {}
         self.rows: dict[str, int] = {}
         self.seconds = 0.0
+        self.notes: list[str] = []  # lines a person should read after the step (e.g. the run report)
 
     def __enter__(self) -> StepRun:
         self._started_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -94,7 +95,7 @@ class StepRun:
             f"{t}: {self.rows[t]:,} rows (Delta v{self.outputs[t]}) at {self.config.table_path(t)}"
             for t in self.outputs
         ]
-        return f"[{self.step}] {self.seconds:.1f}s\n  " + "\n  ".join(lines)
+        return f"[{self.step}] {self.seconds:.1f}s\n  " + "\n  ".join(lines + self.notes)
 
     def _exists(self, table: str) -> bool:
         return table_exists(self.spark, self.config, table)
@@ -165,20 +166,21 @@ def rerank(spark: SparkSession, config: Config) -> StepRun:
     from llmrank_spark.ranking import rerank_candidates
 
     with StepRun(spark, config, "rerank") as run:
+        config = _with_registered_model(spark, config)
         todays = run.read("candidates").where(F.col("run_date") == F.lit(config.run.run_date))
+        items, interactions = run.read("items"), run.read("interactions")
         # Events of a type the candidates step rejected (no weight) are not history here either.
-        known_events = run.read("interactions").where(
-            F.col("event_type").isin(list(config.candidates.event_weights))
-        )
+        known_events = interactions.where(F.col("event_type").isin(list(config.candidates.event_weights)))
         result = rerank_candidates(
             spark,
             todays,
-            run.read("items"),
+            items,
             known_events,
             config.rerank,
             config.run.run_date,
             queries=run.read_optional("queries"),
             faults=config.faults,
+            reorder=fairness_pass(items, known_events, config),
         )
         with materialised(result.outcome):
             run.write("ranked", result.ranked)
@@ -186,9 +188,102 @@ def rerank(spark: SparkSession, config: Config) -> StepRun:
     return run
 
 
+def fairness_pass(items: DataFrame, interactions: DataFrame, config: Config):
+    """The per-list fairness/diversity pass of `config.fairness`, or None when it is off."""
+    if config.fairness.mode == "off":
+        return None
+    from llmrank_spark.evaluate import catalogue_frame, item_counts_until
+    from llmrank_spark.fairness import list_reorderer, provider_policy, with_providers
+
+    catalogue = with_providers(catalogue_frame(items), config.fairness.provider_attribute)
+    counts = item_counts_until(interactions, config.run.run_date)
+    policy = provider_policy(catalogue, counts, config.fairness.long_tail_head_share)
+    return list_reorderer(policy, config.fairness, catalogue.set_index("item_id")["category"])
+
+
+def evaluate(spark: SparkSession, config: Config) -> StepRun:
+    """Measure the run's lists (retrieval, model and fair order) into `metrics` and write the run report."""
+    from llmrank_spark.evaluate import evaluate_tables
+    from llmrank_spark.report import write_report
+
+    with StepRun(spark, config, "evaluate") as run:
+        tables = {table: run.read(table) for table in ("ranked", "candidates", "items", "interactions")} | {
+            table: run.read_optional(table) for table in ("users", "query_labels")
+        }
+        rows = evaluate_tables(tables, config).assign(run_date=config.run.run_date)
+        run.write("metrics", frame_from_pandas(spark, rows, "metrics"))
+        history = read_table(spark, config, "metrics", version=run.outputs["metrics"]).toPandas()
+        report = write_report(history, config)
+        run.notes += [f"report: {report.index}", *report.summary]
+    return run
+
+
+def _with_registered_model(spark: SparkSession, config: Config) -> Config:
+    """rerank.mode=cross_encoder without a model_path serves the newest registered version, if any (with
+    none, `cross_encoder_spec` refuses, naming the fix)."""
+    from llmrank_spark.training import latest_registered
+
+    if config.rerank.mode != "cross_encoder" or config.rerank.model_path is not None:
+        return config
+    path = latest_registered(spark, config)
+    if path is None:
+        return config
+    return config.model_copy(update={"rerank": config.rerank.model_copy(update={"model_path": path})})
+
+
+def train(spark: SparkSession, config: Config) -> StepRun:
+    """Fine-tune the reranker on the interactions and register the new version (warm-started from the
+    newest registered one when train.warm_start)."""
+    from llmrank_spark.training import latest_registered, train_reranker
+
+    with StepRun(spark, config, "train") as run:
+        warm_from = latest_registered(spark, config) if config.train.warm_start else None
+        interactions = run.read("interactions")
+        row, _ = train_reranker(
+            spark,
+            run.read("items"),
+            interactions,
+            run.read_optional("users"),
+            config,
+            data_snapshot=f"interactions@v{run.inputs['interactions']}",
+            warm_from=warm_from,
+        )
+        run.write("model_registry", frame_from_pandas(spark, row, "model_registry"))
+    return run
+
+
+def attributes(spark: SparkSession, config: Config) -> StepRun:
+    """Attribute orders: which attributes of each top-ranked item matter most to the request, by occlusion."""
+    from llmrank_spark.attributes import attribute_orders, orders_by_segment
+
+    with StepRun(spark, config, "attributes") as run:
+        items = run.read("items")
+        queries = run.read_optional("queries")
+        orders = attribute_orders(
+            spark,
+            run.read("ranked").where(F.col("run_date") == F.lit(config.run.run_date)),
+            items,
+            run.read("interactions"),
+            config.rerank,
+            config.attributes,
+            config.run.run_date,
+            queries=queries,
+        )
+        run.write("attribute_order", orders)
+        # The segment table is aggregated from the partition just written, not from `orders`: that would
+        # score every variant a second time.
+        written = read_table(spark, config, "attribute_order", version=run.outputs["attribute_order"])
+        todays = written.where(F.col("run_date") == F.lit(config.run.run_date))
+        by_segment = orders_by_segment(todays, items, run.read_optional("users"), queries)
+        run.write("attribute_order_by_segment", by_segment)
+    return run
+
+
 NIGHTLY_STEPS: dict[str, Callable[[SparkSession, Config], StepRun]] = {
     "candidates": candidates,
     "rerank": rerank,
+    "attributes": attributes,
+    "evaluate": evaluate,
 }
 
 

@@ -163,6 +163,12 @@ CONTRACTS: dict[str, TableContract] = {
                 Column("retrieval_rank", "int", "Position before re-ranking, for comparison."),
                 Column("retrieval_score", "double", "Blended retrieval score."),
                 Column("sources", "array<string>", "Retrievers that proposed the item."),
+                Column(
+                    "model_rank",
+                    "int",
+                    "Position in model order, before the fairness/diversity pass (= rank when it is off).",
+                    False,
+                ),
             ),
             partition_by=("run_date",),
             written_by="`llmrank rerank`",
@@ -196,11 +202,52 @@ CONTRACTS: dict[str, TableContract] = {
             (
                 RUN_DATE,
                 Column("request_id", "string", "Request.", key=True),
-                Column("item_id", "string", "Ranked item.", key=True),
-                Column("attribute", "string", "Attribute name.", key=True),
+                Column("request_type", "string", "'user' or 'query'."),
+                Column(
+                    "item_id",
+                    "string",
+                    "Ranked item (one of the request's top `attributes.top_k_items`).",
+                    key=True,
+                ),
+                Column(
+                    "attribute",
+                    "string",
+                    "Attribute name (an attributes-map key, or an item field: brand).",
+                    key=True,
+                ),
                 Column("value", "string", "The item's value of the attribute."),
-                Column("importance", "double", "Importance of the attribute to the request."),
+                Column(
+                    "importance",
+                    "double",
+                    "Reranker score of the item minus its score with this attribute removed from the item "
+                    "text (occlusion, docs/attributes.md); negative: the attribute counts against the item.",
+                ),
                 Column("rank", "int", "1 = most important attribute for this request and item."),
+                Column("model_version", "string", "Reranker version whose scores the importance is made of."),
+            ),
+            partition_by=("run_date",),
+            written_by="`llmrank attributes`",
+        ),
+        TableContract(
+            "attribute_order_by_segment",
+            "output",
+            "Per item category and shopper segment (or query class): attributes by mean importance.",
+            (
+                RUN_DATE,
+                Column(
+                    "segment_type", "string", "'user_segment' (users.segment) or 'query_class'.", key=True
+                ),
+                Column(
+                    "segment", "string", "The segment or query class; 'unknown' where not recorded.", key=True
+                ),
+                Column("category", "string", "Category of the ranked items.", key=True),
+                Column("attribute", "string", "Attribute name.", key=True),
+                Column(
+                    "mean_importance", "double", "Mean `attribute_order.importance` over the group's rows."
+                ),
+                Column("support", "bigint", "Number of (request, ranked item) rows the mean is over."),
+                Column("rank", "int", "1 = most important attribute for this segment and category."),
+                Column("model_version", "string", "Reranker version whose scores the importance is made of."),
             ),
             partition_by=("run_date",),
             written_by="`llmrank attributes`",
@@ -211,7 +258,13 @@ CONTRACTS: dict[str, TableContract] = {
             "Quality, fairness and diversity measurements per run and step.",
             (
                 RUN_DATE,
-                Column("step", "string", "Pipeline step measured (e.g. candidates, rerank).", key=True),
+                Column(
+                    "step",
+                    "string",
+                    "Order measured: candidates (retrieval order), rerank (model order), fairness (the "
+                    "final order with the configured lambda) or fairness[lambda=0.30] (a sweep point).",
+                    key=True,
+                ),
                 Column("model_version", "string", "Model version measured, if any.", False),
                 Column("metric", "string", "Metric name, e.g. ndcg@10.", key=True),
                 Column("slice", "string", "Population measured: 'all' or e.g. 'gender=F'.", key=True),

@@ -56,10 +56,14 @@ def _attribute_pairs(attributes: Any) -> list[tuple[str, str]]:
     return [(k, v) for k, v in cleaned if k and v]
 
 
+def shown_attributes(attributes: Any, limit: int) -> list[tuple[str, str]]:
+    """The (name, value) pairs an item text shows: the first `limit` by name, stable so texts reproduce."""
+    return sorted(_attribute_pairs(attributes))[:limit]
+
+
 def format_attributes(attributes: Any, limit: int) -> str:
-    """The first `limit` attributes by name as "name: value, ...": stable, so texts reproduce."""
-    chosen = sorted(_attribute_pairs(attributes))[:limit]
-    return ", ".join(f"{name}: {value}" for name, value in chosen)
+    """The attributes an item text shows (`shown_attributes`) as "name: value, ..."."""
+    return ", ".join(f"{name}: {value}" for name, value in shown_attributes(attributes, limit))
 
 
 def _field_value(value: Any) -> str:

@@ -18,6 +18,7 @@ def pairs(rows: list[dict]) -> pd.DataFrame:
         "request_type": "user",
         "retrieval_score": 1.0,
         "sources": np.array(["als"], dtype=object),
+        "source_ranks": {"als": 1},
         "in_catalogue": True,
         "item_text": "Trail Runner. Brand: Acme.",
         "context_found": True,

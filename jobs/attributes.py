@@ -1,0 +1,8 @@
+"""spark-submit entry point for `llmrank attributes` (options: --config FILE, --set KEY=VALUE)."""
+
+import sys
+
+from llmrank_spark.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["attributes", *sys.argv[1:]]))

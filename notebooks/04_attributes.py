@@ -1,0 +1,41 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # llmrank-spark: Nightly step 3, attribute order
+# MAGIC For each request's top-ranked items, scores every attribute by occlusion (the reranker score of the
+# MAGIC item minus its score with the attribute removed from the item text) through the same broadcast model
+# MAGIC and pandas UDF as the re-rank step, and writes the `attribute_order` and `attribute_order_by_segment`
+# MAGIC Delta partitions for the run date. Method and cost: docs/attributes.md.
+# MAGIC
+# MAGIC Widgets: `config` (YAML file; empty = built-in defaults), `run_date` (empty = today, UTC),
+# MAGIC `overrides` (`key=value` pairs separated by `;`).
+
+# COMMAND ----------
+
+from pyspark.sql import functions as F
+
+from llmrank_spark import steps
+from llmrank_spark.notebook import notebook_config
+from llmrank_spark.session import get_spark
+from llmrank_spark.tables import read_table
+
+config = notebook_config(globals().get("dbutils"))
+spark = get_spark(config)
+
+# COMMAND ----------
+
+run = steps.attributes(spark, config)
+print(run.summary())
+
+# COMMAND ----------
+
+# MAGIC %md ## The strongest attribute per category and shopper segment
+
+# COMMAND ----------
+
+show = globals().get("display") or (lambda frame: frame.show(50, truncate=60))
+by_segment = read_table(spark, config, "attribute_order_by_segment")
+show(
+    by_segment.where((F.col("run_date") == F.lit(config.run.run_date)) & (F.col("rank") == 1)).orderBy(
+        "segment_type", "segment", "category"
+    )
+)
