@@ -143,7 +143,13 @@ def checked_pairs(
     catalogue = item_texts(items, cfg).withColumn("in_catalogue", F.lit(True))
     pairs = (
         candidates.select(
-            "request_id", "request_type", "item_id", "retrieval_rank", "retrieval_score", "sources"
+            "request_id",
+            "request_type",
+            "item_id",
+            "retrieval_rank",
+            "retrieval_score",
+            "sources",
+            "source_ranks",
         )
         .join(catalogue, "item_id", "left")
         .join(contexts.withColumn("context_found", F.lit(True)), ["request_type", "request_id"], "left")
