@@ -20,6 +20,7 @@ SMALL_SAMPLE = [
     "candidates.n_per_request=20",
     "candidates.quotas={covisit: 8, als: 8, semantic: 6, popularity: 4}",
     "rerank.top_k=10",
+    "evaluate.embedding_diversity=false",
     f"run.run_date={RUN_DATE}",
 ]
 
