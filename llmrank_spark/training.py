@@ -353,6 +353,7 @@ def fit(
 
     best = FitResult(list_ndcg(validation, score_lists(model, scorer, validation)), 0)
     best.evaluations.append((0, best.best_ndcg))
+    print(f"[train] step 0: validation ndcg@10 {best.best_ndcg:.4f}", flush=True)
     best_state, waited, step = copy.deepcopy(model.state_dict()), 0, 0
     for _epoch in range(cfg.epochs):
         order = rng.permutation(list_ids)
