@@ -12,8 +12,10 @@ item being the one relevant item. Rankers:
 - zero-shot MiniLM bi-encoder: cosine of the context and item texts the rerank step builds;
 - every reranker in model_registry (or --models): fine-tuned logit fused with the retrieval features.
 
-With --train LOSS[,LOSS...] the script first runs the `train` step once per loss (warm start off, so
-each starts from MiniLM). With --ablation, each reranker is also scored with its logit alone, its
+With --train LOSS[,LOSS...] the script runs the `train` step once per loss (warm start off, so each
+starts from MiniLM) and evaluates each new version as soon as it is registered; without it, it
+evaluates --models or every registered version. With --ablation, each reranker is also scored with
+its logit alone, its
 features alone, and each feature's weight zeroed (the trained head, not retrained).
 
   python bench/heldout_eval.py --path /work/shared/data/ml-100k --lakehouse /tmp/ml100k-heldout \\
@@ -35,12 +37,12 @@ from llmrank_spark.config import Config, load_config
 from llmrank_spark.metrics import mrr, ndcg_at_k
 from llmrank_spark.model import FusionHead, ModelSpec, read_manifest, zero_shot_spec
 from llmrank_spark.movielens import load_movielens
-from llmrank_spark.ranking import fused_scores, retrieval_features
+from llmrank_spark.ranking import ITEM_EVENTS, fused_scores, retrieval_features
 from llmrank_spark.scoring import PairScorer, ScoringSettings
 from llmrank_spark.session import get_spark
 from llmrank_spark.tables import frame_from_pandas, read_table, table_exists, write_table
 from llmrank_spark.text import item_text_frame, user_context_frame
-from llmrank_spark.training import leave_last_out, rank_by_score
+from llmrank_spark.training import latest_registered, leave_last_out, rank_by_score
 
 NEGATIVES = 19
 CUTOFFS = (1, 5, 10, 20)
@@ -99,7 +101,7 @@ def reranker_scores(
         ModelSpec("cross_encoder", manifest.version, path), _cpu(), ScoringSettings.from_config(cfg)
     )
     head = manifest.fusion_head
-    features = retrieval_features(lists["source_ranks"], head.features if head else [])
+    features = retrieval_features(lists, head.features if head else [])
     return scorer.score(contexts, item_texts), features, head
 
 
@@ -157,12 +159,6 @@ def main(argv: list[str] | None = None) -> None:
             write_table(frame_from_pandas(spark, frame, table), config, table)
     if not table_exists(spark, config, "candidates"):
         print(steps.candidates(spark, config).summary(), flush=True)
-    for loss in filter(None, args.train.split(",")):
-        # Warm start off: every loss starts from MiniLM, so the table compares losses, not histories.
-        train_cfg = config.train.model_copy(update={"loss": loss, "warm_start": False})
-        loss_config = config.model_copy(update={"train": train_cfg})
-        print(steps.train(spark, loss_config).summary(), flush=True)
-
     items = tables["items"]
     lists = evaluation_lists(tables["interactions"], held_out, args.users, items["item_id"].to_numpy())
     candidates = (
@@ -173,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     lists = lists.merge(candidates, on=["user_id", "item_id"], how="left")
     popularity = train["item_id"].value_counts()
+    # The popularity feature as the rerank step computes it: the item's events up to run_date.
+    lists[ITEM_EVENTS] = lists["item_id"].map(popularity).fillna(0).astype(float)
     in_list = lists["retrieval_rank"].notna()
     rankers: dict[str, Callable[[], np.ndarray]] = {
         "popularity": lambda: lists["item_id"].map(popularity).fillna(0).to_numpy(float),
@@ -181,12 +179,6 @@ def main(argv: list[str] | None = None) -> None:
             zero_shot_spec(), _cpu(), ScoringSettings.from_config(config.rerank)
         ).score(*texts_for(lists, train, items, config.rerank)),
     }
-    if args.models:
-        models = {read_manifest(p).version: (p, read_manifest(p).loss) for p in args.models}
-    else:
-        registry = read_table(spark, config, "model_registry").orderBy("created_at").toPandas()
-        models = {row.version: (row.path, row.loss) for row in registry.itertuples()}
-
     print(
         f"\n{lists['list_id'].nunique()} users, {len(lists):,} pairs; held-out item in the candidate list "
         f"for {lists.loc[lists['label'] > 0, 'retrieval_rank'].notna().mean():.1%} of them\n"
@@ -203,14 +195,32 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         scores = ranker()
         add(name, scores, time.perf_counter() - started)
-    for version, (path, loss) in models.items():
+
+    def evaluate(path: str) -> None:
+        manifest = read_manifest(path)
         started = time.perf_counter()
         logits, features, head = reranker_scores(lists, train, items, config, path)
         seconds = time.perf_counter() - started
-        add(f"fine-tuned, {loss} (`{version}`)", fused_scores(logits, features, head), seconds)
+        add(
+            f"fine-tuned, {manifest.loss} (`{manifest.version}`)",
+            fused_scores(logits, features, head),
+            seconds,
+        )
         if args.ablation and head is not None:
             for variant, scores in ablations(logits, features, head).items():
-                add(f"&nbsp;&nbsp;{loss}: {variant}", scores, 0)
+                add(f"&nbsp;&nbsp;{manifest.loss}: {variant}", scores, 0)
+
+    losses = list(filter(None, args.train.split(",")))
+    for loss in losses:
+        # Warm start off: every loss starts from MiniLM, so the table compares losses, not histories.
+        train_cfg = config.train.model_copy(update={"loss": loss, "warm_start": False})
+        run = steps.train(spark, config.model_copy(update={"train": train_cfg}))
+        print(run.summary(), flush=True)
+        evaluate(latest_registered(spark, config))  # evaluated at once: a long run keeps what it measured
+    if not losses:
+        registry = read_table(spark, config, "model_registry").orderBy("created_at").toPandas()
+        for path in args.models or registry["path"].tolist():
+            evaluate(path)
     print("\n" + "\n".join(rows))
 
 

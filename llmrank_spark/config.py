@@ -250,6 +250,9 @@ class FairnessConfig(_Section):
 
 
 TRAIN_LOSSES = ("bce", "ranknet", "hinge", "listnet", "lambdaloss")
+# What the fusion head can weigh besides the BERT logit: each retriever's rank of the item, and the item's
+# popularity as log(1 + its events in interactions up to the run date), which every item has.
+FUSION_FEATURES = (*RETRIEVERS, "item_events")
 
 
 class TrainConfig(_Section):
@@ -278,7 +281,7 @@ class TrainConfig(_Section):
     # Evaluations without a better validation NDCG@10 before training stops (the best weights are kept).
     patience: int = Field(3, ge=1)
     # Retrieval features the fusion head weighs with the BERT logit; [] trains and serves the logit alone.
-    fusion_features: list[str] = Field(default_factory=lambda: list(RETRIEVERS))
+    fusion_features: list[str] = Field(default_factory=lambda: list(FUSION_FEATURES))
     # Graded relevance of the positive: by event type, or a rating's value / rating_scale.
     event_grades: dict[str, float] = Field(
         default_factory=lambda: {"view": 0.25, "click": 0.5, "add_to_cart": 0.75, "purchase": 1.0}
@@ -294,9 +297,11 @@ class TrainConfig(_Section):
     @field_validator("fusion_features")
     @classmethod
     def _known_features(cls, features: list[str]) -> list[str]:
-        unknown = sorted(set(features) - set(RETRIEVERS))
+        unknown = sorted(set(features) - set(FUSION_FEATURES))
         if unknown:
-            raise ValueError(f"unknown fusion feature(s) {unknown}; the features are {', '.join(RETRIEVERS)}")
+            raise ValueError(
+                f"unknown fusion feature(s) {unknown}; the features are {', '.join(FUSION_FEATURES)}"
+            )
         return features
 
 

@@ -63,7 +63,7 @@ class FusionHead(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    features: list[str]  # retriever names, each read from the candidate row's source_ranks
+    features: list[str]  # config.FUSION_FEATURES names; see ranking.retrieval_features
     logit_weight: float
     feature_weights: list[float]
     bias: float

@@ -47,12 +47,18 @@ RANKED_COLUMNS = {
 RANKED_SCHEMA = ", ".join(f"{name} {kind}" for name, kind in RANKED_COLUMNS.items())
 
 
-def retrieval_features(source_ranks: pd.Series, features: list[str]) -> np.ndarray:
-    """(rows, features) float32: 1 / log2(1 + rank) of the item in each named retriever's list, 0 when that
-    retriever did not propose it (or the item is no candidate at all). Bounded, and monotone in rank."""
-    matrix = np.zeros((len(source_ranks), len(features)), dtype=np.float32)
+ITEM_EVENTS = "item_events"
+
+
+def retrieval_features(rows: pd.DataFrame, features: list[str]) -> np.ndarray:
+    """(rows, features) float32 for the fusion head. A retriever's feature is 1 / log2(1 + the item's rank
+    in its list, from `source_ranks`), 0 when it did not propose the item; "item_events" is
+    log(1 + the `item_events` column), the item's popularity."""
+    matrix = np.zeros((len(rows), len(features)), dtype=np.float32)
     column = {name: j for j, name in enumerate(features)}
-    for i, ranks in enumerate(source_ranks):
+    if ITEM_EVENTS in column:
+        matrix[:, column[ITEM_EVENTS]] = np.log1p(rows[ITEM_EVENTS].fillna(0).to_numpy(dtype=np.float64))
+    for i, ranks in enumerate(rows["source_ranks"]):
         if ranks is None or (isinstance(ranks, float) and np.isnan(ranks)):
             continue
         # A map column arrives from Arrow as a dict or as (key, value) pairs, depending on the path.
@@ -60,6 +66,12 @@ def retrieval_features(source_ranks: pd.Series, features: list[str]) -> np.ndarr
             if source in column and rank is not None:
                 matrix[i, column[source]] = 1.0 / np.log2(1.0 + rank)
     return matrix
+
+
+def item_event_counts(interactions: DataFrame, as_of: dt.date) -> DataFrame:
+    """(item_id, item_events): each item's events up to the end of `as_of`, the popularity feature."""
+    past = interactions.where(F.col("event_ts") < F.lit(as_of + dt.timedelta(days=1)))
+    return past.groupBy("item_id").agg(F.count("*").cast("double").alias(ITEM_EVENTS))
 
 
 def fused_scores(logits: np.ndarray, features: np.ndarray, head: FusionHead | None) -> np.ndarray:
@@ -249,18 +261,20 @@ def rerank_candidates(
 
     def rank(scored_request: pd.DataFrame) -> pd.DataFrame:
         if head is not None:
-            features = retrieval_features(scored_request["source_ranks"], head.features)
+            features = retrieval_features(scored_request, head.features)
             scored_request = scored_request.assign(
                 score=fused_scores(scored_request["score"], features, head)
             )
         ranked_request = rank_request(scored_request, cfg.top_k)
         return ranked_request if reorder is None else reorder(ranked_request)[list(RANKED_COLUMNS)]
 
-    # The grouping shuffles again, but only ids, scores and (for a fusion head) source ranks.
+    # The grouping shuffles again, but only ids, scores and, for a fusion head, its features.
     kept = [name for name in RANKED_COLUMNS if name not in ("rank", "model_rank")]
+    scorable = outcome.where(~rejected)
+    if head is not None:
+        scorable = scorable.join(F.broadcast(item_event_counts(interactions, run_date)), "item_id", "left")
     ranked = (
-        outcome.where(~rejected)
-        .select(*kept, *(["source_ranks"] if head else []))
+        scorable.select(*kept, *(["source_ranks", ITEM_EVENTS] if head else []))
         .groupBy("request_id", "request_type")
         .applyInPandas(rank, RANKED_SCHEMA)
     )

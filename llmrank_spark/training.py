@@ -42,7 +42,7 @@ from llmrank_spark.model import (
     save_artifact,
     untrained_cross_encoder,
 )
-from llmrank_spark.ranking import fused_scores, retrieval_features
+from llmrank_spark.ranking import fused_scores, item_event_counts, retrieval_features
 from llmrank_spark.scoring import PairScorer, ScoringSettings
 from llmrank_spark.text import ITEM_FIELDS, NEW_SHOPPER_CONTEXT, item_text_frame, user_context_frame
 
@@ -311,7 +311,7 @@ class FitResult:
 
 
 def feature_matrix(lists: pd.DataFrame, features: list[str]) -> np.ndarray:
-    return retrieval_features(lists["source_ranks"], features)
+    return retrieval_features(lists, features)
 
 
 def score_lists(model: FusionRanker, scorer: PairScorer, lists: pd.DataFrame) -> np.ndarray:
@@ -353,6 +353,7 @@ def fit(
 
     best = FitResult(list_ndcg(validation, score_lists(model, scorer, validation)), 0)
     best.evaluations.append((0, best.best_ndcg))
+    print(f"[train] step 0: validation ndcg@10 {best.best_ndcg:.4f}", flush=True)
     best_state, waited, step = copy.deepcopy(model.state_dict()), 0, 0
     for _epoch in range(cfg.epochs):
         order = rng.permutation(list_ids)
@@ -457,29 +458,50 @@ def _assemble_lists(
     texts: pd.DataFrame,
     candidates: pd.DataFrame,
     user_of: pd.Series,
+    item_events: pd.DataFrame,
 ) -> pd.DataFrame:
     """Lists with their context text, item text and the retrieval features of each (user, item)."""
     ranks = candidates[["request_id", ITEM, "source_ranks"]].rename(columns={"request_id": "user_id"})
     frame = lists.assign(user_id=lists[LIST].map(user_of), context_text=lists[LIST].map(contexts))
     # Left merges keep the lists' row order: each list's rows stay together, its positive first.
-    return frame.merge(texts, on=ITEM, how="left").merge(ranks, on=["user_id", ITEM], how="left")
+    frame = frame.merge(texts, on=ITEM, how="left").merge(ranks, on=["user_id", ITEM], how="left")
+    return frame.merge(item_events, on=ITEM, how="left")
 
 
-def train_reranker(
+# TrainConfig fields that change how a model learns from the lists, not which lists are built.
+FIT_ONLY_FIELDS = {
+    "loss", "batch_lists", "epochs", "learning_rate", "head_learning_rate", "trainable_layers",
+    "eval_every_steps", "patience", "fusion_features", "warm_start", "model_root", "threads",
+}  # fmt: skip
+# Lists built in this process, by data snapshot and list settings: training several losses on one
+# snapshot (bench/heldout_eval.py) runs the retrievers once, not once per loss.
+_BUILT_LISTS: dict[str, dict[str, pd.DataFrame]] = {}
+
+
+def training_lists(
     spark: SparkSession,
     items: DataFrame,
     interactions: DataFrame,
     users: DataFrame | None,
     config: Config,
     data_snapshot: str,
-    warm_from: str | None,
-) -> tuple[pd.DataFrame, FitResult]:
-    """Fine-tune a reranker version on the interactions, save its artifact; return its registry row."""
+) -> dict[str, pd.DataFrame]:
+    """{"train": lists, "validation": lists}: rows (list_id, item_id, label, context_text, item_text,
+    source_ranks, item_events), `list_size` per list, from the time split and the candidate retrievers."""
     from llmrank_spark.candidates import build_candidates
 
     cfg = config.train
-    torch.manual_seed(cfg.seed)
-    torch.set_num_threads(cfg.threads)
+    key = "|".join(
+        [
+            data_snapshot,
+            config.table_path("interactions"),
+            config.candidates.model_dump_json(),
+            config.rerank.model_dump_json(),
+            cfg.model_dump_json(exclude=FIT_ONLY_FIELDS),
+        ]
+    )
+    if key in _BUILT_LISTS:
+        return _BUILT_LISTS[key]
     rng = np.random.default_rng(cfg.seed)
     text_cfg = config.rerank.model_copy(update={"max_length": cfg.max_length})
 
@@ -504,6 +526,7 @@ def train_reranker(
     # Spark returns rows in no fixed order; sorted, the seeded sampling draws the same lists every run.
     candidates_pd = candidates_pd.sort_values(["request_id", ITEM], ignore_index=True)
     items_pd = items.toPandas()
+    item_events = item_event_counts(history, newest.date()).toPandas()
 
     # The newest target of each user is the validation slice; the older ones are training lists.
     targets_pd[LIST] = [f"{u}@{i}" for u, i in zip(targets_pd["user_id"], targets_pd[ITEM], strict=True)]
@@ -519,7 +542,27 @@ def train_reranker(
     for name, part in chosen.items():
         lists = sample_lists(part, candidates_pd, events, catalogue, cfg, rng)
         contexts = target_contexts(events, items_pd, part, text_cfg).set_axis(part[LIST])
-        built[name] = _assemble_lists(lists, contexts, texts, candidates_pd, part.set_index(LIST)["user_id"])
+        user_of = part.set_index(LIST)["user_id"]
+        built[name] = _assemble_lists(lists, contexts, texts, candidates_pd, user_of, item_events)
+    _BUILT_LISTS[key] = built
+    return built
+
+
+def train_reranker(
+    spark: SparkSession,
+    items: DataFrame,
+    interactions: DataFrame,
+    users: DataFrame | None,
+    config: Config,
+    data_snapshot: str,
+    warm_from: str | None,
+) -> tuple[pd.DataFrame, FitResult]:
+    """Fine-tune a reranker version on the interactions, save its artifact; return its registry row."""
+    cfg = config.train
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    text_cfg = config.rerank.model_copy(update={"max_length": cfg.max_length})
+    built = training_lists(spark, items, interactions, users, config, data_snapshot)
 
     model, started_from = initial_model(warm_from, cfg.fusion_features)
     tokenizer = load_tokenizer(warm_from or base_model_dir())

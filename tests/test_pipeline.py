@@ -21,6 +21,9 @@ SMALL_SAMPLE = [
     "candidates.quotas={covisit: 8, als: 8, semantic: 6, popularity: 4}",
     "rerank.top_k=10",
     "evaluate.embedding_diversity=false",
+    "train.max_train_lists=16",
+    "train.max_validation_lists=8",
+    "train.eval_every_steps=2",
     f"run.run_date={RUN_DATE}",
 ]
 

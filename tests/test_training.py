@@ -204,13 +204,21 @@ def test_a_misordered_list_costs_more_under_every_loss():
 
 
 def test_retrieval_features_and_fused_score():
-    ranks = pd.Series([{"als": 1, "covisit": 3}, [("popularity", 7)], None])
-    features = retrieval_features(ranks, ["covisit", "als", "popularity"])
-    np.testing.assert_allclose(features, [[0.5, 1.0, 0.0], [0.0, 0.0, 1 / 3], [0.0, 0.0, 0.0]])
-    head = FusionHead(
-        features=["covisit", "als", "popularity"], logit_weight=2.0, feature_weights=[1, 2, 3], bias=-1
+    rows = pd.DataFrame(
+        {
+            "source_ranks": [{"als": 1, "covisit": 3}, [("popularity", 7)], None],
+            "item_events": [math.e - 1, 0.0, np.nan],
+        }
     )
-    np.testing.assert_allclose(fused_scores(np.array([0.5, 1.0, -1.0]), features, head), [2.5, 2.0, -3.0])
+    features = retrieval_features(rows, ["covisit", "als", "popularity", "item_events"])
+    np.testing.assert_allclose(features, [[0.5, 1.0, 0.0, 1.0], [0.0, 0.0, 1 / 3, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    head = FusionHead(
+        features=["covisit", "als", "popularity", "item_events"],
+        logit_weight=2.0,
+        feature_weights=[1, 2, 3, 0.5],
+        bias=-1,
+    )
+    np.testing.assert_allclose(fused_scores(np.array([0.5, 1.0, -1.0]), features, head), [3.0, 2.0, -3.0])
     np.testing.assert_allclose(fused_scores(np.array([0.5]), features[:1], None), [0.5])
 
 
@@ -221,7 +229,12 @@ def tiny_with_head(path, head: FusionHead | None, version: str = "tiny-fused-v1"
     return path
 
 
-HEAD = FusionHead(features=["als", "popularity"], logit_weight=0.5, feature_weights=[4.0, -1.0], bias=0.25)
+HEAD = FusionHead(
+    features=["als", "popularity", "item_events"],
+    logit_weight=0.5,
+    feature_weights=[4.0, -1.0, 0.3],
+    bias=0.25,
+)
 
 
 def _lists(n_lists: int, seed: int) -> pd.DataFrame:
@@ -281,7 +294,11 @@ def test_warm_start_loads_the_newest_registered_version(spark, tmp_path):
     warm_from = latest_registered(spark, config)
     assert warm_from == str(new.resolve())
     model, started_from = initial_model(warm_from, HEAD.features)
-    assert started_from == "v2" and model.head_spec() == HEAD
+    head = model.head_spec()  # round-tripped through float32 tensors
+    assert started_from == "v2" and head.features == HEAD.features
+    assert [head.logit_weight, *head.feature_weights, head.bias] == pytest.approx(
+        [HEAD.logit_weight, *HEAD.feature_weights, HEAD.bias]
+    )
     saved = load_artifact(new).model.state_dict()
     for name, tensor in model.encoder.state_dict().items():
         assert torch.equal(tensor, saved[name]), name
@@ -309,8 +326,13 @@ def test_rerank_serves_the_newest_registered_version_with_its_fusion_head(spark,
     assert set(ranked["model_version"]) == {"registered-v1"}
 
     expected = expected_scores(rerank_cfg.model_copy(update={"model_path": str(path)}))
+    # Item popularity as of the run date: u1's event after it does not count.
+    counts = EVENTS[EVENTS["event_ts"] < pd.Timestamp(RUN_DATE + dt.timedelta(days=1))][
+        "item_id"
+    ].value_counts()
+    expected["item_events"] = expected["item_id"].map(counts).fillna(0.0)
     expected["score"] = fused_scores(
-        expected["score"].to_numpy(), retrieval_features(expected["source_ranks"], HEAD.features), HEAD
+        expected["score"].to_numpy(), retrieval_features(expected, HEAD.features), HEAD
     )
     merged = ranked.merge(expected, on=["request_id", "item_id"], suffixes=("", "_direct"))
     assert len(merged) == TOP_K * 3
