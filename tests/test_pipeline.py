@@ -16,6 +16,7 @@ SMALL_SAMPLE = [
     "candidates.n_per_request=20",
     "candidates.quotas={covisit: 8, als: 8, semantic: 6, popularity: 4}",
     "rerank.top_k=10",
+    "attributes.top_k_items=3",
     "run.run_date=2026-11-20",
 ]
 
@@ -30,7 +31,7 @@ def test_demo_writes_delta_tables_and_a_rerun_replaces_the_date(spark, tmp_path,
     args = [arg for pair in (("--set", o) for o in overrides) for arg in pair]
     assert main(["demo", *args]) == 0
     printed = capsys.readouterr().out
-    assert "[candidates]" in printed and "[rerank]" in printed
+    assert "[candidates]" in printed and "[rerank]" in printed and "[attributes]" in printed
 
     config = load_config(overrides=overrides)
     candidates_path, ranked_path = config.table_path("candidates"), config.table_path("ranked")
