@@ -34,7 +34,8 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/llmrank generate-sample
 	rm -rf dist && $(BIN)/pip wheel --quiet --no-deps --no-build-isolation -w dist .
-	$(BIN)/spark-submit --master 'local[*]' \
+	$(BIN)/spark-submit --master 'local[*]' --driver-memory 4g \
+	  --driver-java-options '-Dlog4j2.configurationFile=conf/log4j2.properties' \
 	  --packages "io.delta:delta-spark_4.2_2.13:$$($(BIN)/python -c 'from importlib.metadata import version; print(version("delta-spark"))')" \
 	  --conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension \
 	  --conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog \

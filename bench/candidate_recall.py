@@ -27,6 +27,7 @@ from llmrank_spark.config import SampleConfig, load_config
 from llmrank_spark.metrics import recall_at_k
 from llmrank_spark.session import get_spark
 from llmrank_spark.tables import frame_from_pandas
+from llmrank_spark.training import leave_last_out
 
 CUTOFFS = (10, 50, 100)
 
@@ -41,14 +42,6 @@ def input_tables(dataset: str, path: str | None, sample: SampleConfig) -> dict[s
     from llmrank_spark.sample_data import generate_sample
 
     return generate_sample(sample)
-
-
-def leave_last_out(interactions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training events, held-out labels): each user's latest event, ties by item_id, is held out."""
-    ordered = interactions.sort_values(["user_id", "event_ts", "item_id"], kind="mergesort")
-    last = ~ordered.duplicated("user_id", keep="last")
-    held_out = ordered.loc[last, ["user_id", "item_id"]].rename(columns={"user_id": "request_id"})
-    return ordered.loc[~last], held_out.assign(relevance=1)
 
 
 def recalls(lists: pd.DataFrame, held_out: pd.DataFrame) -> dict[int, float]:

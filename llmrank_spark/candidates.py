@@ -48,6 +48,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from llmrank_spark.config import CandidatesConfig
+from llmrank_spark.rejects import ITEM_NOT_IN_CATALOGUE, NO_CANDIDATES, UNKNOWN_EVENT_TYPE, as_rejects
 from llmrank_spark.text import ITEM_FIELDS, render_item_texts
 
 SECONDS_PER_DAY = 86_400.0
@@ -186,8 +187,9 @@ class RetrievalInputs:
     # position (1 = the user's most recent item)
     history: DataFrame
     exclusions: DataFrame  # request_id, item_id: never proposed to that user
-    users: DataFrame  # request_id of every active user
+    users: DataFrame  # request_id of every active user, input_table: "interactions" if they have events
     has_events: bool
+    rejected: DataFrame  # events left out: request_type, request_id, item_id, reason, detail
 
 
 def _end_of(run_date: dt.date) -> dt.date:
@@ -198,15 +200,31 @@ def _decay(age_seconds, half_life_days: float):
     return F.pow(F.lit(0.5), age_seconds / F.lit(half_life_days * SECONDS_PER_DAY))
 
 
-def _check_event_types(events: DataFrame, cfg: CandidatesConfig) -> None:
-    unknown = [
-        r.event_type for r in events.where(F.col("weight").isNull()).select("event_type").distinct().take(5)
-    ]
-    if unknown:
-        raise ValueError(
-            f"table 'interactions': event_type values {sorted(map(str, unknown))} have no weight; "
-            f"add them to candidates.event_weights (known: {', '.join(sorted(cfg.event_weights))})"
-        )
+def rejected_events(past: DataFrame, items: DataFrame, cfg: CandidatesConfig) -> DataFrame:
+    """Events the retrievers cannot use, one row per (user, item, reason, detail) with the count in detail.
+
+    Events on items missing from the catalogue can be neither embedded nor proposed; events of a type
+    without a weight in `event_weights` cannot be weighed. Both are left out of retrieval and listed here.
+    """
+    missing_item = past.join(items.select("item_id"), "item_id", "left_anti").select(
+        "user_id", "item_id", F.lit(ITEM_NOT_IN_CATALOGUE).alias("reason"), F.lit("").alias("what")
+    )
+    unknown_type = past.where(~F.col("event_type").isin(list(cfg.event_weights))).select(
+        "user_id",
+        "item_id",
+        F.lit(UNKNOWN_EVENT_TYPE).alias("reason"),
+        F.concat(F.lit("event_type '"), "event_type", F.lit("' not in candidates.event_weights; ")).alias(
+            "what"
+        ),
+    )
+    counted = missing_item.unionByName(unknown_type).groupBy("user_id", "item_id", "reason", "what").count()
+    return counted.select(
+        F.lit("user").alias("request_type"),
+        F.col("user_id").alias("request_id"),
+        "item_id",
+        "reason",
+        F.concat("what", F.col("count").cast("string"), F.lit(" events ignored")).alias("detail"),
+    )
 
 
 def prepare_inputs(
@@ -219,18 +237,19 @@ def prepare_inputs(
 ) -> RetrievalInputs:
     """Events up to run_date's end on catalogue items, weighted by type and recency; histories; exclusions.
 
-    Events on items missing from the catalogue are dropped: they can be neither embedded nor proposed.
+    Events on items missing from the catalogue, and of types without a weight, are left out of retrieval
+    and listed in `rejected` (`rejected_events`).
     """
     past = interactions.where(F.col("event_ts") < F.lit(_end_of(run_date)))
     weights = F.create_map(*[F.lit(v) for pair in sorted(cfg.event_weights.items()) for v in pair])
-    events = past.join(items.select("item_id"), "item_id", "left_semi").select(
+    catalogued = past.join(items.select("item_id"), "item_id", "left_semi").select(
         "user_id",
         "item_id",
         "event_type",
         (F.unix_micros("event_ts") / 1e6).alias("ts"),
         weights[F.col("event_type")].alias("weight"),
     )
-    _check_event_types(events, cfg)
+    events = catalogued.where(F.col("weight").isNotNull())
     latest = events.agg(F.max("ts")).first()[0]
     now = (
         latest
@@ -252,13 +271,13 @@ def prepare_inputs(
 
     excluding = cfg.exclude_event_types if cfg.exclude_purchased else []
     exclusions = (
-        events.where(F.col("event_type").isin(excluding))
+        catalogued.where(F.col("event_type").isin(excluding))
         .select(F.col("user_id").alias("request_id"), "item_id")
         .distinct()
     )
-    active = past.select("user_id")
+    active = past.select("user_id", F.lit("interactions").alias("input_table"))
     if users is not None:
-        active = active.unionByName(users.select("user_id"))
+        active = active.unionByName(users.select("user_id", F.lit("users").alias("input_table")))
     return RetrievalInputs(
         spark=spark,
         cfg=cfg,
@@ -266,8 +285,12 @@ def prepare_inputs(
         events=events,
         history=history,
         exclusions=exclusions,
-        users=active.distinct().select(F.col("user_id").alias("request_id")),
+        # "interactions" sorts first: a user with events is traced to them rather than to the users table.
+        users=active.groupBy(F.col("user_id").alias("request_id")).agg(
+            F.min("input_table").alias("input_table")
+        ),
         has_events=latest is not None,
+        rejected=rejected_events(past, items, cfg),
     )
 
 
@@ -651,6 +674,15 @@ def blend(
     )
 
 
+@dataclass(frozen=True)
+class CandidateLists:
+    """The candidates step's outputs. `rejects` reads `candidates` (users left without any): persist it
+    before writing (`steps.materialised`) so it is computed once."""
+
+    candidates: DataFrame  # the `candidates` table's rows
+    rejects: DataFrame  # the `rejects` table's rows of the candidates step
+
+
 def build_candidates(
     spark: SparkSession,
     items: DataFrame,
@@ -658,9 +690,24 @@ def build_candidates(
     users: DataFrame | None,
     cfg: CandidatesConfig,
     run_date: dt.date,
-) -> DataFrame:
+) -> CandidateLists:
     """The `candidates` table for run_date: exactly `n_per_request` items for every active user (those in
-    `users` and in `interactions`) whenever the catalogue holds that many they may be shown."""
+    `users` and in `interactions`) whenever the catalogue holds that many they may be shown; and the
+    rejects: events left out of retrieval, and active users left without any candidate."""
     inputs = prepare_inputs(spark, items, interactions, users, cfg, run_date)
     retrieved = retrieve_all(inputs, cfg.n_per_request)
-    return blend(list(retrieved.values()), inputs.exclusions, cfg, run_date)
+    candidates = blend(list(retrieved.values()), inputs.exclusions, cfg, run_date)
+    without = inputs.users.join(candidates.select("request_id").distinct(), "request_id", "left_anti").select(
+        F.lit("user").alias("request_type"),
+        "request_id",
+        F.lit(None).cast("string").alias("item_id"),
+        F.lit(NO_CANDIDATES).alias("reason"),
+        F.lit("every retriever came back empty: all items excluded, or the catalogue is empty").alias(
+            "detail"
+        ),
+        "input_table",
+    )
+    rejects = as_rejects(inputs.rejected, run_date, "candidates", "interactions").unionByName(
+        as_rejects(without, run_date, "candidates", F.col("input_table"))
+    )
+    return CandidateLists(candidates, rejects)

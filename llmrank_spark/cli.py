@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("path", help="directory holding u.data, u.item, u.user (MovieLens 100K)")
     for name, step in steps.NIGHTLY_STEPS.items():
         sub.add_parser(name, parents=[common], help=(step.__doc__ or "").strip().splitlines()[0])
+    sub.add_parser("train", parents=[common], help=(steps.train.__doc__ or "").strip().splitlines()[0])
     sub.add_parser("nightly", parents=[common], help="run every nightly step in order")
     sub.add_parser("demo", parents=[common], help="generate the sample lakehouse, run nightly, summarise")
     return parser
@@ -89,6 +90,8 @@ def run(args: argparse.Namespace, config: Config) -> None:
         results = [steps.generate_sample(spark, config)]
     elif args.command == "ingest":
         results = [steps.ingest_movielens(spark, config, Path(args.path))]
+    elif args.command == "train":
+        results = [steps.train(spark, config)]
     elif args.command == "nightly":
         results = steps.nightly(spark, config)
     elif args.command == "demo":

@@ -188,6 +188,8 @@ class RerankConfig(_Section):
     top_k: int = Field(50, ge=1)
     max_length: int = Field(128, ge=16, le=512)
     micro_batch_size: int = Field(64, ge=1)
+    # On GPU out-of-memory the scorer halves its micro-batch and retries, down to this floor, then fails.
+    min_micro_batch_size: int = Field(1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     quantize_int8: bool = False
@@ -195,6 +197,106 @@ class RerankConfig(_Section):
     context_template: str = "{title} ({category}, {brand})"
     item_template: str = "{title}. Brand: {brand}. Category: {category}. {attributes}"
     item_attributes: int = Field(6, ge=0)
+
+
+class FaultsConfig(_Section):
+    """Test-only fault injection (docs/reliability.md): tests set these to prove the job fails or recovers
+    cleanly. Every key must stay unset in production."""
+
+    # The scoring UDF raises InjectedFault in every task that has already scored this many Arrow batches.
+    fail_scoring_after_batches: int | None = Field(None, ge=0)
+    # The first scoring task that creates this file (it must not exist yet) kills its Python worker.
+    kill_worker_once_marker: str | None = None
+
+
+class EvaluateConfig(_Section):
+    # List depths every metric is measured at (each at most rerank.top_k to be meaningful).
+    ks: list[int] = Field(default_factory=lambda: [10, 50])
+    # Items holding the first head_share of interactions are "head", the last tail_share "tail".
+    popularity_head_share: float = Field(0.2, gt=0, lt=1)
+    popularity_tail_share: float = Field(0.2, gt=0, lt=1)
+    # users-table columns whose groups get their own quality figures and gap; "age_band" cuts `age`.
+    user_group_attributes: list[str] = Field(default_factory=lambda: ["gender", "age_band"])
+    age_band_edges: list[int] = Field(default_factory=lambda: [18, 25, 35, 45, 50, 56])
+    # Labels of user requests: the user's events in the label_days after run_date, graded by event type
+    # (the best grade per item counts). Types left out (views by default) are not labels.
+    label_days: int = Field(30, ge=1)
+    label_grades: dict[str, int] = Field(
+        default_factory=lambda: {"click": 1, "add_to_cart": 2, "purchase": 3, "rating": 1}
+    )
+    # Intra-list diversity by MiniLM text embedding of the ranked items (loads the packaged encoder).
+    embedding_diversity: bool = True
+
+
+class FairnessConfig(_Section):
+    # off: ranked holds the model order. on: each ranked list is re-ordered for provider-exposure fairness
+    # (and diversity, if on). sweep: as on, and evaluate also measures every weight in sweep_weights.
+    mode: Literal["off", "on", "sweep"] = "on"
+    # lambda: 0 = relevance only, 1 = provider need only (fairness.fair_rerank). Chosen from the measured
+    # sweep in docs/benchmarks.md.
+    weight: float = Field(0.3, ge=0, le=1)
+    sweep_weights: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0])
+    # Guarantee: every prefix of p positions holds at least floor(min_long_tail_share * p) long-tail items.
+    min_long_tail_share: float = Field(0.2, ge=0, le=1)
+    # Long-tail providers: outside the most popular providers that together hold this share of interactions.
+    long_tail_head_share: float = Field(0.5, gt=0, lt=1)
+    # The provider of an item: its brand, or when set the value of this key in its attributes (MovieLens has
+    # no studio: `year` makes release-year cohorts the providers).
+    provider_attribute: str | None = None
+    # MMR by category before the fairness pass; mmr_trade_off 1 = relevance only.
+    diversity: bool = False
+    mmr_trade_off: float = Field(0.7, ge=0, le=1)
+
+
+TRAIN_LOSSES = ("bce", "ranknet", "hinge", "listnet", "lambdaloss")
+
+
+class TrainConfig(_Section):
+    """The fine-tuning job (`llmrank train`); docs/training.md explains each knob and the CPU budget."""
+
+    # bce: pointwise; ranknet, hinge: pairwise; listnet, lambdaloss: listwise (docs/training.md).
+    loss: Literal[TRAIN_LOSSES] = "listnet"
+    # Each user's newest events (one per item) that become lists; the newest of them is the validation slice.
+    lists_per_user: int = Field(4, ge=2)
+    # Users with fewer earlier events than this give no lists: their context would say too little.
+    min_history: int = Field(5, ge=1)
+    list_size: int = Field(8, ge=2)
+    # Negatives of a list drawn from the user's candidate list (the rest are random catalogue items).
+    hard_negatives: int = Field(3, ge=0)
+    # Subsampling caps that keep a CPU run within its budget (seeded): lists trained on and validated on.
+    max_train_lists: int = Field(600, ge=1)
+    max_validation_lists: int = Field(150, ge=1)
+    batch_lists: int = Field(4, ge=1)
+    epochs: int = Field(1, ge=1)
+    learning_rate: float = Field(3e-5, gt=0)
+    head_learning_rate: float = Field(1e-2, gt=0)
+    # Top encoder layers fine-tuned (MiniLM has 6); the frozen rest need no backward pass, for CPU cost.
+    trainable_layers: int = Field(2, ge=0, le=12)
+    max_length: int = Field(64, ge=16, le=512)
+    eval_every_steps: int = Field(25, ge=1)
+    # Evaluations without a better validation NDCG@10 before training stops (the best weights are kept).
+    patience: int = Field(3, ge=1)
+    # Retrieval features the fusion head weighs with the BERT logit; [] trains and serves the logit alone.
+    fusion_features: list[str] = Field(default_factory=lambda: list(RETRIEVERS))
+    # Graded relevance of the positive: by event type, or a rating's value / rating_scale.
+    event_grades: dict[str, float] = Field(
+        default_factory=lambda: {"view": 0.25, "click": 0.5, "add_to_cart": 0.75, "purchase": 1.0}
+    )
+    rating_scale: float = Field(5.0, gt=0)
+    # Start from the newest version in model_registry when there is one (continual updates).
+    warm_start: bool = True
+    # Where artifacts are written, one directory per version; None: <lakehouse.root>/models.
+    model_root: str | None = None
+    seed: int = 42
+    threads: int = Field(2, ge=1)
+
+    @field_validator("fusion_features")
+    @classmethod
+    def _known_features(cls, features: list[str]) -> list[str]:
+        unknown = sorted(set(features) - set(RETRIEVERS))
+        if unknown:
+            raise ValueError(f"unknown fusion feature(s) {unknown}; the features are {', '.join(RETRIEVERS)}")
+        return features
 
 
 class AttributesConfig(_Section):
@@ -214,6 +316,10 @@ class Config(_Section):
     sample: SampleConfig = Field(default_factory=SampleConfig)
     candidates: CandidatesConfig = Field(default_factory=CandidatesConfig)
     rerank: RerankConfig = Field(default_factory=RerankConfig)
+    faults: FaultsConfig = Field(default_factory=FaultsConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    fairness: FairnessConfig = Field(default_factory=FairnessConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
     attributes: AttributesConfig = Field(default_factory=AttributesConfig)
 
     def table_path(self, table: str) -> str:

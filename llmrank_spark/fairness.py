@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from llmrank_spark.config import FairnessConfig
 from llmrank_spark.metrics import ITEM, RANK, REQUEST, Embeddings, share_held_above, unit_vectors
 
 SCORE = "score"
@@ -188,3 +189,78 @@ def mmr_rerank(
         return objective
 
     return _rerank_each(lists, k, order_one)
+
+
+MODEL_RANK = "model_rank"
+
+
+def with_providers(items: pd.DataFrame, provider_attribute: str | None) -> pd.DataFrame:
+    """The catalogue with `brand` set to each item's provider: its brand, or `attributes[provider_attribute]`.
+
+    Data without brands (MovieLens) can name another attribute as the provider, e.g. the release year.
+    """
+    if provider_attribute is None:
+        return items
+    if "attributes" not in items.columns:
+        raise ValueError(
+            f"items: fairness.provider_attribute is '{provider_attribute}' but the items have no attributes "
+            f"column; unset it to use brand as the provider"
+        )
+    providers = items["attributes"].map(lambda a: None if a is None else dict(a).get(provider_attribute))
+    if providers.isna().all():
+        raise ValueError(
+            f"items: no item has the attribute '{provider_attribute}' named by fairness.provider_attribute"
+        )
+    return items.assign(brand=providers)
+
+
+def fair_order(
+    lists: pd.DataFrame,
+    policy: ProviderPolicy,
+    *,
+    lambda_: float,
+    min_long_tail_share: float,
+    mmr_trade_off: float | None = None,
+    item_category: pd.Series | None = None,
+) -> pd.DataFrame:
+    """Whole ranked lists re-ordered (no item dropped) by MMR diversity if asked, then provider fairness.
+
+    `rank` becomes the new position; `model_rank` keeps the position the lists came in (the model order)
+    and `score` the model score. With MMR on, the fairness pass weighs provider need against the
+    diversified order (relevance = minus the MMR position) rather than the raw score, so the fairness
+    pass comes last and its long-tail floor (`fair_rerank`) holds on the output either way.
+    """
+    ordered = lists.assign(**{MODEL_RANK: lists[RANK]})
+    if ordered.empty:
+        return ordered
+    length = int(ordered.groupby(REQUEST).size().max())
+    fairness = {"lambda_": lambda_, "min_long_tail_share": min_long_tail_share, "k": length}
+    if mmr_trade_off is None:
+        return fair_rerank(ordered, policy, **fairness)
+    diversified = mmr_rerank(ordered, trade_off=mmr_trade_off, k=length, item_category=item_category)
+    by_position = diversified.assign(_model_score=diversified[SCORE], **{SCORE: -diversified[RANK] * 1.0})
+    fair = fair_rerank(by_position, policy, **fairness)
+    return fair.assign(**{SCORE: fair["_model_score"]}).drop(columns="_model_score")
+
+
+def list_reorderer(
+    policy: ProviderPolicy,
+    cfg: FairnessConfig,
+    item_category: pd.Series | None = None,
+    lambda_: float | None = None,
+) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """`fair_order` with the run's settings (lambda_ overrides cfg.weight in sweeps), over any lists."""
+    if cfg.diversity and item_category is None:
+        raise ValueError("fairness.diversity is on: pass the items' categories (item_id -> category)")
+
+    def reorder(lists: pd.DataFrame) -> pd.DataFrame:
+        return fair_order(
+            lists,
+            policy,
+            lambda_=cfg.weight if lambda_ is None else lambda_,
+            min_long_tail_share=cfg.min_long_tail_share,
+            mmr_trade_off=cfg.mmr_trade_off if cfg.diversity else None,
+            item_category=item_category,
+        )
+
+    return reorder

@@ -55,6 +55,20 @@ def load_sentence_encoder(device: str = "cpu"):
     return SentenceTransformer(str(base_model_dir()), device=device, trust_remote_code=False)
 
 
+class FusionHead(BaseModel):
+    """The learned head that fuses the BERT logit with retrieval features: score = w . [logit, f] + b.
+
+    Plain numbers in reranker.json (no pickle), applied by `fused_scores` in training, evaluation and rerank.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    features: list[str]  # retriever names, each read from the candidate row's source_ranks
+    logit_weight: float
+    feature_weights: list[float]
+    bias: float
+
+
 class ArtifactManifest(BaseModel):
     """The contents of reranker.json: everything needed to serve the model as it was trained."""
 
@@ -69,6 +83,8 @@ class ArtifactManifest(BaseModel):
     loss: str
     data_snapshot: str
     metrics: dict[str, float] = Field(default_factory=dict)
+    # None: the score is the BERT logit alone.
+    fusion_head: FusionHead | None = None
     created_at: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
 

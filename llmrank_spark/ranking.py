@@ -1,21 +1,31 @@
 """The rerank stage: score every candidate with the broadcast BERT model, keep each request's top-K.
 
 `rank_request` is the pure listwise step (one request's scored candidates -> its ranked top-K);
-`rerank_candidates` is the Spark layer the pipeline calls: it builds the texts, scores the pairs in the
-pandas UDF of `scoring` and applies `rank_request` per request with `applyInPandas`.
+`rerank_candidates` is the Spark layer the pipeline calls: it builds the texts, checks each request's
+pairs (`rejects.check_pairs`), scores the valid ones in the pandas UDF of `scoring`, and applies
+`rank_request` per request with `applyInPandas`; what cannot be ranked goes to `rejects` with a reason.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from llmrank_spark.config import RerankConfig
-from llmrank_spark.model import ModelSpec, cross_encoder_spec, read_manifest, zero_shot_spec
+from llmrank_spark.config import FaultsConfig, RerankConfig
+from llmrank_spark.model import FusionHead, ModelSpec, cross_encoder_spec, read_manifest, zero_shot_spec
+from llmrank_spark.rejects import (
+    CHECKED_SCHEMA,
+    NON_FINITE_SCORE,
+    PAIR_COLUMNS,
+    as_rejects,
+    check_pairs,
+)
 from llmrank_spark.scoring import ScoringSettings, scoring_udf, ship_model
 from llmrank_spark.tables import conform
 from llmrank_spark.text import NEW_SHOPPER_CONTEXT, item_texts, user_contexts
@@ -32,15 +42,40 @@ RANKED_COLUMNS = {
     "retrieval_rank": "int",
     "retrieval_score": "double",
     "sources": "array<string>",
+    "model_rank": "int",
 }
 RANKED_SCHEMA = ", ".join(f"{name} {kind}" for name, kind in RANKED_COLUMNS.items())
+
+
+def retrieval_features(source_ranks: pd.Series, features: list[str]) -> np.ndarray:
+    """(rows, features) float32: 1 / log2(1 + rank) of the item in each named retriever's list, 0 when that
+    retriever did not propose it (or the item is no candidate at all). Bounded, and monotone in rank."""
+    matrix = np.zeros((len(source_ranks), len(features)), dtype=np.float32)
+    column = {name: j for j, name in enumerate(features)}
+    for i, ranks in enumerate(source_ranks):
+        if ranks is None or (isinstance(ranks, float) and np.isnan(ranks)):
+            continue
+        # A map column arrives from Arrow as a dict or as (key, value) pairs, depending on the path.
+        for source, rank in ranks.items() if isinstance(ranks, dict) else ranks:
+            if source in column and rank is not None:
+                matrix[i, column[source]] = 1.0 / np.log2(1.0 + rank)
+    return matrix
+
+
+def fused_scores(logits: np.ndarray, features: np.ndarray, head: FusionHead | None) -> np.ndarray:
+    """The served score: the BERT logit, or with a fusion head w_logit * logit + w . features + b."""
+    if head is None:
+        return np.asarray(logits, dtype=np.float64)
+    weights = np.asarray(head.feature_weights, dtype=np.float64)
+    return head.logit_weight * np.asarray(logits, dtype=np.float64) + features @ weights + head.bias
 
 
 def rank_request(scored: pd.DataFrame, top_k: int) -> pd.DataFrame:
     """One request's scored candidates in model order, ties broken deterministically, cut to `top_k`."""
     columns, ascending = zip(*RANK_ORDER, strict=True)
     ranked = scored.sort_values(list(columns), ascending=list(ascending), kind="mergesort").head(top_k)
-    ranked = ranked.assign(rank=np.arange(1, len(ranked) + 1, dtype=np.int32))
+    positions = np.arange(1, len(ranked) + 1, dtype=np.int32)
+    ranked = ranked.assign(rank=positions, model_rank=positions)
     return ranked[list(RANKED_COLUMNS)].reset_index(drop=True)
 
 
@@ -84,6 +119,43 @@ def request_contexts(
             )
         )
     return contexts
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    """The rerank step's outputs. Both derive from `outcome`, every candidate pair once, scored or rejected:
+    persist it before writing (`steps.materialised`) so each pair is scored once and a scoring failure
+    happens before either table is written."""
+
+    outcome: DataFrame
+    ranked: DataFrame  # the `ranked` table's rows
+    rejects: DataFrame  # the `rejects` table's rows of the rerank step
+
+
+def checked_pairs(
+    candidates: DataFrame, items: DataFrame, contexts: DataFrame, cfg: RerankConfig
+) -> DataFrame:
+    """Every candidate row with its texts, grouped by request and marked scorable or rejected (`check_pairs`).
+
+    The grouping also places whole requests in one partition in a fixed order, so Arrow batches (and so
+    the scores, bit for bit) are the same on every rerun, and a batch repeats few contexts.
+    """
+    catalogue = item_texts(items, cfg).withColumn("in_catalogue", F.lit(True))
+    pairs = (
+        candidates.select(
+            "request_id",
+            "request_type",
+            "item_id",
+            "retrieval_rank",
+            "retrieval_score",
+            "sources",
+            "source_ranks",
+        )
+        .join(catalogue, "item_id", "left")
+        .join(contexts.withColumn("context_found", F.lit(True)), ["request_type", "request_id"], "left")
+        .select(*PAIR_COLUMNS)
+    )
+    return pairs.groupBy("request_type", "request_id").applyInPandas(check_pairs, CHECKED_SCHEMA)
 
 
 def with_contexts(
@@ -136,37 +208,62 @@ def rerank_candidates(
     cfg: RerankConfig,
     run_date: dt.date,
     queries: DataFrame | None = None,
-) -> DataFrame:
-    """The `ranked` table for one run: each request's top-K candidates by reranker score.
+    faults: FaultsConfig | None = None,
+    reorder: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+) -> RerankResult:
+    """The `ranked` rows for one run, each request's top-K candidates by reranker score, and the `rejects`.
 
-    `candidates` follows the `candidates` contract. Query requests need `queries` (their text is the
-    context); users without history get `NEW_SHOPPER_CONTEXT`. Fails, naming what is missing and how to
+    `candidates` follows the `candidates` contract. Pairs the rules of `check_pairs` reject, and pairs the
+    model scores NaN or infinite, go to rejects with the reason; so every candidate request is ranked or
+    rejected. `reorder`, when given, post-processes each request's top-K (e.g. `fairness.list_reorderer`):
+    it changes `rank` and leaves `model_rank`, the position in model order, as it was.
+    Users without history get `NEW_SHOPPER_CONTEXT`. Fails, naming what is missing and how to
     fix it, when cfg asks for a cross-encoder that does not exist: it never scores with an untrained head.
+    `faults` is test-only fault injection.
     """
     spec, cfg = model_for(cfg)
-    score = scoring_udf(ship_model(spark, spec), ScoringSettings.from_config(cfg))
-    missing_item = F.raise_error(
-        F.concat(
-            F.lit("candidate item '"),
-            F.col("item_id"),
-            F.lit("' is not in the items table; rebuild candidates against the current catalogue"),
+    head = read_manifest(spec.path).fusion_head if spec.kind == "cross_encoder" else None
+    score = scoring_udf(ship_model(spark, spec), ScoringSettings.from_config(cfg), faults)
+    contexts = request_contexts(candidates, interactions, items, cfg, run_date, queries)
+    checked = checked_pairs(candidates, items, contexts, cfg)
+    rejected = F.col("reason").isNotNull()
+    finite = F.col("score").isNotNull() & ~F.isnan("score") & (F.abs("score") != F.lit(float("inf")))
+    ids = [name for name in RANKED_COLUMNS if name not in ("rank", "model_rank", "score")]
+    scored = (
+        checked.where(~rejected)
+        .withColumn("score", score("context_text", "item_text"))
+        .withColumn("reason", F.when(~finite, F.lit(NON_FINITE_SCORE)))
+        # Arrow hands a NaN from the UDF to Spark as null (the scorer itself never returns null).
+        .withColumn(
+            "detail",
+            F.when(
+                ~finite, F.concat(F.lit("score "), F.coalesce(F.col("score").cast("string"), F.lit("NaN")))
+            ),
         )
     )
-    pairs = (
-        with_contexts(candidates, interactions, items, cfg, run_date, queries)
-        .join(item_texts(items, cfg), "item_id", "left")
-        .withColumn("item_text", F.coalesce("item_text", missing_item))
+    outcome = scored.select(*ids, "source_ranks", "score", "reason", "detail").unionByName(
+        checked.where(rejected).select(
+            *ids, "source_ranks", F.lit(None).cast("double").alias("score"), "reason", "detail"
+        )
     )
-    # The grouping below shuffles again, but only ids and scores: the texts are dropped first.
-    scored = score_by_request(pairs, score, "item_id")
 
     def rank(scored_request: pd.DataFrame) -> pd.DataFrame:
-        return rank_request(scored_request, cfg.top_k)
+        if head is not None:
+            features = retrieval_features(scored_request["source_ranks"], head.features)
+            scored_request = scored_request.assign(
+                score=fused_scores(scored_request["score"], features, head)
+            )
+        ranked_request = rank_request(scored_request, cfg.top_k)
+        return ranked_request if reorder is None else reorder(ranked_request)[list(RANKED_COLUMNS)]
 
+    # The grouping shuffles again, but only ids, scores and (for a fusion head) source ranks.
+    kept = [name for name in RANKED_COLUMNS if name not in ("rank", "model_rank")]
     ranked = (
-        scored.select(*[name for name in RANKED_COLUMNS if name != "rank"])
+        outcome.where(~rejected)
+        .select(*kept, *(["source_ranks"] if head else []))
         .groupBy("request_id", "request_type")
         .applyInPandas(rank, RANKED_SCHEMA)
     )
     ranked = ranked.withColumn("model_version", F.lit(spec.version)).withColumn("run_date", F.lit(run_date))
-    return conform(ranked, "ranked")
+    rejects = as_rejects(outcome.where(rejected), run_date, "rerank", "candidates")
+    return RerankResult(outcome, conform(ranked, "ranked"), rejects)

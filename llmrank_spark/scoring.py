@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import os
 import shutil
 import tempfile
 import warnings
@@ -35,7 +36,7 @@ from pyspark import TaskContext
 from pyspark.sql import SparkSession
 from pyspark.sql.functions import pandas_udf
 
-from llmrank_spark.config import RerankConfig
+from llmrank_spark.config import FaultsConfig, RerankConfig
 from llmrank_spark.model import ModelSpec, load_model, zero_shot_spec
 from llmrank_spark.text import budget_split
 
@@ -53,10 +54,26 @@ class ScoringSettings:
     micro_batch_size: int = 64
     max_length: int = 128
     quantize_int8: bool = False
+    min_micro_batch_size: int = 1
 
     @classmethod
     def from_config(cls, cfg: RerankConfig) -> ScoringSettings:
-        return cls(cfg.device, cfg.precision, cfg.micro_batch_size, cfg.max_length, cfg.quantize_int8)
+        return cls(
+            cfg.device,
+            cfg.precision,
+            cfg.micro_batch_size,
+            cfg.max_length,
+            cfg.quantize_int8,
+            cfg.min_micro_batch_size,
+        )
+
+
+class ScoringOutOfMemory(RuntimeError):
+    """The GPU ran out of memory even at the smallest micro-batch allowed; the message names the settings."""
+
+
+class InjectedFault(RuntimeError):
+    """Raised only by test-only fault injection (config section `faults`)."""
 
 
 def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
@@ -118,6 +135,8 @@ class PairScorer:
         self.dtype = autocast_dtype(settings.precision, device)
         self.special = (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
         self._token_ids: dict[str, list[int]] = {}
+        # Halved on GPU out-of-memory and kept for the scorer's life: later batches would run out too.
+        self.micro_batch_size = settings.micro_batch_size
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, device: torch.device, settings: ScoringSettings) -> PairScorer:
@@ -230,24 +249,52 @@ class PairScorer:
         return np.einsum("ij,ij->i", left, right).astype(np.float32)
 
     def _run(self, encoded: _Encoded, head: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> np.ndarray:
-        """Forward every row, longest first in micro-batches, and return outputs in input order."""
+        """Forward every row, longest first in micro-batches, and return outputs in input order.
+
+        On CUDA out-of-memory the micro-batch is halved and the rows not yet scored are retried, down to
+        `min_micro_batch_size`; below that the scorer fails naming the settings to change.
+        """
         order = np.argsort(-encoded.lengths, kind="stable")
-        size = self.settings.micro_batch_size
-        chunks = [order[start : start + size] for start in range(0, len(order), size)]
         on_gpu = self.device.type == "cuda"
         autocast = (
             torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
         )
-        outputs = []
+        outputs: list[torch.Tensor] = []
+        done = 0
         with torch.inference_mode(), autocast:
-            for host in _prefetched(chunks, lambda rows: self.model_inputs(encoded, rows), on_gpu):
-                batch = {name: t.to(self.device, non_blocking=on_gpu) for name, t in host.items()}
-                outputs.append(head(batch).float())
+            while done < len(order):
+                size = self.micro_batch_size
+                chunks = [order[start : start + size] for start in range(done, len(order), size)]
+                try:
+                    for host in _prefetched(chunks, lambda rows: self.model_inputs(encoded, rows), on_gpu):
+                        batch = {name: t.to(self.device, non_blocking=on_gpu) for name, t in host.items()}
+                        outputs.append(head(batch).float())
+                        done += len(host["input_ids"])
+                except torch.OutOfMemoryError as error:
+                    self._halve_micro_batch(error, int(encoded.lengths[order[done]]))
         # One device-to-host copy per batch: no sync per micro-batch, so the GPU never waits on Python.
         in_sorted_order = torch.cat(outputs).cpu().numpy()
         result = np.empty_like(in_sorted_order)
         result[order] = in_sorted_order
         return result
+
+    def _halve_micro_batch(self, error: torch.OutOfMemoryError, longest_tokens: int) -> None:
+        floor = min(self.settings.min_micro_batch_size, self.settings.micro_batch_size)
+        if self.micro_batch_size // 2 < floor:
+            raise ScoringOutOfMemory(
+                f"out of GPU memory on {self.device} scoring a micro-batch of {self.micro_batch_size} pairs "
+                f"of up to {longest_tokens} tokens, already halved down to rerank.min_micro_batch_size="
+                f"{floor}; lower rerank.max_length, use rerank.precision=fp16 or bf16, or run on a GPU "
+                f"with more free memory"
+            ) from error
+        self.micro_batch_size //= 2
+        warnings.warn(
+            f"out of GPU memory at micro-batch {self.micro_batch_size * 2}: retrying at "
+            f"{self.micro_batch_size}",
+            stacklevel=3,
+        )
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def _logit(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model(**batch).logits[:, 0]
@@ -329,7 +376,23 @@ def ship_model(spark: SparkSession, spec: ModelSpec) -> ShippedModel:
     return ShippedModel(spec, spark.sparkContext.broadcast(files), digest.hexdigest())
 
 
-def scoring_udf(shipped: ShippedModel, settings: ScoringSettings):
+def inject_faults(faults: FaultsConfig, batches_scored: int) -> None:
+    """Test-only faults (config section `faults`), checked by a scoring task after each batch it scores."""
+    if faults.kill_worker_once_marker is not None:
+        try:
+            os.close(os.open(faults.kill_worker_once_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            pass  # another task was the one killed
+        else:
+            os._exit(17)  # a crash, as the OOM killer or a segfault would end the worker: no cleanup
+    limit = faults.fail_scoring_after_batches
+    if limit is not None and batches_scored > limit:
+        raise InjectedFault(
+            f"faults.fail_scoring_after_batches={limit}: injected failure after {limit} scored batches"
+        )
+
+
+def scoring_udf(shipped: ShippedModel, settings: ScoringSettings, faults: FaultsConfig | None = None):
     """pandas UDF (context_text, item_text) -> score, scoring each Arrow batch with the cached scorer."""
 
     @pandas_udf("double")
@@ -340,7 +403,9 @@ def scoring_udf(shipped: ShippedModel, settings: ScoringSettings):
         device = task_device(settings.device)
         scorer = cached_scorer(shipped.local_spec(), device, settings)
         pairs = ((contexts.tolist(), items.tolist()) for contexts, items in batches)
-        for scores in scorer.score_batches(pairs):
+        for batches_scored, scores in enumerate(scorer.score_batches(pairs), start=1):
+            if faults is not None:
+                inject_faults(faults, batches_scored)
             yield pd.Series(scores, dtype="float64")
 
     return score

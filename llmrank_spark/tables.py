@@ -7,6 +7,7 @@ renders it and a test keeps the two equal), so the documentation cannot drift fr
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 
 import pandas as pd
@@ -162,9 +163,37 @@ CONTRACTS: dict[str, TableContract] = {
                 Column("retrieval_rank", "int", "Position before re-ranking, for comparison."),
                 Column("retrieval_score", "double", "Blended retrieval score."),
                 Column("sources", "array<string>", "Retrievers that proposed the item."),
+                Column(
+                    "model_rank",
+                    "int",
+                    "Position in model order, before the fairness/diversity pass (= rank when it is off).",
+                    False,
+                ),
             ),
             partition_by=("run_date",),
             written_by="`llmrank rerank`",
+        ),
+        TableContract(
+            "rejects",
+            "output",
+            "Input rows and requests a step could not process, with the reason: nothing is dropped silently.",
+            (
+                RUN_DATE,
+                Column("step", "string", "Step that rejected the row: candidates or rerank.", key=True),
+                Column("input_table", "string", "Table the rejected row or request comes from.", key=True),
+                Column("request_type", "string", "'user' or 'query'.", False),
+                Column("request_id", "string", "Request (user or query id) the row belongs to.", key=True),
+                Column("item_id", "string", "Item of a rejected pair; null: the whole request.", False),
+                Column("reason", "string", "Why, one of the reasons in docs/reliability.md.", key=True),
+                Column("detail", "string", "The offending value, or the rule applied.", False),
+            ),
+            partition_by=("run_date", "step"),
+            written_by="`llmrank candidates`, `llmrank rerank`",
+            extra_doc=(
+                "The key with `item_id` identifies a row. Each step replaces only its own `(run_date, step)` "
+                "partition, so re-running one step never clears another's rejects. Every request of "
+                "`candidates` for a date is in `ranked` or in `rejects` (step rerank) for that date."
+            ),
         ),
         TableContract(
             "attribute_order",
@@ -229,7 +258,13 @@ CONTRACTS: dict[str, TableContract] = {
             "Quality, fairness and diversity measurements per run and step.",
             (
                 RUN_DATE,
-                Column("step", "string", "Pipeline step measured (e.g. candidates, rerank).", key=True),
+                Column(
+                    "step",
+                    "string",
+                    "Order measured: candidates (retrieval order), rerank (model order), fairness (the "
+                    "final order with the configured lambda) or fairness[lambda=0.30] (a sweep point).",
+                    key=True,
+                ),
                 Column("model_version", "string", "Model version measured, if any.", False),
                 Column("metric", "string", "Metric name, e.g. ndcg@10.", key=True),
                 Column("slice", "string", "Population measured: 'all' or e.g. 'gender=F'.", key=True),
@@ -399,14 +434,38 @@ def read_table(
     check_schema(df, table, location)
     if check_nulls:
         check_keys_not_null(df, table, location)
-    return conform(df, table)
+    return valid_utf8(conform(df, table), table)
 
 
-def write_table(df: DataFrame, config: Config, table: str, run_date: dt.date | None = None) -> str:
+def valid_utf8(df: DataFrame, table: str) -> DataFrame:
+    """The contract's text columns with invalid UTF-8 byte sequences replaced by U+FFFD.
+
+    A Spark string may hold any bytes (a cast from binary does not check them), but Arrow, and so every
+    pandas UDF, refuses invalid UTF-8: one bad byte in a title would fail the whole nightly job.
+    """
+    repair = {
+        "string": F.make_valid_utf8,
+        "array<string>": lambda c: F.transform(c, F.make_valid_utf8),
+        "map<string,string>": lambda c: F.transform_values(
+            F.transform_keys(c, lambda k, _: F.make_valid_utf8(k)), lambda _, v: F.make_valid_utf8(v)
+        ),
+    }
+    return df.select(
+        *[
+            repair[c.type](F.col(c.name)).alias(c.name) if c.type in repair else F.col(c.name)
+            for c in contract(table).columns
+        ]
+    )
+
+
+def write_table(
+    df: DataFrame, config: Config, table: str, run_date: dt.date | None = None, step: str | None = None
+) -> str:
     """Write a table, checked against its contract before a byte is written.
 
     Tables partitioned by run_date get that partition replaced atomically (Delta ``replaceWhere``), so
-    re-running a date never duplicates rows and readers see either the old or the new partition.
+    re-running a date never duplicates rows and readers see either the old or the new partition; tables
+    partitioned by (run_date, step), like `rejects`, get only that step's partition of the date replaced.
     Append-only tables (the run log, the model registry) get one appending commit; other tables are
     overwritten whole in one commit. Returns the table's location.
     """
@@ -423,11 +482,15 @@ def write_table(df: DataFrame, config: Config, table: str, run_date: dt.date | N
             raise ValueError(f"table '{table}' is partitioned by run_date: pass the run's date")
         check_single_run_date(df, table, run_date)
         # run_date is a datetime.date, so the predicate below is a literal we formatted, never user text.
+        replace = f"run_date = DATE'{run_date.isoformat()}'"
+        if "step" in spec.partition_by:
+            check_single_step(df, table, step)
+            replace += f" AND step = '{step}'"  # an identifier, checked by check_single_step
         writer = (
             df.write.format("delta")
             .mode("overwrite")
             .partitionBy(*spec.partition_by)
-            .option("replaceWhere", f"run_date = DATE'{run_date.isoformat()}'")
+            .option("replaceWhere", replace)
         )
     else:
         writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
@@ -444,6 +507,16 @@ def check_single_run_date(df: DataFrame, table: str, run_date: dt.date) -> None:
         raise ContractError(
             f"table '{table}': rows with run_date other than {run_date} in a write for that date"
         )
+
+
+STEP_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+def check_single_step(df: DataFrame, table: str, step: str | None) -> None:
+    if step is None or not STEP_NAME.match(step):
+        raise ValueError(f"table '{table}' is partitioned by step: pass the step's name (got {step!r})")
+    if df.where(F.col("step") != F.lit(step)).limit(1).count():
+        raise ContractError(f"table '{table}': rows of a step other than '{step}' in a write for that step")
 
 
 def render_tables_doc() -> str:

@@ -33,6 +33,18 @@ CONTEXT_MIN_SHARE = 0.25
 IntOrArray = TypeVar("IntOrArray", int, np.ndarray)
 
 _SPACES = re.compile(r"\s+")
+# C0 and C1 control characters (tabs and newlines included): never meaningful inside a model's text.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def clean_text(value: Any) -> str:
+    """Text as the model may read it: control characters become spaces, runs of space collapse; "" if none.
+
+    Invalid UTF-8 never gets this far: reads repair it to U+FFFD (`tables.valid_utf8`).
+    """
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return ""
+    return _SPACES.sub(" ", _CONTROL.sub(" ", str(value))).strip()
 
 
 def _attribute_pairs(attributes: Any) -> list[tuple[str, str]]:
@@ -40,7 +52,8 @@ def _attribute_pairs(attributes: Any) -> list[tuple[str, str]]:
     if attributes is None or (isinstance(attributes, float) and pd.isna(attributes)):
         return []
     pairs = attributes.items() if isinstance(attributes, Mapping) else attributes
-    return [(str(k), str(v)) for k, v in pairs if v is not None and str(v) != ""]
+    cleaned = ((clean_text(k), clean_text(v)) for k, v in pairs)
+    return [(k, v) for k, v in cleaned if k and v]
 
 
 def shown_attributes(attributes: Any, limit: int) -> list[tuple[str, str]]:
@@ -54,9 +67,7 @@ def format_attributes(attributes: Any, limit: int) -> str:
 
 
 def _field_value(value: Any) -> str:
-    if value is None or (isinstance(value, float) and pd.isna(value)) or str(value).strip() == "":
-        return MISSING_VALUE
-    return str(value)
+    return clean_text(value) or MISSING_VALUE
 
 
 def render_item_texts(items: pd.DataFrame, template: str, attribute_limit: int) -> pd.Series:
@@ -79,12 +90,12 @@ def render_item_texts(items: pd.DataFrame, template: str, attribute_limit: int) 
 
 
 def item_text_frame(items: pd.DataFrame, cfg: RerankConfig) -> pd.DataFrame:
-    """(item_id, item_text) for a pandas batch of the items table."""
+    """(item_id, item_text) for a pandas batch of the items table; item_text is None for an item without a
+    title (null, blank or only control characters): there is nothing to rank it by."""
+    texts = render_item_texts(items, cfg.item_template, cfg.item_attributes)
+    titled = items["title"].map(clean_text) != ""
     return pd.DataFrame(
-        {
-            "item_id": items["item_id"].to_numpy(),
-            "item_text": render_item_texts(items, cfg.item_template, cfg.item_attributes).to_numpy(),
-        }
+        {"item_id": items["item_id"].to_numpy(), "item_text": texts.where(titled, None).to_numpy()}
     )
 
 

@@ -2,8 +2,8 @@
 # MAGIC %md
 # MAGIC # llmrank-spark: explore one request
 # MAGIC Shows a request's history, its candidates (with the retrievers that proposed each), its
-# MAGIC re-ranked list, and the run log of the date. Widgets: `config`, `run_date`, `overrides`,
-# MAGIC `request_id` (empty = the first ranked request).
+# MAGIC re-ranked list, the attribute order of its items, the run's metrics and its run log.
+# MAGIC Widgets: `config`, `run_date`, `overrides`, `request_id` (empty = the first ranked request).
 
 # COMMAND ----------
 
@@ -65,6 +65,28 @@ show(
     .select("rank", "retrieval_rank", "item_id", "title", "brand", "score", "model_version")
     .orderBy("rank")
 )
+
+# COMMAND ----------
+
+# MAGIC %md ## Attribute order: which attributes matter for this request, per ranked item
+
+# COMMAND ----------
+
+attribute_order = read_table(spark, config, "attribute_order").where(
+    (F.col("run_date") == run_date) & (F.col("request_id") == request_id)
+)
+show(attribute_order.select("item_id", "rank", "attribute", "value", "importance").orderBy("item_id", "rank"))
+
+# COMMAND ----------
+
+# MAGIC %md ## Metrics of the run: retrieval order, model order and final (fair) order
+
+# COMMAND ----------
+
+metrics = read_table(spark, config, "metrics").where(
+    (F.col("run_date") == run_date) & (F.col("slice") == "all")
+)
+show(metrics.groupBy("metric").pivot("step").agg(F.first("value")).orderBy("metric"))
 
 # COMMAND ----------
 

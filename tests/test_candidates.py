@@ -90,7 +90,7 @@ def tables(spark):
 
 @pytest.fixture(scope="module")
 def built(spark, tables):
-    frame = build_candidates(spark, *tables, CFG, RUN_DATE)
+    frame = build_candidates(spark, *tables, CFG, RUN_DATE).candidates
     return frame, _sorted(frame.toPandas())
 
 
@@ -239,11 +239,11 @@ def test_semantic_neighbours_share_the_users_category(spark, tables):
 
 def test_same_inputs_and_seed_give_identical_lists(spark, tables, built):
     _, first = built
-    again = _sorted(build_candidates(spark, *tables, CFG, RUN_DATE).toPandas())
+    again = _sorted(build_candidates(spark, *tables, CFG, RUN_DATE).candidates.toPandas())
     pd.testing.assert_frame_equal(first, again)
 
 
-def test_unknown_event_type_names_the_config_key(spark, tables):
+def test_unknown_event_type_is_left_out_and_rejected_naming_the_config_key(spark, tables):
     items, interactions, users = tables
     odd = frame_from_pandas(
         spark,
@@ -257,8 +257,11 @@ def test_unknown_event_type_names_the_config_key(spark, tables):
         ),
         "interactions",
     )
-    with pytest.raises(ValueError, match=r"\['wishlist'\].*candidates.event_weights"):
-        prepare_inputs(spark, items, interactions.unionByName(odd), users, CFG, RUN_DATE)
+    inputs = prepare_inputs(spark, items, interactions.unionByName(odd), users, CFG, RUN_DATE)
+    assert inputs.events.where("event_type = 'wishlist'").count() == 0
+    [rejected] = inputs.rejected.collect()
+    assert (rejected.request_id, rejected.item_id, rejected.reason) == ("u0", _item(0), "unknown_event_type")
+    assert "'wishlist' not in candidates.event_weights; 1 events ignored" in rejected.detail
 
 
 def test_quotas_and_weights_name_only_known_retrievers():

@@ -1,13 +1,17 @@
-"""End to end: the demo path on a small sample, run twice for the same date."""
+"""End to end on a small sample: the demo, then every notebook as a script re-running the same date."""
 
+import runpy
 from pathlib import Path
 
+import pytest
 from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
 from llmrank_spark.cli import main
 from llmrank_spark.config import load_config
 
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.py"))
+RUN_DATE = "2026-11-20"
 SMALL_SAMPLE = [
     "sample.n_items=300",
     "sample.n_users=60",
@@ -17,46 +21,76 @@ SMALL_SAMPLE = [
     "candidates.quotas={covisit: 8, als: 8, semantic: 6, popularity: 4}",
     "rerank.top_k=10",
     "attributes.top_k_items=3",
-    "run.run_date=2026-11-20",
+    f"run.run_date={RUN_DATE}",
 ]
 
 
 def _partition_counts(spark, path: str) -> dict:
-    table = spark.read.format("delta").load(path).where(F.col("run_date") == "2026-11-20")
+    table = spark.read.format("delta").load(path).where(F.col("run_date") == RUN_DATE)
     return {"rows": table.count(), "requests": table.select("request_id").distinct().count()}
 
 
-def test_demo_writes_delta_tables_and_a_rerun_replaces_the_date(spark, tmp_path, capsys):
-    overrides = [f"lakehouse.root={tmp_path / 'lakehouse'}", *SMALL_SAMPLE]
+def latest_version(spark, path: str) -> int:
+    return DeltaTable.forPath(spark, path).history(1).first().version
+
+
+@pytest.fixture(scope="module")
+def overrides(tmp_path_factory) -> list[str]:
+    return [f"lakehouse.root={tmp_path_factory.mktemp('pipeline') / 'lakehouse'}", *SMALL_SAMPLE]
+
+
+@pytest.fixture(scope="module")
+def first_run(spark, overrides) -> dict:
+    """Run the demo once; the counts of its candidates and ranked partitions."""
     args = [arg for pair in (("--set", o) for o in overrides) for arg in pair]
     assert main(["demo", *args]) == 0
+    config = load_config(overrides=overrides)
+    return {
+        table: _partition_counts(spark, config.table_path(table))
+        for table in ("candidates", "ranked", "attribute_order")
+    }
+
+
+def test_demo_writes_a_list_for_every_user_and_ranks_every_list(spark, overrides, first_run):
+    config = load_config(overrides=overrides)
+    users = spark.read.format("delta").load(config.table_path("interactions")).select("user_id").distinct()
+    assert first_run["candidates"]["requests"] >= users.count()
+    assert first_run["candidates"]["rows"] == first_run["candidates"]["requests"] * 20
+    assert first_run["ranked"]["requests"] == first_run["candidates"]["requests"]
+    assert first_run["ranked"]["rows"] == first_run["ranked"]["requests"] * 10
+    # Every sample item has attributes, so every ranked list gets attribute orders.
+    assert first_run["attribute_order"]["requests"] == first_run["ranked"]["requests"]
+
+
+def test_notebooks_run_as_scripts_and_a_rerun_replaces_the_date(
+    spark, overrides, first_run, monkeypatch, capsys
+):
+    """Every notebook runs locally with its widget defaults; re-running the steps replaces the partition."""
+    assert [p.name for p in NOTEBOOKS][:3] == ["00_generate_sample.py", "01_candidates.py", "02_rerank.py"]
+    monkeypatch.setenv("LLMRANK_OVERRIDES", ";".join(overrides))
+    for notebook in NOTEBOOKS:
+        runpy.run_path(str(notebook), run_name="__main__")
     printed = capsys.readouterr().out
     assert "[candidates]" in printed and "[rerank]" in printed and "[attributes]" in printed
+    assert "request " in printed, "the explore notebook names the request it shows"
 
     config = load_config(overrides=overrides)
-    candidates_path, ranked_path = config.table_path("candidates"), config.table_path("ranked")
-    first = {p: _partition_counts(spark, p) for p in (candidates_path, ranked_path)}
-
-    users = spark.read.format("delta").load(config.table_path("interactions")).select("user_id").distinct()
-    assert first[candidates_path]["requests"] >= users.count()
-    assert first[candidates_path]["rows"] == first[candidates_path]["requests"] * 20
-    # Every request that has candidates is ranked, with its top-K.
-    assert first[ranked_path]["requests"] == first[candidates_path]["requests"]
-    assert first[ranked_path]["rows"] == first[ranked_path]["requests"] * 10
-
-    assert main(["nightly", *args]) == 0
-    second = {p: _partition_counts(spark, p) for p in (candidates_path, ranked_path)}
-    assert second == first, "re-running a date must replace its partition, not append"
-
-    for path in (candidates_path, ranked_path):
-        assert sorted(Path(path, "_delta_log").glob("*.json")), f"no Delta commits under {path}"
+    for table in ("candidates", "ranked", "attribute_order"):
+        path = config.table_path(table)
+        assert _partition_counts(spark, path) == first_run[table], f"{table}: a rerun must not append"
         history = DeltaTable.forPath(spark, path).history().select("version", "operation").collect()
         assert [h.version for h in history] == [1, 0]
         assert {h.operation for h in history} == {"WRITE"}
 
+
+def test_runs_table_traces_every_step_to_the_versions_it_read_and_wrote(spark, overrides, first_run):
+    config = load_config(overrides=overrides)
     runs = spark.read.format("delta").load(config.table_path("runs"))
+    assert runs.where("status != 'succeeded'").count() == 0
     last_rerank = runs.where("step = 'rerank'").orderBy(F.col("started_at").desc()).first()
-    assert last_rerank.status == "succeeded"
-    assert last_rerank.inputs["candidates"] == 1 and last_rerank.outputs == {"ranked": 1}
     assert set(last_rerank.inputs) == {"candidates", "items", "interactions", "queries"}
-    assert last_rerank.rows["ranked"] == second[ranked_path]["rows"]
+    assert last_rerank.outputs == {"ranked": latest_version(spark, config.table_path("ranked"))}
+    last_candidates = runs.where("step = 'candidates'").orderBy(F.col("started_at").desc()).first()
+    # The rerank read exactly the candidates version the candidates step had just written.
+    assert last_rerank.inputs["candidates"] == last_candidates.outputs["candidates"]
+    assert last_rerank.rows["ranked"] == first_run["ranked"]["rows"]

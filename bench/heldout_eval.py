@@ -1,0 +1,218 @@
+"""Held-out next-item evaluation on MovieLens 100K: baselines and fine-tuned rerankers, one protocol.
+
+Protocol (docs/training.md): every user's last rating (latest event_ts, ties by item_id) is held out;
+everything else is the training data, written as the lakehouse's interactions table. Each evaluated
+user's list is the held-out item plus 19 items drawn uniformly (seed 0) from those the user never
+rated; the list is ranked and scored by NDCG@1/5/10/20 and MRR (llmrank_spark.metrics), the held-out
+item being the one relevant item. Rankers:
+
+- popularity: the item's number of training ratings;
+- retrieval order: the item's place in the user's `candidates` list (built by `llmrank candidates` on
+  the training data), items not in it after those in it;
+- zero-shot MiniLM bi-encoder: cosine of the context and item texts the rerank step builds;
+- every reranker in model_registry (or --models): fine-tuned logit fused with the retrieval features.
+
+With --train LOSS[,LOSS...] the script first runs the `train` step once per loss (warm start off, so
+each starts from MiniLM). With --ablation, each reranker is also scored with its logit alone, its
+features alone, and each feature's weight zeroed (the trained head, not retrained).
+
+  python bench/heldout_eval.py --path /work/shared/data/ml-100k --lakehouse /tmp/ml100k-heldout \\
+      --train listnet,lambdaloss --users 300 --ablation
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import functions as F
+
+from llmrank_spark import steps
+from llmrank_spark.config import Config, load_config
+from llmrank_spark.metrics import mrr, ndcg_at_k
+from llmrank_spark.model import FusionHead, ModelSpec, read_manifest, zero_shot_spec
+from llmrank_spark.movielens import load_movielens
+from llmrank_spark.ranking import fused_scores, retrieval_features
+from llmrank_spark.scoring import PairScorer, ScoringSettings
+from llmrank_spark.session import get_spark
+from llmrank_spark.tables import frame_from_pandas, read_table, table_exists, write_table
+from llmrank_spark.text import item_text_frame, user_context_frame
+from llmrank_spark.training import leave_last_out, rank_by_score
+
+NEGATIVES = 19
+CUTOFFS = (1, 5, 10, 20)
+
+
+def evaluation_lists(
+    interactions: pd.DataFrame, held_out: pd.DataFrame, n_users: int | None, catalogue: np.ndarray
+) -> pd.DataFrame:
+    """(list_id, user_id, item_id, label): the held-out item and NEGATIVES never-rated items per user."""
+    rng = np.random.default_rng(0)
+    users = held_out.sort_values("request_id", ignore_index=True)
+    if n_users is not None and n_users < len(users):
+        users = users.iloc[np.sort(rng.choice(len(users), n_users, replace=False))]
+    rated = interactions.groupby("user_id")["item_id"].agg(set)
+    rows = []
+    for user, item in zip(users["request_id"], users["item_id"], strict=True):
+        unseen = np.setdiff1d(catalogue, np.array(sorted(rated[user]), dtype=object))
+        negatives = rng.choice(unseen, NEGATIVES, replace=False)
+        rows += [(user, user, item, 1.0)] + [(user, user, negative, 0.0) for negative in negatives]
+    return pd.DataFrame(rows, columns=["list_id", "user_id", "item_id", "label"])
+
+
+def quality(lists: pd.DataFrame, scores: np.ndarray) -> dict[str, float]:
+    ranked = rank_by_score(lists, np.asarray(scores, dtype=np.float64))
+    labels = lists.rename(columns={"list_id": "request_id", "label": "relevance"})[
+        ["request_id", "item_id", "relevance"]
+    ]
+    result = {f"NDCG@{k}": 100 * ndcg_at_k(ranked, labels, k).mean() for k in CUTOFFS}
+    result["MRR"] = 100 * mrr(ranked, labels).mean()
+    return result
+
+
+def texts_for(lists: pd.DataFrame, train: pd.DataFrame, items: pd.DataFrame, cfg) -> tuple[list, list]:
+    """(context, item text) per list row, built as the rerank step builds them for run_date."""
+    history = train.merge(items, on="item_id")
+    contexts = user_context_frame(history, cfg).set_index("request_id")["context_text"]
+    texts = item_text_frame(items, cfg).set_index("item_id")["item_text"]
+    return lists["user_id"].map(contexts).tolist(), lists["item_id"].map(texts).tolist()
+
+
+def reranker_scores(
+    lists: pd.DataFrame, train: pd.DataFrame, items: pd.DataFrame, config: Config, path: str
+) -> tuple[np.ndarray, np.ndarray, FusionHead | None]:
+    """(BERT logits, retrieval features, head) of a fine-tuned artifact on the evaluation lists."""
+    manifest = read_manifest(path)
+    cfg = config.rerank.model_copy(
+        update={
+            "max_length": manifest.max_length,
+            "context_template": manifest.context_template,
+            "item_template": manifest.item_template,
+            "item_attributes": manifest.item_attributes,
+        }
+    )
+    contexts, item_texts = texts_for(lists, train, items, cfg)
+    scorer = PairScorer.from_spec(
+        ModelSpec("cross_encoder", manifest.version, path), _cpu(), ScoringSettings.from_config(cfg)
+    )
+    head = manifest.fusion_head
+    features = retrieval_features(lists["source_ranks"], head.features if head else [])
+    return scorer.score(contexts, item_texts), features, head
+
+
+def ablations(logits: np.ndarray, features: np.ndarray, head: FusionHead) -> dict[str, np.ndarray]:
+    """The trained head with parts switched off (weights zeroed, not retrained)."""
+    variants = {
+        "logit alone": fused_scores(logits, features, None),
+        "features alone (logit weight 0)": fused_scores(
+            logits, features, head.model_copy(update={"logit_weight": 0.0})
+        ),
+    }
+    for j, name in enumerate(head.features):
+        weights = list(head.feature_weights)
+        weights[j] = 0.0
+        variants[f"without {name}"] = fused_scores(
+            logits, features, head.model_copy(update={"feature_weights": weights})
+        )
+    return variants
+
+
+def _cpu():
+    import torch
+
+    return torch.device("cpu")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--path", required=True, help="MovieLens 100K directory")
+    parser.add_argument("--lakehouse", required=True, help="lakehouse root for the training data and models")
+    parser.add_argument("--train", default="", help="losses to train first, comma-separated")
+    parser.add_argument("--models", nargs="*", help="artifact directories (default: every registered one)")
+    parser.add_argument("--users", type=int, help="evaluate a seeded sample of this many users (default all)")
+    parser.add_argument("--ablation", action="store_true", help="also score each reranker's head ablations")
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+
+    tables = load_movielens(args.path)
+    train, held_out = leave_last_out(tables["interactions"])
+    run_date = train["event_ts"].max().date()
+    config = load_config(
+        overrides=[
+            f"spark.master={args.master}",
+            f"lakehouse.root={args.lakehouse}",
+            f"run.run_date={run_date}",
+            *args.overrides,
+        ]
+    )
+    spark = get_spark(config)
+    if not table_exists(spark, config, "interactions"):
+        for table, frame in (("items", tables["items"]), ("interactions", train), ("users", tables["users"])):
+            write_table(frame_from_pandas(spark, frame, table), config, table)
+    if not table_exists(spark, config, "candidates"):
+        print(steps.candidates(spark, config).summary(), flush=True)
+    for loss in filter(None, args.train.split(",")):
+        # Warm start off: every loss starts from MiniLM, so the table compares losses, not histories.
+        train_cfg = config.train.model_copy(update={"loss": loss, "warm_start": False})
+        loss_config = config.model_copy(update={"train": train_cfg})
+        print(steps.train(spark, loss_config).summary(), flush=True)
+
+    items = tables["items"]
+    lists = evaluation_lists(tables["interactions"], held_out, args.users, items["item_id"].to_numpy())
+    candidates = (
+        read_table(spark, config, "candidates")
+        .where(F.col("run_date") == F.lit(run_date))
+        .select(F.col("request_id").alias("user_id"), "item_id", "retrieval_rank", "source_ranks")
+        .toPandas()
+    )
+    lists = lists.merge(candidates, on=["user_id", "item_id"], how="left")
+    popularity = train["item_id"].value_counts()
+    in_list = lists["retrieval_rank"].notna()
+    rankers: dict[str, Callable[[], np.ndarray]] = {
+        "popularity": lambda: lists["item_id"].map(popularity).fillna(0).to_numpy(float),
+        "retrieval order": lambda: np.where(in_list, -lists["retrieval_rank"].fillna(0), -np.inf),
+        "zero-shot MiniLM bi-encoder": lambda: PairScorer.from_spec(
+            zero_shot_spec(), _cpu(), ScoringSettings.from_config(config.rerank)
+        ).score(*texts_for(lists, train, items, config.rerank)),
+    }
+    if args.models:
+        models = {read_manifest(p).version: (p, read_manifest(p).loss) for p in args.models}
+    else:
+        registry = read_table(spark, config, "model_registry").orderBy("created_at").toPandas()
+        models = {row.version: (row.path, row.loss) for row in registry.itertuples()}
+
+    print(
+        f"\n{lists['list_id'].nunique()} users, {len(lists):,} pairs; held-out item in the candidate list "
+        f"for {lists.loc[lists['label'] > 0, 'retrieval_rank'].notna().mean():.1%} of them\n"
+    )
+    header = "| ranker | " + " | ".join(f"NDCG@{k}" for k in CUTOFFS) + " | MRR | seconds |"
+    rows = [header, "| --- |" + " ---: |" * (len(CUTOFFS) + 2)]
+
+    def add(name: str, scores: np.ndarray, seconds: float) -> None:
+        cells = " | ".join(f"{value:.1f}" for value in quality(lists, scores).values())
+        rows.append(f"| {name} | {cells} | {seconds:.0f} |")
+        print(rows[-1], flush=True)
+
+    for name, ranker in rankers.items():
+        started = time.perf_counter()
+        scores = ranker()
+        add(name, scores, time.perf_counter() - started)
+    for version, (path, loss) in models.items():
+        started = time.perf_counter()
+        logits, features, head = reranker_scores(lists, train, items, config, path)
+        seconds = time.perf_counter() - started
+        add(f"fine-tuned, {loss} (`{version}`)", fused_scores(logits, features, head), seconds)
+        if args.ablation and head is not None:
+            for variant, scores in ablations(logits, features, head).items():
+                add(f"&nbsp;&nbsp;{loss}: {variant}", scores, 0)
+    print("\n" + "\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,8 @@
+"""spark-submit entry point for `llmrank evaluate` (options: --config FILE, --set KEY=VALUE)."""
+
+import sys
+
+from llmrank_spark.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

@@ -1,0 +1,203 @@
+"""The evaluate step: quality, exposure fairness and diversity of one run's lists, in every order it had.
+
+Each run is measured in up to four orders, so the `metrics` table shows what each stage added:
+
+- ``candidates``: the retrieval order (the blended candidate list, cut at the deepest k measured);
+- ``rerank``: the model order (`ranked.model_rank`), before any fairness or diversity pass;
+- ``fairness``: the final order written to `ranked` (only when `fairness.mode` is on or sweep);
+- ``fairness[lambda=0.30]``: with mode sweep, the model order re-ordered at each sweep weight.
+
+Labels. Query requests are judged by `query_labels`. A user request is judged by what the user did
+AFTER the run: their events in the `evaluate.label_days` days after run_date, graded by event type
+(`evaluate.label_grades`, the best grade per item). So a run for today has no user labels yet (only
+exposure, coverage and diversity are measured); quality is measured on back-dated runs, or by
+re-running evaluate for a date once its label window has passed.
+
+What reaches the driver, and why it is bounded: the lists (requests x top-K rows; the candidates cut at
+the deepest k), the labels of the ranked requests, one row per catalogue item (provider, category,
+interaction count), the users' group attributes and, with `embedding_diversity`, one 384-float text
+vector per item that appears in a list. The metrics themselves are the pure pandas functions of
+`metrics` and `fairness`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+
+import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from llmrank_spark.config import Config, EvaluateConfig, FairnessConfig
+from llmrank_spark.fairness import MODEL_RANK, list_reorderer, provider_policy, with_providers
+from llmrank_spark.metrics import ITEM, RANK, REQUEST, Embeddings, evaluate_lists, user_groups
+
+RETRIEVAL, MODEL, FAIR = "candidates", "rerank", "fairness"
+METRICS_COLUMNS = ["step", "model_version", "metric", "slice", "value"]
+
+
+def sweep_step(lambda_: float) -> str:
+    return f"{FAIR}[lambda={lambda_:.2f}]"
+
+
+def orders_of_run(
+    ranked: pd.DataFrame,
+    retrieval: pd.DataFrame,
+    items: pd.DataFrame,
+    item_counts: pd.DataFrame | pd.Series,
+    fairness: FairnessConfig,
+) -> dict[str, pd.DataFrame]:
+    """step -> lists (request_id, item_id, rank, score) for each order of the run (see the module doc).
+
+    `ranked` is the run's `ranked` partition, `retrieval` its candidates (request_id, item_id,
+    retrieval_rank), `items` the catalogue with providers in `brand` (`fairness.with_providers`).
+    """
+    model_rank = ranked[MODEL_RANK].fillna(ranked[RANK]) if MODEL_RANK in ranked else ranked[RANK]
+    model_order = ranked.assign(**{RANK: model_rank.astype("int32")})
+    orders = {
+        RETRIEVAL: retrieval.assign(**{RANK: retrieval["retrieval_rank"].astype("int32")}),
+        MODEL: model_order,
+    }
+    if fairness.mode == "off":
+        return orders
+    orders[FAIR] = ranked
+    if fairness.mode == "sweep":
+        policy = provider_policy(items, item_counts, fairness.long_tail_head_share)
+        category = items.set_index(ITEM)["category"]
+        for lambda_ in fairness.sweep_weights:
+            reorder = list_reorderer(policy, fairness, category, lambda_=lambda_)
+            orders[sweep_step(lambda_)] = reorder(model_order)
+    return orders
+
+
+def measure_run(
+    ranked: pd.DataFrame,
+    retrieval: pd.DataFrame,
+    items: pd.DataFrame,
+    item_counts: pd.Series,
+    evaluate: EvaluateConfig,
+    fairness: FairnessConfig,
+    *,
+    labels: pd.DataFrame | None = None,
+    users: pd.DataFrame | None = None,
+    embeddings: Embeddings | None = None,
+) -> pd.DataFrame:
+    """The run's `metrics` rows (step, model_version, metric, slice, value), run_date added on write.
+
+    `items` is the catalogue (item_id, category, brand, attributes); providers follow
+    `fairness.provider_attribute`. `item_counts` maps item_id -> interactions up to the run: it sets the
+    popularity buckets and the long-tail providers. `labels` (request_id, item_id, relevance) switch on
+    the quality metrics, `users` the per-group quality, `embeddings` the embedding diversity.
+    """
+    catalogue = with_providers(items, fairness.provider_attribute)
+    max_k = max(evaluate.ks)
+    retrieval = retrieval[retrieval["retrieval_rank"] <= max_k]
+    policy = provider_policy(catalogue, item_counts, fairness.long_tail_head_share)
+    groups = _request_groups(users, evaluate) if users is not None and labels is not None else None
+    model_version = ranked["model_version"].dropna().unique()
+    frames = []
+    for step, lists in orders_of_run(ranked, retrieval, catalogue, item_counts, fairness).items():
+        rows = evaluate_lists(
+            lists[[REQUEST, ITEM, RANK]],
+            catalogue,
+            ks=evaluate.ks,
+            labels=None if labels is None or labels.empty else labels,
+            item_popularity=item_counts,
+            popularity_split=(evaluate.popularity_head_share, evaluate.popularity_tail_share),
+            long_tail_providers=policy.long_tail,
+            embeddings=embeddings,
+            request_groups=groups,
+        )
+        version = None if step == RETRIEVAL else ", ".join(sorted(model_version)) or None
+        frames.append(rows.assign(step=step, model_version=version))
+    return pd.concat(frames, ignore_index=True)[METRICS_COLUMNS]
+
+
+def _request_groups(users: pd.DataFrame, evaluate: EvaluateConfig) -> dict[str, pd.Series]:
+    """attribute -> (user_id -> group) for the configured attributes the users table has values of."""
+    wanted = [
+        a
+        for a in evaluate.user_group_attributes
+        if (a == "age_band" and "age" in users and users["age"].notna().any())
+        or (a in users and users[a].notna().any())
+    ]
+    return user_groups(users, wanted, evaluate.age_band_edges)
+
+
+# ---- Spark layer --------------------------------------------------------------------------------------
+
+
+def _end_of(run_date: dt.date) -> dt.datetime:
+    return dt.datetime.combine(run_date + dt.timedelta(days=1), dt.time())
+
+
+def item_counts_until(interactions: DataFrame, run_date: dt.date) -> pd.Series:
+    """item_id -> events up to the end of run_date; one row per interacted item reaches the driver."""
+    past = interactions.where(F.col("event_ts") < F.lit(_end_of(run_date)))
+    counts = past.groupBy("item_id").count().toPandas()
+    return counts.set_index("item_id")["count"]
+
+
+def catalogue_frame(items: DataFrame) -> pd.DataFrame:
+    """(item_id, category, brand, attributes) of the whole catalogue: one row per item, for providers."""
+    return items.select("item_id", "category", "brand", "attributes").toPandas()
+
+
+def user_labels(
+    interactions: DataFrame, requests: DataFrame, run_date: dt.date, cfg: EvaluateConfig
+) -> DataFrame:
+    """(request_id, item_id, relevance): each ranked user's best-graded event per item in the label window."""
+    start = _end_of(run_date)
+    grades = F.create_map(*[F.lit(v) for pair in sorted(cfg.label_grades.items()) for v in pair])
+    window = interactions.where(
+        (F.col("event_ts") >= F.lit(start))
+        & (F.col("event_ts") < F.lit(start + dt.timedelta(days=cfg.label_days)))
+        & F.col("event_type").isin(list(cfg.label_grades))
+    )
+    return (
+        window.join(requests, window.user_id == requests.request_id, "left_semi")
+        .groupBy(F.col("user_id").alias("request_id"), "item_id")
+        .agg(F.max(grades[F.col("event_type")]).cast("double").alias("relevance"))
+        .where(F.col("relevance") > 0)
+    )
+
+
+def query_labels_of(labels: DataFrame, requests: DataFrame) -> DataFrame:
+    return labels.select(
+        F.col("query_id").alias("request_id"), "item_id", F.col("relevance").cast("double")
+    ).join(requests, "request_id", "left_semi")
+
+
+def evaluate_tables(tables: Mapping[str, DataFrame | None], config: Config) -> pd.DataFrame:
+    """The run's metrics rows from its Spark tables (ranked, candidates, items, interactions; optionally
+    users, query_labels), each already pinned by the step; see the module doc for what is collected."""
+    run_date, cfg = config.run.run_date, config.evaluate
+    todays = F.col("run_date") == F.lit(run_date)
+    ranked = tables["ranked"].where(todays)
+    candidates = tables["candidates"].where(todays).where(F.col("retrieval_rank") <= max(cfg.ks))
+    interactions, items = tables["interactions"], tables["items"]
+    user_requests = ranked.where(F.col("request_type") == "user").select("request_id").distinct()
+    labels = user_labels(interactions, user_requests, run_date, cfg)
+    if tables.get("query_labels") is not None:
+        query_requests = ranked.where(F.col("request_type") == "query").select("request_id").distinct()
+        labels = labels.unionByName(query_labels_of(tables["query_labels"], query_requests))
+    embeddings = None
+    if cfg.embedding_diversity:
+        from llmrank_spark.candidates import item_embeddings
+
+        listed = ranked.select("item_id").unionByName(candidates.select("item_id")).distinct()
+        vectors = item_embeddings(items.join(listed, "item_id", "left_semi"), config.candidates).toPandas()
+        embeddings = vectors.set_index("item_id")["embedding"]
+    users = tables.get("users")
+    return measure_run(
+        ranked.toPandas(),
+        candidates.select("request_id", "item_id", "retrieval_rank").toPandas(),
+        catalogue_frame(items),
+        item_counts_until(interactions, run_date),
+        cfg,
+        config.fairness,
+        labels=labels.toPandas(),
+        users=None if users is None else users.toPandas(),
+        embeddings=embeddings,
+    )

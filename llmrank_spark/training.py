@@ -1,0 +1,556 @@
+"""Fine-tuning the cross-encoder reranker from behaviour: ranking lists, losses, fusion head, registry.
+
+The pure core works on pandas frames and tensors (unit tests call it without Spark):
+
+- `history_before` / `target_contexts`: a list's context is the user's history strictly before the
+  event it predicts, built by the serving text functions, so a model trains on the text it is served.
+- `sample_lists`: the positive (graded by event type or rating) plus hard negatives from the user's
+  candidate list and random catalogue items.
+- `ranking_loss`: the five losses, taken from sentence-transformers and torch (docs/training.md says why).
+- `FusionRanker` and `fit`: BERT logit fused with retrieval features by a linear head, trained end to
+  end with early stopping on validation NDCG@10.
+
+`train_reranker` is the thin Spark layer the `train` step calls: the time split and the candidate
+retrievers (hard negatives and features) run in Spark; lists and the training loop run on the driver.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from llmrank_spark.config import Config, RerankConfig, TrainConfig
+from llmrank_spark.metrics import ndcg_at_k
+from llmrank_spark.model import (
+    BASE_MODEL_NAME,
+    ArtifactManifest,
+    FusionHead,
+    base_model_dir,
+    load_artifact,
+    load_tokenizer,
+    save_artifact,
+    untrained_cross_encoder,
+)
+from llmrank_spark.ranking import fused_scores, retrieval_features
+from llmrank_spark.scoring import PairScorer, ScoringSettings
+from llmrank_spark.text import ITEM_FIELDS, NEW_SHOPPER_CONTEXT, item_text_frame, user_context_frame
+
+LIST, ITEM, LABEL = "list_id", "item_id", "label"
+VALIDATION_K = 10
+
+# ---- lists (pure pandas) -----------------------------------------------------------------------------
+
+
+def leave_last_out(interactions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training events, held-out labels): each user's latest event, ties by item_id, is held out."""
+    ordered = interactions.sort_values(["user_id", "event_ts", "item_id"], kind="mergesort")
+    last = ~ordered.duplicated("user_id", keep="last")
+    held_out = ordered.loc[last, ["user_id", "item_id"]].rename(columns={"user_id": "request_id"})
+    return ordered.loc[~last], held_out.assign(relevance=1)
+
+
+def event_grades(events: pd.DataFrame, cfg: TrainConfig) -> pd.Series:
+    """Graded relevance in (0, 1] of each event: by event type (purchase > cart > click > view), or a
+    rating's value / rating_scale."""
+    is_rating = events["event_type"] == "rating"
+    grades = events["event_type"].map(cfg.event_grades)
+    grades = grades.where(~is_rating, events.get("value", pd.Series(np.nan, events.index)) / cfg.rating_scale)
+    unknown = grades.isna()
+    if unknown.any():
+        row = events[unknown].iloc[0]
+        raise ValueError(
+            f"interactions: event_type '{row['event_type']}' of user '{row['user_id']}' has no grade "
+            f"(a rating needs a value); add it to train.event_grades"
+        )
+    return grades.clip(lower=0.0, upper=1.0)
+
+
+def target_grades(targets: pd.DataFrame, events: pd.DataFrame, cfg: TrainConfig) -> pd.Series:
+    """Each target's grade: the best grade among the user's events on that item up to the target's time."""
+    graded = events.assign(grade=event_grades(events, cfg))[["user_id", "item_id", "event_ts", "grade"]]
+    paired = targets[[LIST, "user_id", "item_id", "event_ts"]].merge(
+        graded, on=["user_id", "item_id"], suffixes=("", "_event")
+    )
+    best = paired[paired["event_ts_event"] <= paired["event_ts"]].groupby(LIST)["grade"].max()
+    return targets[LIST].map(best).rename(LABEL)
+
+
+def history_before(events: pd.DataFrame, targets: pd.DataFrame) -> pd.DataFrame:
+    """Every event of a target's user strictly before the target's time, keyed by the target's list_id.
+
+    The leakage guard of list construction: nothing at or after t enters the context of a list at t.
+    """
+    joined = targets[[LIST, "user_id", "event_ts"]].merge(events, on="user_id", suffixes=("_target", ""))
+    before = joined[joined["event_ts"] < joined["event_ts_target"]]
+    return before.drop(columns=["event_ts_target"])
+
+
+def target_contexts(
+    events: pd.DataFrame, items: pd.DataFrame, targets: pd.DataFrame, cfg: RerankConfig
+) -> pd.Series:
+    """Context text per list_id, built by the serving `user_context_frame` from `history_before`."""
+    fields = [c for c in (*ITEM_FIELDS, "attributes") if c in items.columns]
+    history = history_before(events[["user_id", "item_id", "event_ts"]], targets).merge(
+        items[fields], on="item_id"
+    )
+    contexts = user_context_frame(history.drop(columns=["user_id"]).rename(columns={LIST: "user_id"}), cfg)
+    by_list = contexts.set_index("request_id")["context_text"]
+    return targets[LIST].map(by_list).fillna(NEW_SHOPPER_CONTEXT).rename("context_text")
+
+
+def sample_lists(
+    targets: pd.DataFrame,
+    candidates: pd.DataFrame,
+    interacted: pd.DataFrame,
+    catalogue: np.ndarray,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+) -> pd.DataFrame:
+    """(list_id, item_id, label) rows, `cfg.list_size` per target: its item, then negatives.
+
+    Negatives are items the user never interacted with: up to `hard_negatives` drawn from the user's
+    candidate list (what the reranker will have to sort out), the rest at random from the catalogue.
+    """
+    seen = interacted.groupby("user_id")["item_id"].agg(set)
+    proposed = candidates.groupby("request_id")["item_id"].agg(list)
+    rows = []
+    for target in targets.itertuples(index=False):
+        excluded = seen.get(target.user_id, set()) | {target.item_id}
+        hard = [item for item in proposed.get(target.user_id, []) if item not in excluded]
+        n_hard = min(cfg.hard_negatives, len(hard), cfg.list_size - 1)
+        chosen = [target.item_id, *rng.choice(np.array(hard, dtype=object), n_hard, replace=False)]
+        attempts = 100 * cfg.list_size  # rejection sampling: the catalogue can be large
+        while len(chosen) < cfg.list_size and attempts:
+            item = catalogue[rng.integers(len(catalogue))]
+            attempts -= 1
+            if item not in excluded and item not in chosen:
+                chosen.append(item)
+        if len(chosen) < cfg.list_size:
+            raise ValueError(
+                f"items: too few items user '{target.user_id}' has not interacted with to fill a list of "
+                f"{cfg.list_size}; lower train.list_size"
+            )
+        labels = [target.label] + [0.0] * (len(chosen) - 1)
+        rows += [(target.list_id, item, label) for item, label in zip(chosen, labels, strict=True)]
+    return pd.DataFrame(rows, columns=[LIST, ITEM, LABEL])
+
+
+def rank_by_score(lists: pd.DataFrame, score: np.ndarray) -> pd.DataFrame:
+    """(request_id, item_id, rank) of every list sorted by score, best first, ties by item_id."""
+    scored = pd.DataFrame(
+        {"request_id": lists[LIST].to_numpy(), ITEM: lists[ITEM].to_numpy(), "score": score}
+    )
+    scored = scored.sort_values(
+        ["request_id", "score", ITEM], ascending=[True, False, True], kind="mergesort"
+    )
+    return scored.assign(rank=scored.groupby("request_id").cumcount() + 1)
+
+
+def list_labels(lists: pd.DataFrame) -> pd.DataFrame:
+    """The labels of `lists` in the (request_id, item_id, relevance) form `metrics` reads."""
+    return pd.DataFrame(
+        {
+            "request_id": lists[LIST].to_numpy(),
+            ITEM: lists[ITEM].to_numpy(),
+            "relevance": lists[LABEL].to_numpy(),
+        }
+    )
+
+
+# ---- losses ------------------------------------------------------------------------------------------
+
+
+class _GivenScores:
+    """Stands in for the CrossEncoder that sentence-transformers' list losses call: it returns scores we
+    computed (the fused BERT logit), so their loss code runs unchanged on them."""
+
+    num_labels = 1
+
+    def __init__(self, scores: torch.Tensor) -> None:
+        self.flat = scores.reshape(-1)
+        self.device = scores.device
+
+    def preprocess(self, pairs, **_) -> dict[str, torch.Tensor]:
+        return {"row": torch.tensor([row for _, row in pairs], dtype=torch.long)}
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"scores": self.flat[batch["row"].to(self.device)]}
+
+
+def _list_loss(loss) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A sentence-transformers list loss as a function of (scores, labels), both (lists, list size)."""
+
+    def compute(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        n_lists, size = scores.shape
+        loss.model = _GivenScores(scores)
+        rows = torch.arange(n_lists * size).reshape(n_lists, size).tolist()
+        return loss((list(range(n_lists)), rows), list(labels.float()))
+
+    return compute
+
+
+def _pairs(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(list, better, worse) index triples of every pair in a list whose labels differ."""
+    better = labels[:, :, None] > labels[:, None, :]
+    return better.nonzero(as_tuple=True)
+
+
+def hinge_loss(scores: torch.Tensor, labels: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    """Pairwise hinge: mean over ordered pairs of max(0, margin - (s_better - s_worse)), torch's
+    margin_ranking_loss; sentence-transformers has no hinge for cross-encoders."""
+    lists, better, worse = _pairs(labels)
+    target = torch.ones(len(lists), device=scores.device)
+    return torch.nn.functional.margin_ranking_loss(
+        scores[lists, better], scores[lists, worse], target, margin=margin
+    )
+
+
+def ranking_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The training loss `name` as a function of (scores, labels) of shape (lists, list size)."""
+    from sentence_transformers.cross_encoder import losses
+
+    placeholder = _GivenScores(torch.zeros(1))
+    if name == "bce":
+        # Pointwise: what sentence-transformers' BinaryCrossEntropyLoss computes, graded labels as targets.
+        return lambda scores, labels: torch.nn.functional.binary_cross_entropy_with_logits(
+            scores.reshape(-1), labels.reshape(-1).float()
+        )
+    if name == "hinge":
+        return hinge_loss
+    if name == "ranknet":
+        return _list_loss(losses.RankNetLoss(placeholder))
+    if name == "listnet":
+        return _list_loss(losses.ListNetLoss(placeholder))
+    if name == "lambdaloss":
+        return _list_loss(losses.LambdaLoss(placeholder))
+    raise ValueError(f"unknown train.loss {name!r}; use one of bce, ranknet, hinge, listnet, lambdaloss")
+
+
+# ---- model -------------------------------------------------------------------------------------------
+
+
+class FusionRanker(torch.nn.Module):
+    """The BERT cross-encoder's logit, fused with retrieval features by a linear head.
+
+    With no features the score is the logit itself. The head starts as the identity on the logit (and
+    zero on features) unless warm-started, so training begins from the plain cross-encoder's ranking.
+    """
+
+    def __init__(self, encoder, features: list[str], head: FusionHead | None = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.features = list(features)
+        self.head = torch.nn.Linear(1 + len(features), 1) if features else None
+        if self.head is not None:
+            with torch.no_grad():
+                warm = head is not None and head.features == self.features
+                weights = (
+                    [head.logit_weight, *head.feature_weights] if warm else [1.0] + [0.0] * len(features)
+                )
+                self.head.weight.copy_(torch.tensor([weights]))
+                self.head.bias.fill_(head.bias if warm else 0.0)
+
+    def forward(self, inputs: dict[str, torch.Tensor], features: torch.Tensor) -> torch.Tensor:
+        logits = self.encoder(**inputs).logits[:, 0]
+        if self.head is None:
+            return logits
+        return self.head(torch.cat([logits[:, None], features], dim=1))[:, 0]
+
+    def head_spec(self) -> FusionHead | None:
+        if self.head is None:
+            return None
+        weights = self.head.weight.detach()[0].tolist()
+        return FusionHead(
+            features=self.features,
+            logit_weight=weights[0],
+            feature_weights=weights[1:],
+            bias=float(self.head.bias.detach()[0]),
+        )
+
+
+def freeze_lower_layers(encoder, trainable_layers: int) -> None:
+    """Train only the top `trainable_layers` transformer layers, the pooler and the classifier: the frozen
+    layers need no backward pass, which is most of the cost of a step on CPU."""
+    bert = encoder.base_model
+    layers = bert.encoder.layer
+    frozen = [bert.embeddings, *layers[: max(len(layers) - trainable_layers, 0)]]
+    for module in frozen:
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+
+
+def initial_model(warm_from: str | None, features: list[str]) -> tuple[FusionRanker, str]:
+    """(model, what it starts from): the artifact at `warm_from` (weights and head), else MiniLM with a
+    fresh 1-logit head."""
+    if warm_from is None:
+        return FusionRanker(untrained_cross_encoder(), features), BASE_MODEL_NAME
+    artifact = load_artifact(warm_from)
+    return FusionRanker(artifact.model, features, artifact.manifest.fusion_head), artifact.manifest.version
+
+
+# ---- training loop -----------------------------------------------------------------------------------
+
+
+@dataclass
+class FitResult:
+    best_ndcg: float
+    steps: int
+    evaluations: list[tuple[int, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def feature_matrix(lists: pd.DataFrame, features: list[str]) -> np.ndarray:
+    return retrieval_features(lists["source_ranks"], features)
+
+
+def score_lists(model: FusionRanker, scorer: PairScorer, lists: pd.DataFrame) -> np.ndarray:
+    """Scores of every row of `lists` as served: the engine's logit, then the fusion head in numpy."""
+    model.eval()
+    logits = scorer.score(lists["context_text"].tolist(), lists["item_text"].tolist())
+    return fused_scores(logits, feature_matrix(lists, model.features), model.head_spec())
+
+
+def list_ndcg(lists: pd.DataFrame, scores: np.ndarray, k: int = VALIDATION_K) -> float:
+    return float(ndcg_at_k(rank_by_score(lists, scores), list_labels(lists), k).mean())
+
+
+def fit(
+    model: FusionRanker,
+    scorer: PairScorer,
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    cfg: TrainConfig,
+) -> FitResult:
+    """Train on `train` lists (rows grouped by list_id, list_size each) with `cfg.loss`; every
+    `eval_every_steps` steps measure validation NDCG@10, keep the best weights, stop after `patience`
+    evaluations without improvement. The model ends holding the best weights."""
+    started = time.perf_counter()
+    loss_fn = ranking_loss(cfg.loss)
+    freeze_lower_layers(model.encoder, cfg.trainable_layers)
+    head_parameters = list(model.head.parameters()) if model.head is not None else []
+    encoder_parameters = [p for p in model.encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": encoder_parameters, "lr": cfg.learning_rate},
+            {"params": head_parameters, "lr": cfg.head_learning_rate, "weight_decay": 0.0},
+        ]
+    )
+    list_ids = train[LIST].drop_duplicates().to_numpy()
+    features = torch.from_numpy(feature_matrix(train, model.features))
+    row_of = pd.Series(np.arange(len(train)), index=train[LIST].to_numpy()).groupby(level=0).agg(list)
+    rng = np.random.default_rng(cfg.seed)
+
+    best = FitResult(list_ndcg(validation, score_lists(model, scorer, validation)), 0)
+    best.evaluations.append((0, best.best_ndcg))
+    best_state, waited, step = copy.deepcopy(model.state_dict()), 0, 0
+    for _epoch in range(cfg.epochs):
+        order = rng.permutation(list_ids)
+        for start in range(0, len(order), cfg.batch_lists):
+            chosen = order[start : start + cfg.batch_lists]
+            rows = np.concatenate([row_of[list_id] for list_id in chosen])
+            batch = train.iloc[rows]
+            encoded = scorer.encode_pairs(batch["context_text"].tolist(), batch["item_text"].tolist())
+            model.train()
+            scores = model(scorer.model_inputs(encoded, np.arange(len(rows))), features[rows])
+            labels = torch.tensor(batch[LABEL].to_numpy(dtype=np.float32))
+            loss = loss_fn(scores.reshape(len(chosen), -1), labels.reshape(len(chosen), -1))
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            step += 1
+            if step % cfg.eval_every_steps:
+                continue
+            ndcg = list_ndcg(validation, score_lists(model, scorer, validation))
+            best.evaluations.append((step, ndcg))
+            print(f"[train] step {step}: loss {loss.item():.4f}, validation ndcg@10 {ndcg:.4f}", flush=True)
+            if ndcg > best.best_ndcg:
+                best.best_ndcg, best.steps, best_state, waited = (
+                    ndcg,
+                    step,
+                    copy.deepcopy(model.state_dict()),
+                    0,
+                )
+            else:
+                waited += 1
+                if waited >= cfg.patience:
+                    break
+        if waited >= cfg.patience:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    best.seconds = time.perf_counter() - started
+    return best
+
+
+# ---- Spark layer -------------------------------------------------------------------------------------
+
+
+def split_for_training(interactions: DataFrame, cfg: TrainConfig) -> tuple[DataFrame, DataFrame]:
+    """(history, targets): each user's `lists_per_user` newest items (one row per item, at its latest
+    event) are targets; history is every event before the user's first target, what the retrievers see.
+
+    Users with fewer than `min_history` history events give no targets (their events stay in history).
+    """
+    per_item = interactions.groupBy("user_id", "item_id").agg(F.max("event_ts").alias("event_ts"))
+    newest_first = Window.partitionBy("user_id").orderBy(F.col("event_ts").desc(), F.col("item_id"))
+    targets = per_item.withColumn("recency", F.row_number().over(newest_first)).where(
+        F.col("recency") <= cfg.lists_per_user
+    )
+    cutoff = targets.groupBy("user_id").agg(F.min("event_ts").alias("cutoff"))
+    before = interactions.join(cutoff, "user_id").where(F.col("event_ts") < F.col("cutoff"))
+    enough = before.groupBy("user_id").count().where(F.col("count") >= cfg.min_history)
+    cutoff = cutoff.join(enough, "user_id", "left_semi")
+    history = (
+        interactions.join(cutoff, "user_id", "left")
+        .where(F.col("cutoff").isNull() | (F.col("event_ts") < F.col("cutoff")))
+        .drop("cutoff")
+    )
+    return history, targets.join(cutoff, "user_id", "left_semi").drop("recency")
+
+
+def latest_registered(spark: SparkSession, config: Config) -> str | None:
+    """Artifact path of the newest version in model_registry; None when the registry is empty or absent."""
+    from llmrank_spark.tables import read_table, table_exists
+
+    if not table_exists(spark, config, "model_registry"):
+        return None
+    newest = read_table(spark, config, "model_registry").orderBy(F.col("created_at").desc()).first()
+    return None if newest is None else newest["path"]
+
+
+def model_root(config: Config) -> Path:
+    return Path(config.train.model_root or f"{config.lakehouse.root.rstrip('/')}/models")
+
+
+def registry_row(manifest: ArtifactManifest, path: Path) -> pd.DataFrame:
+    """The model_registry row of a saved artifact."""
+    return pd.DataFrame(
+        [
+            {
+                "version": manifest.version,
+                "path": str(path.resolve()),
+                "base_model": manifest.base_model,
+                "loss": manifest.loss,
+                "data_snapshot": manifest.data_snapshot,
+                "metrics": manifest.metrics,
+                "created_at": manifest.created_at.astimezone(dt.UTC).replace(tzinfo=None),
+            }
+        ]
+    )
+
+
+def _assemble_lists(
+    lists: pd.DataFrame,
+    contexts: pd.Series,
+    texts: pd.DataFrame,
+    candidates: pd.DataFrame,
+    user_of: pd.Series,
+) -> pd.DataFrame:
+    """Lists with their context text, item text and the retrieval features of each (user, item)."""
+    ranks = candidates[["request_id", ITEM, "source_ranks"]].rename(columns={"request_id": "user_id"})
+    frame = lists.assign(user_id=lists[LIST].map(user_of), context_text=lists[LIST].map(contexts))
+    # Left merges keep the lists' row order: each list's rows stay together, its positive first.
+    return frame.merge(texts, on=ITEM, how="left").merge(ranks, on=["user_id", ITEM], how="left")
+
+
+def train_reranker(
+    spark: SparkSession,
+    items: DataFrame,
+    interactions: DataFrame,
+    users: DataFrame | None,
+    config: Config,
+    data_snapshot: str,
+    warm_from: str | None,
+) -> tuple[pd.DataFrame, FitResult]:
+    """Fine-tune a reranker version on the interactions, save its artifact; return its registry row."""
+    from llmrank_spark.candidates import build_candidates
+
+    cfg = config.train
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    rng = np.random.default_rng(cfg.seed)
+    text_cfg = config.rerank.model_copy(update={"max_length": cfg.max_length})
+
+    history, targets = split_for_training(interactions, cfg)
+    newest = history.agg(F.max("event_ts")).first()[0]
+    if newest is None:
+        raise ValueError("interactions: no events before any user's targets; nothing to train on")
+    candidates = build_candidates(spark, items, history, users, config.candidates, newest.date())
+    target_users = targets.select("user_id").distinct()
+    targets_pd = targets.toPandas().sort_values(["user_id", "event_ts", "item_id"], ignore_index=True)
+    if targets_pd.empty:
+        raise ValueError(
+            f"interactions: no user has {cfg.min_history} events before their {cfg.lists_per_user} newest "
+            f"items; lower train.min_history or train.lists_per_user"
+        )
+    events = interactions.join(target_users, "user_id", "left_semi").toPandas()
+    candidates_pd = (
+        candidates.join(target_users.withColumnRenamed("user_id", "request_id"), "request_id", "left_semi")
+        .select("request_id", ITEM, "source_ranks")
+        .toPandas()
+    )
+    # Spark returns rows in no fixed order; sorted, the seeded sampling draws the same lists every run.
+    candidates_pd = candidates_pd.sort_values(["request_id", ITEM], ignore_index=True)
+    items_pd = items.toPandas()
+
+    # The newest target of each user is the validation slice; the older ones are training lists.
+    targets_pd[LIST] = [f"{u}@{i}" for u, i in zip(targets_pd["user_id"], targets_pd[ITEM], strict=True)]
+    is_validation = ~targets_pd.duplicated("user_id", keep="last")
+    targets_pd[LABEL] = target_grades(targets_pd, events, cfg).to_numpy()
+    chosen = {
+        "train": _subsample(targets_pd[~is_validation], cfg.max_train_lists, rng),
+        "validation": _subsample(targets_pd[is_validation], cfg.max_validation_lists, rng),
+    }
+    texts = item_text_frame(items_pd, text_cfg)
+    catalogue = items_pd[ITEM].to_numpy()
+    built = {}
+    for name, part in chosen.items():
+        lists = sample_lists(part, candidates_pd, events, catalogue, cfg, rng)
+        contexts = target_contexts(events, items_pd, part, text_cfg).set_axis(part[LIST])
+        built[name] = _assemble_lists(lists, contexts, texts, candidates_pd, part.set_index(LIST)["user_id"])
+
+    model, started_from = initial_model(warm_from, cfg.fusion_features)
+    tokenizer = load_tokenizer(warm_from or base_model_dir())
+    settings = ScoringSettings(device="cpu", precision="fp32", micro_batch_size=64, max_length=cfg.max_length)
+    scorer = PairScorer(model.encoder, tokenizer, "cross_encoder", torch.device("cpu"), settings)
+    result = fit(model, scorer, built["train"], built["validation"], cfg)
+
+    version = f"{config.run.run_date:%Y%m%d}-{cfg.loss}-{uuid.uuid4().hex[:8]}"
+    manifest = ArtifactManifest(
+        version=version,
+        base_model=BASE_MODEL_NAME if warm_from is None else f"{BASE_MODEL_NAME} via {started_from}",
+        max_length=cfg.max_length,
+        context_template=text_cfg.context_template,
+        item_template=text_cfg.item_template,
+        item_attributes=text_cfg.item_attributes,
+        loss=cfg.loss,
+        data_snapshot=data_snapshot,
+        metrics={
+            "val_ndcg@10": result.best_ndcg,
+            "train_lists": float(built["train"][LIST].nunique()),
+            "val_lists": float(built["validation"][LIST].nunique()),
+            "best_step": float(result.steps),
+            "train_seconds": result.seconds,
+        },
+        fusion_head=model.head_spec(),
+    )
+    path = save_artifact(model.encoder, tokenizer, model_root(config) / version, manifest)
+    return registry_row(manifest, path), result
+
+
+def _subsample(targets: pd.DataFrame, limit: int, rng: np.random.Generator) -> pd.DataFrame:
+    if len(targets) <= limit:
+        return targets
+    return targets.iloc[np.sort(rng.choice(len(targets), limit, replace=False))]

@@ -1,0 +1,23 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # llmrank-spark: Train the reranker
+# MAGIC Turns the interactions Delta table into ranking lists, fine-tunes the BERT cross-encoder with the
+# MAGIC configured loss (warm-started from the newest registered version), writes the artifact and appends
+# MAGIC a row to `model_registry`. Run it nightly or weekly; see docs/training.md.
+# MAGIC
+# MAGIC Widgets: `config` (YAML file; empty = built-in defaults), `run_date` (empty = today, UTC),
+# MAGIC `overrides` (`key=value` pairs separated by `;`, e.g. `train.loss=lambdaloss`).
+
+# COMMAND ----------
+
+from llmrank_spark import steps
+from llmrank_spark.notebook import notebook_config
+from llmrank_spark.session import get_spark
+
+config = notebook_config(globals().get("dbutils"))
+spark = get_spark(config)
+
+# COMMAND ----------
+
+run = steps.train(spark, config)
+print(run.summary())

@@ -1,0 +1,202 @@
+"""The fairness pass of the rerank step, the evaluate step's metrics rows, and the run report."""
+
+import datetime as dt
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_fairness import catalogue, count_floor, random_lists
+
+from llmrank_spark import steps
+from llmrank_spark.config import FairnessConfig, load_config
+from llmrank_spark.evaluate import sweep_step
+from llmrank_spark.fairness import list_reorderer, provider_policy, with_providers
+from llmrank_spark.ranking import rerank_candidates
+from llmrank_spark.tables import frame_from_pandas, read_table
+
+RUN_DATE = dt.date(2026, 11, 20)
+
+
+def long_tail_prefix_counts(lists: pd.DataFrame, long_tail: frozenset, item_provider: pd.Series) -> pd.Series:
+    ordered = lists.sort_values(["request_id", "rank"])
+    return ordered.item_id.map(item_provider).isin(long_tail).groupby(ordered.request_id).cumsum()
+
+
+@pytest.mark.parametrize("diversity", [False, True])
+def test_fairness_pass_reorders_lists_keeps_model_rank_and_score_and_holds_the_floor(diversity):
+    items, popularity = catalogue(21)
+    lists = random_lists(21, items, popularity).drop(columns="sources")
+    cfg = FairnessConfig(mode="on", weight=0.4, min_long_tail_share=0.3, diversity=diversity)
+    policy = provider_policy(items, popularity, cfg.long_tail_head_share)
+    reordered = list_reorderer(policy, cfg, items.set_index("item_id")["category"])(lists)
+
+    merged = reordered.merge(lists, on=["request_id", "item_id"], suffixes=("", "_model"))
+    assert len(merged) == len(lists), "the pass re-orders whole lists; it drops no item"
+    assert (merged.model_rank == merged.rank_model).all() and (merged.score == merged.score_model).all()
+    assert (merged["rank"] != merged.model_rank).mean() > 0.3, "lambda 0.4 must move many items"
+    for _, one in reordered.groupby("request_id"):
+        assert sorted(one["rank"]) == list(range(1, len(one) + 1))
+    prefix = reordered.sort_values(["request_id", "rank"]).assign(
+        long_tail=long_tail_prefix_counts(reordered, policy.long_tail, policy.item_provider).to_numpy()
+    )
+    available = lists.item_id.map(policy.item_provider).isin(policy.long_tail).groupby(lists.request_id).sum()
+    for row in prefix.itertuples():
+        assert row.long_tail >= min(count_floor(0.3, row.rank), available[row.request_id]), row
+
+
+def test_provider_attribute_names_the_provider_when_there_is_no_brand():
+    items = pd.DataFrame(
+        {"item_id": ["a", "b", "c"], "brand": None, "attributes": [{"year": "1995"}, {"year": "1977"}, None]}
+    )
+    assert with_providers(items, "year").brand.tolist() == ["1995", "1977", None]
+    assert with_providers(items, None) is items
+    with pytest.raises(ValueError, match="no item has the attribute 'studio'"):
+        with_providers(items, "studio")
+
+
+ITEMS = pd.DataFrame(
+    {
+        "item_id": [f"i{n}" for n in range(12)],
+        "title": [f"Item {n}" for n in range(12)],
+        "category": [f"c{n % 3}" for n in range(12)],
+        "brand": ["Big"] * 6 + ["Mid", "Mid", "Small", "Tiny", "Tiny", None],
+    }
+)
+
+
+def history_and_labels() -> pd.DataFrame:
+    """Before the run: Big's items are popular. After it: u1 buys i8 and clicks i1, u2 adds i9 to cart."""
+    before = [(f"u{u}", f"i{n}", "purchase", "2026-11-10") for u in range(1, 4) for n in range(6)]
+    before += [("u1", "i6", "click", "2026-11-12"), ("u2", "i8", "view", "2026-11-12")]
+    after = [
+        ("u1", "i8", "purchase", "2026-11-22"),
+        ("u1", "i1", "click", "2026-11-23"),
+        ("u1", "i8", "view", "2026-11-23"),
+        ("u2", "i9", "add_to_cart", "2026-11-25"),
+        ("u3", "i2", "view", "2026-11-25"),  # views are no labels
+        ("u3", "i3", "purchase", "2027-01-30"),  # past the 30-day label window
+    ]
+    events = pd.DataFrame(before + after, columns=["user_id", "item_id", "event_type", "event_ts"])
+    return events.assign(event_ts=pd.to_datetime(events.event_ts))
+
+
+MODEL_ORDER = ["i8", "i0", "i1", "i2", "i3", "i9", "i4", "i5", "i6", "i7", "i10", "i11"]
+
+
+def run_tables(config) -> dict[str, pd.DataFrame]:
+    """Candidates (retrieval order i0..i11), ranked (MODEL_ORDER, mostly Big first) after the fair pass."""
+    candidates = pd.DataFrame(
+        [
+            {"request_id": user, "item_id": f"i{n}", "retrieval_rank": n + 1}
+            for user in ("u1", "u2", "u3")
+            for n in range(12)
+        ]
+    ).assign(
+        run_date=RUN_DATE,
+        request_type="user",
+        retrieval_score=lambda f: 1.0 / f.retrieval_rank,
+        sources=lambda f: [["als"]] * len(f),
+        source_ranks=lambda f: [{"als": r} for r in f.retrieval_rank],
+        source_scores=lambda f: [{"als": 1.0 / r} for r in f.retrieval_rank],
+    )
+    position = {item: rank for rank, item in enumerate(MODEL_ORDER, start=1)}
+    model = candidates.assign(rank=candidates.item_id.map(position).astype("int32"))
+    model = model.assign(score=20.0 - model["rank"], model_rank=model["rank"])
+    counts = history_and_labels().query("event_ts < '2026-11-21'").groupby("item_id").size()
+    policy = provider_policy(ITEMS, counts, config.fairness.long_tail_head_share)
+    ranked = list_reorderer(policy, config.fairness)(model).assign(model_version="tiny-v1")
+    return {"candidates": candidates, "ranked": ranked}
+
+
+def test_evaluate_writes_metrics_for_every_order_and_the_report(spark, tmp_path):
+    config = load_config(
+        overrides=[
+            f"lakehouse.root={tmp_path / 'lakehouse'}",
+            f"run.run_date={RUN_DATE}",
+            "evaluate.ks=[3, 5]",
+            "evaluate.embedding_diversity=false",
+            "fairness.mode=sweep",
+            "fairness.weight=0.5",
+            "fairness.sweep_weights=[0.0, 0.5, 1.0]",
+            "fairness.long_tail_head_share=0.6",
+        ]
+    )
+    users = pd.DataFrame({"user_id": ["u1", "u2", "u3"], "gender": ["F", "M", "F"], "age": [23, 41, 67]})
+    inputs = {"items": ITEMS, "interactions": history_and_labels(), "users": users, **run_tables(config)}
+    for table, frame in inputs.items():
+        steps.StepRun(spark, config, "setup").write(table, frame_from_pandas(spark, frame, table))
+
+    run = steps.evaluate(spark, config)
+    metrics = read_table(spark, config, "metrics").toPandas()
+    assert (metrics.run_date == RUN_DATE).all() and run.rows["metrics"] == len(metrics)
+    assert not metrics.duplicated(["step", "metric", "slice"]).any()
+    sweep = [sweep_step(w) for w in (0.0, 0.5, 1.0)]
+    assert set(metrics.step) == {"candidates", "rerank", "fairness", *sweep}
+    assert metrics.set_index(["step", "metric", "slice"]).value.between(0, 3).all()
+
+    def value(step, metric, slice_="all"):
+        return metrics.set_index(["step", "metric", "slice"]).value[(step, metric, slice_)]
+
+    # Labels: u1 (i8 grade 3, i1 grade 1) and u2 (i9 grade 2); u3 has none inside the window.
+    assert value("rerank", "evaluated_requests@5") == 2
+    # Model order: u1's i8 (grade 3) at rank 1 and i1 (grade 1) at rank 3; ideal: 3 and 1 at ranks 1, 2.
+    assert value("rerank", "ndcg@5", "gender=F") == pytest.approx(3.5 / (3 + 1 / np.log2(3)))
+    assert value("rerank", "recall@5", "age_band=18-24") == pytest.approx(1.0)
+    assert value("rerank", "recall@5", "gender=M") == pytest.approx(0.0)  # u2's i9 is at rank 6
+    assert value("candidates", "recall@5", "all") == pytest.approx(np.mean([1 / 2, 0]))
+    assert "ndcg@5_gap" in set(metrics.metric)
+    # Fairness: the fair order gives the long tail more exposure and a lower Gini than the model order.
+    tail = "provider_group=long_tail"
+    assert value("fairness", "exposure@3", tail) > value("rerank", "exposure@3", tail)
+    assert value("fairness", "provider_gini@3") < value("rerank", "provider_gini@3")
+    assert value(sweep_step(0.5), "provider_gini@3") == pytest.approx(value("fairness", "provider_gini@3"))
+    assert {"coverage@5", "ild_category@5", "map@5", "mrr@5"} <= set(metrics.metric)
+    assert (metrics.loc[metrics.step == "candidates", "model_version"].isna()).all()
+    assert (metrics.loc[metrics.step == "fairness", "model_version"] == "tiny-v1").all()
+
+    report = Path(tmp_path / "lakehouse" / "reports" / RUN_DATE.isoformat())
+    page = (report / "index.html").read_text()
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert images == ["lambda_curve.png", "provider_exposure.png", "trends.png"]
+    for image in images:
+        assert (report / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any(line.startswith("NDCG@3: retrieval order") for line in run.notes)
+    assert "provider Gini@3" in run.summary()
+
+
+def test_rerank_applies_the_fairness_pass_per_list(spark):
+    from test_ranking import CANDIDATES, EVENTS, tiny_config
+    from test_ranking import ITEMS as RANKING_ITEMS
+    from test_ranking import RUN_DATE as RANKING_DATE
+
+    items = RANKING_ITEMS.assign(brand=["Big", "Big", "Big", "Big", "Big", "Big", "Tail", "Tail"])
+    counts = pd.Series({f"i{n}": (10 if n < 6 else 1) for n in range(8)})
+    # lambda 1: provider need alone orders each list, so Tail's items (need 0.97) go before Big's (need 0).
+    cfg = FairnessConfig(mode="on", weight=1.0, min_long_tail_share=0.5, long_tail_head_share=0.5)
+    policy = provider_policy(items, counts, cfg.long_tail_head_share)
+    ranked = rerank_candidates(
+        spark,
+        frame_from_pandas(spark, CANDIDATES, "candidates"),
+        frame_from_pandas(spark, items, "items"),
+        frame_from_pandas(spark, EVENTS, "interactions"),
+        tiny_config(),
+        RANKING_DATE,
+        reorder=list_reorderer(policy, cfg),
+    ).toPandas()
+    plain = rerank_candidates(
+        spark,
+        frame_from_pandas(spark, CANDIDATES, "candidates"),
+        frame_from_pandas(spark, items, "items"),
+        frame_from_pandas(spark, EVENTS, "interactions"),
+        tiny_config(),
+        RANKING_DATE,
+    ).toPandas()
+    assert (plain["rank"] == plain.model_rank).all()
+    merged = ranked.merge(plain, on=["request_id", "item_id"], suffixes=("", "_plain"))
+    assert len(merged) == len(plain) and (merged.model_rank == merged.rank_plain).all()
+    for request, one in ranked.groupby("request_id"):
+        is_tail = one.sort_values("rank").item_id.isin(["i6", "i7"]).to_numpy()
+        assert (np.sort(is_tail)[::-1] == is_tail).all(), f"{request}: a Big item before a Tail item"
+    assert ranked.item_id.isin(["i6", "i7"]).any()

@@ -1,0 +1,320 @@
+import datetime as dt
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_ranking import CANDIDATES, EVENTS, ITEMS, RUN_DATE, TOP_K, expected_scores
+from tiny_reranker import build_tiny_artifact
+
+from llmrank_spark.config import Config, RerankConfig, TrainConfig
+from llmrank_spark.model import (
+    MANIFEST_FILE,
+    FusionHead,
+    load_artifact,
+    read_manifest,
+)
+from llmrank_spark.ranking import fused_scores, retrieval_features
+from llmrank_spark.scoring import PairScorer, ScoringSettings
+from llmrank_spark.tables import frame_from_pandas, write_table
+from llmrank_spark.text import NEW_SHOPPER_CONTEXT
+from llmrank_spark.training import (
+    FusionRanker,
+    event_grades,
+    fit,
+    history_before,
+    initial_model,
+    latest_registered,
+    list_ndcg,
+    ranking_loss,
+    registry_row,
+    sample_lists,
+    score_lists,
+    target_contexts,
+)
+
+TS = pd.Timestamp("2026-11-01 12:00")
+
+
+def timeline() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """u1 acts on i0..i4 a minute apart, with i5 in the same second as the target i3; u2 once, later."""
+    events = pd.DataFrame(
+        {
+            "user_id": ["u1"] * 6 + ["u2"],
+            "item_id": ["i0", "i1", "i2", "i3", "i5", "i4", "i6"],
+            "event_type": ["view", "click", "add_to_cart", "purchase", "view", "view", "view"],
+            "event_ts": [TS + pd.Timedelta(minutes=m) for m in (0, 1, 2, 3, 3, 4)] + [TS],
+            "value": np.nan,
+        }
+    )
+    targets = pd.DataFrame(
+        {
+            "list_id": ["a", "b", "c"],
+            "user_id": ["u1", "u1", "u2"],
+            "item_id": ["i3", "i1", "i6"],
+            "event_ts": [TS + pd.Timedelta(minutes=3), TS + pd.Timedelta(minutes=1), TS],
+        }
+    )
+    return events, targets
+
+
+def test_list_contexts_hold_only_events_strictly_before_the_target():
+    events, targets = timeline()
+    history = history_before(events, targets)
+    when = targets.set_index("list_id")["event_ts"]
+    assert (history["event_ts"] < history["list_id"].map(when)).all()
+    assert sorted(history.loc[history["list_id"] == "a", "item_id"]) == ["i0", "i1", "i2"]
+    assert history.loc[history["list_id"] == "b", "item_id"].tolist() == ["i0"]
+    assert "c" not in set(history["list_id"])  # u2 has no earlier event
+
+    cfg = RerankConfig(context_template="{title}", context_items=10)
+    contexts = target_contexts(events, ITEMS, targets, cfg)
+    titles = ITEMS.set_index("item_id")["title"]
+    # The target itself, the event in its same second (i5) and the later one (i4) never leak in.
+    for leaked in ("i3", "i4", "i5"):
+        assert titles[leaked] not in contexts.iloc[0]
+    assert contexts.iloc[0].endswith(titles["i0"]) and titles["i2"] in contexts.iloc[0]
+    assert contexts.iloc[1].endswith(titles["i0"]) and titles["i1"] not in contexts.iloc[1]
+    assert contexts.iloc[2] == NEW_SHOPPER_CONTEXT
+
+
+def test_grades_follow_event_type_or_rating():
+    events = pd.DataFrame(
+        {
+            "user_id": "u",
+            "event_type": ["view", "click", "add_to_cart", "purchase", "rating", "rating"],
+            "value": [np.nan, np.nan, np.nan, np.nan, 5.0, 2.0],
+        }
+    )
+    grades = event_grades(events, TrainConfig()).tolist()
+    assert grades[:4] == sorted(grades[:4]) and len(set(grades[:4])) == 4 and grades[3] == 1.0
+    assert grades[4:] == [1.0, 0.4]
+    with pytest.raises(ValueError, match="event_type 'wishlist' of user 'u' has no grade"):
+        event_grades(pd.DataFrame({"user_id": ["u"], "event_type": ["wishlist"]}), TrainConfig())
+
+
+def test_lists_mix_hard_and_random_negatives_the_user_never_touched():
+    events, targets = timeline()
+    targets = targets.assign(label=[1.0, 0.5, 0.25])
+    candidates = pd.DataFrame({"request_id": ["u1", "u1", "u1"], "item_id": ["i2", "i6", "i7"]})
+    cfg = TrainConfig(list_size=3, hard_negatives=1)
+    lists = sample_lists(
+        targets, candidates, events, ITEMS["item_id"].to_numpy(), cfg, np.random.default_rng(0)
+    )
+
+    assert lists.groupby("list_id").size().tolist() == [3, 3, 3]
+    first = lists.groupby("list_id").head(1)
+    assert first["item_id"].tolist() == ["i3", "i1", "i6"] and first["label"].tolist() == [1.0, 0.5, 0.25]
+    negatives = lists.drop(first.index)
+    assert (negatives["label"] == 0).all()
+    touched = events.groupby("user_id")["item_id"].agg(set)
+    user_of = targets.set_index("list_id")["user_id"]
+    for row in negatives.itertuples():
+        assert row.item_id not in touched[user_of[row.list_id]]
+    # u1 has touched all but i6 and i7, so its lists hold both (one hard, one random); i2 is never a negative.
+    assert {"i6", "i7"} <= set(negatives.loc[negatives["list_id"] == "a", "item_id"])
+
+
+# ---- losses against straightforward references ---------------------------------------------------------
+
+SCORES = torch.tensor([[2.0, 0.5, -1.0, 0.3], [0.1, 1.5, 0.2, -0.4]], requires_grad=True)
+LABELS = torch.tensor([[1.0, 0.0, 0.0, 0.5], [0.0, 1.0, 0.0, 0.0]])
+
+
+def _ordered_pairs():
+    for b in range(SCORES.shape[0]):
+        for i in range(SCORES.shape[1]):
+            for j in range(SCORES.shape[1]):
+                if LABELS[b, i] > LABELS[b, j]:
+                    yield b, i, j
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def _lambdaloss_reference(mu: float = 10.0) -> float:
+    """NDCGLoss2++ (Wang et al. 2018) written out per list and pair, log base 2, mean over pairs."""
+    total, count = 0.0, 0
+    for b in range(SCORES.shape[0]):
+        s, y = SCORES[b].tolist(), LABELS[b].tolist()
+        order = sorted(range(len(s)), key=lambda i: -s[i])
+        position = {item: p + 1 for p, item in enumerate(order)}
+        ideal = sorted(y, reverse=True)
+        max_dcg = sum((2**g - 1) / math.log2(1 + p) for p, g in enumerate(ideal, start=1))
+        gain = {i: (2 ** y[i] - 1) / max_dcg for i in range(len(s))}
+
+        def d(p: int) -> float:
+            return math.log2(1 + p)
+
+        for i in range(len(s)):
+            for j in range(len(s)):
+                if y[i] <= y[j]:
+                    continue
+                pi, pj = position[i], position[j]
+                distance = abs(pi - pj)
+                delta = abs(1 / d(distance) - 1 / d(distance + 1))
+                weight = (mu * delta + abs(1 / d(pi) - 1 / d(pj))) * abs(gain[i] - gain[j])
+                total += weight * math.log2(_sigmoid(s[i] - s[j]))
+                count += 1
+    return -total / count
+
+
+REFERENCES = {
+    "bce": lambda: np.mean(
+        [
+            -(y * math.log(_sigmoid(s)) + (1 - y) * math.log(1 - _sigmoid(s)))
+            for s, y in zip(SCORES.flatten().tolist(), LABELS.flatten().tolist(), strict=True)
+        ]
+    ),
+    "ranknet": lambda: np.mean(
+        [-math.log2(_sigmoid((SCORES[b, i] - SCORES[b, j]).item())) for b, i, j in _ordered_pairs()]
+    ),
+    "hinge": lambda: np.mean(
+        [max(0.0, 1 - (SCORES[b, i] - SCORES[b, j]).item()) for b, i, j in _ordered_pairs()]
+    ),
+    "listnet": lambda: np.mean(
+        [
+            -(torch.softmax(LABELS[b], 0) * torch.log_softmax(SCORES[b].detach(), 0)).sum().item()
+            for b in range(SCORES.shape[0])
+        ]
+    ),
+    "lambdaloss": _lambdaloss_reference,
+}
+
+
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_loss_agrees_with_a_reference_and_has_gradients(name):
+    loss = ranking_loss(name)(SCORES, LABELS)
+    assert loss.item() == pytest.approx(REFERENCES[name](), rel=1e-5)
+    (gradient,) = torch.autograd.grad(loss, SCORES)
+    assert torch.isfinite(gradient).all() and gradient.abs().sum() > 0
+
+
+def test_a_misordered_list_costs_more_under_every_loss():
+    good = torch.tensor([[3.0, 0.0, -1.0, 1.0]])
+    bad = torch.tensor([[-1.0, 3.0, 2.0, 0.0]])
+    labels = LABELS[:1]
+    for name in REFERENCES:
+        assert ranking_loss(name)(bad, labels) > ranking_loss(name)(good, labels), name
+
+
+# ---- fusion head ----------------------------------------------------------------------------------------
+
+
+def test_retrieval_features_and_fused_score():
+    ranks = pd.Series([{"als": 1, "covisit": 3}, [("popularity", 7)], None])
+    features = retrieval_features(ranks, ["covisit", "als", "popularity"])
+    np.testing.assert_allclose(features, [[0.5, 1.0, 0.0], [0.0, 0.0, 1 / 3], [0.0, 0.0, 0.0]])
+    head = FusionHead(
+        features=["covisit", "als", "popularity"], logit_weight=2.0, feature_weights=[1, 2, 3], bias=-1
+    )
+    np.testing.assert_allclose(fused_scores(np.array([0.5, 1.0, -1.0]), features, head), [2.5, 2.0, -3.0])
+    np.testing.assert_allclose(fused_scores(np.array([0.5]), features[:1], None), [0.5])
+
+
+def tiny_with_head(path, head: FusionHead | None, version: str = "tiny-fused-v1"):
+    build_tiny_artifact(path, version=version)
+    manifest = read_manifest(path).model_copy(update={"fusion_head": head})
+    (path / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
+    return path
+
+
+HEAD = FusionHead(features=["als", "popularity"], logit_weight=0.5, feature_weights=[4.0, -1.0], bias=0.25)
+
+
+def _lists(n_lists: int, seed: int) -> pd.DataFrame:
+    """Lists whose positive is always the candidate ALS ranks first, so the head can learn to rank them."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in range(n_lists):
+        items = rng.choice(ITEMS["item_id"].to_numpy(), 4, replace=False)
+        for position, item in enumerate(items):
+            rows.append(
+                {
+                    "list_id": f"l{seed}-{n}",
+                    "item_id": item,
+                    "label": 1.0 if position == 0 else 0.0,
+                    "context_text": f"context {n}",
+                    "item_text": ITEMS.set_index("item_id").loc[item, "title"],
+                    "source_ranks": {"als": 1 if position == 0 else 5 + position},
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_fit_learns_and_keeps_the_best_validated_weights(tmp_path):
+    artifact = load_artifact(tiny_with_head(tmp_path / "start", None))
+    model = FusionRanker(artifact.model, ["als", "popularity"])
+    scorer = PairScorer(
+        model.encoder, artifact.tokenizer, "cross_encoder", torch.device("cpu"), ScoringSettings()
+    )
+    train, validation = _lists(24, seed=1), _lists(8, seed=2)
+    cfg = TrainConfig(
+        loss="listnet", batch_lists=4, epochs=3, eval_every_steps=3, patience=3, head_learning_rate=0.2
+    )
+
+    before = list_ndcg(validation, score_lists(model, scorer, validation))
+    result = fit(model, scorer, train, validation, cfg)
+    after = list_ndcg(validation, score_lists(model, scorer, validation))
+    assert after == pytest.approx(result.best_ndcg) and result.best_ndcg == max(
+        v for _, v in result.evaluations
+    )
+    assert after > before + 0.2
+    assert model.head_spec().feature_weights[0] > 0  # the ALS feature earned a positive weight
+
+
+def test_warm_start_loads_the_newest_registered_version(spark, tmp_path):
+    config = Config.model_validate({"lakehouse": {"root": str(tmp_path / "lakehouse")}})
+    assert latest_registered(spark, config) is None
+    old = tiny_with_head(tmp_path / "v1", None, version="v1")
+    new = tiny_with_head(tmp_path / "v2", HEAD, version="v2")
+    for path, minutes in ((old, 0), (new, 5)):
+        manifest = read_manifest(path).model_copy(
+            update={"created_at": dt.datetime(2026, 11, 20, 1, minutes, tzinfo=dt.UTC)}
+        )
+        write_table(
+            frame_from_pandas(spark, registry_row(manifest, path), "model_registry"), config, "model_registry"
+        )
+
+    warm_from = latest_registered(spark, config)
+    assert warm_from == str(new.resolve())
+    model, started_from = initial_model(warm_from, HEAD.features)
+    assert started_from == "v2" and model.head_spec() == HEAD
+    saved = load_artifact(new).model.state_dict()
+    for name, tensor in model.encoder.state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
+    # A head over other features cannot be reused: it starts as the identity on the logit.
+    fresh, _ = initial_model(warm_from, ["covisit"])
+    assert fresh.head_spec().logit_weight == 1.0 and fresh.head_spec().feature_weights == [0.0]
+
+
+def test_rerank_serves_the_newest_registered_version_with_its_fusion_head(spark, config, tmp_path):
+    """rerank.mode=cross_encoder without model_path picks the registry's newest version, and its head
+    fuses the logit with the candidate row's features exactly as `fused_scores` does."""
+    from llmrank_spark import steps
+
+    path = tiny_with_head(tmp_path / "registered", HEAD, version="registered-v1")
+    row = registry_row(read_manifest(path), path)
+    write_table(frame_from_pandas(spark, row, "model_registry"), config, "model_registry")
+    for table, frame in (("candidates", CANDIDATES), ("items", ITEMS), ("interactions", EVENTS)):
+        write_table(frame_from_pandas(spark, frame, table), config, table, RUN_DATE)
+    assert config.run.run_date == RUN_DATE
+    rerank_cfg = config.rerank.model_copy(
+        update={"mode": "cross_encoder", "top_k": TOP_K, "micro_batch_size": 4}
+    )
+    steps.rerank(spark, config.model_copy(update={"rerank": rerank_cfg}))
+    ranked = spark.read.format("delta").load(config.table_path("ranked")).toPandas()
+    assert set(ranked["model_version"]) == {"registered-v1"}
+
+    expected = expected_scores(rerank_cfg.model_copy(update={"model_path": str(path)}))
+    expected["score"] = fused_scores(
+        expected["score"].to_numpy(), retrieval_features(expected["source_ranks"], HEAD.features), HEAD
+    )
+    merged = ranked.merge(expected, on=["request_id", "item_id"], suffixes=("", "_direct"))
+    assert len(merged) == TOP_K * 3
+    np.testing.assert_allclose(merged["score"], merged["score_direct"], atol=1e-4)
+    for request, rows in ranked.sort_values("rank").groupby("request_id"):
+        best = expected[expected["request_id"] == request].nlargest(TOP_K, "score")
+        assert rows["item_id"].tolist() == best["item_id"].tolist()
