@@ -72,15 +72,25 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
-def plot_sweep(points: pd.DataFrame, chosen: float, k: int, path: Path) -> Path:
-    """NDCG@k against provider Gini@k, one point per lambda; without labels, Gini and long-tail share."""
+def plot_sweep(
+    points: pd.DataFrame, chosen: float, k: int, path: Path, baseline: tuple[float, float] | None = None
+) -> Path:
+    """NDCG@k against provider Gini@k, one point per lambda, and the model order's (gini, ndcg) point;
+    without labels, Gini and long-tail share against lambda."""
     figure, axis = plt.subplots(figsize=(7, 4.5))
     if points["ndcg"].notna().any():
         axis.plot(points["gini"], points["ndcg"], marker="o", color="tab:blue")
-        for point in points.itertuples():
+        for number, point in enumerate(points.itertuples()):
+            # Labels alternate above and below the curve, so neighbouring weights stay legible.
             axis.annotate(
-                f"λ={point.lam:.2f}", (point.gini, point.ndcg), xytext=(6, 4), textcoords="offset points"
+                f"λ={point.lam:.2f}",
+                (point.gini, point.ndcg),
+                xytext=(4, 7 if number % 2 == 0 else -14),
+                textcoords="offset points",
+                fontsize=8,
             )
+        if baseline is not None:
+            axis.scatter(*baseline, marker="*", s=220, color="black", label="model order (no pass)", zorder=4)
         picked = points[np.isclose(points["lam"], chosen)]
         axis.scatter(
             picked["gini"],
@@ -239,7 +249,9 @@ def write_report(history: pd.DataFrame, config: Config) -> Report:
     sections, plots = [], []
     points = sweep_points(metrics, k)
     if len(points):
-        plots.append(plot_sweep(points, config.fairness.weight, k, directory / "lambda_curve.png"))
+        baseline = (value(metrics, MODEL, f"provider_gini@{k}"), value(metrics, MODEL, f"ndcg@{k}"))
+        curve = plot_sweep(points, config.fairness.weight, k, directory / "lambda_curve.png", baseline)
+        plots.append(curve)
         sections.append(("Relevance versus fairness over λ", plots[-1], _html_table(points.set_index("lam"))))
     before, after = provider_exposure(metrics, MODEL, k), provider_exposure(metrics, final, k)
     if len(before):

@@ -14,7 +14,7 @@ from llmrank_spark.config import FairnessConfig, load_config
 from llmrank_spark.evaluate import sweep_step
 from llmrank_spark.fairness import list_reorderer, provider_policy, with_providers
 from llmrank_spark.ranking import rerank_candidates
-from llmrank_spark.tables import frame_from_pandas, read_table
+from llmrank_spark.tables import frame_from_pandas, read_table, write_table
 
 RUN_DATE = dt.date(2026, 11, 20)
 
@@ -126,7 +126,7 @@ def test_evaluate_writes_metrics_for_every_order_and_the_report(spark, tmp_path)
     users = pd.DataFrame({"user_id": ["u1", "u2", "u3"], "gender": ["F", "M", "F"], "age": [23, 41, 67]})
     inputs = {"items": ITEMS, "interactions": history_and_labels(), "users": users, **run_tables(config)}
     for table, frame in inputs.items():
-        steps.StepRun(spark, config, "setup").write(table, frame_from_pandas(spark, frame, table))
+        write_table(frame_from_pandas(spark, frame, table), config, table, RUN_DATE)
 
     run = steps.evaluate(spark, config)
     metrics = read_table(spark, config, "metrics").toPandas()
@@ -185,17 +185,10 @@ def test_rerank_applies_the_fairness_pass_per_list(spark):
         RANKING_DATE,
         reorder=list_reorderer(policy, cfg),
     ).toPandas()
-    plain = rerank_candidates(
-        spark,
-        frame_from_pandas(spark, CANDIDATES, "candidates"),
-        frame_from_pandas(spark, items, "items"),
-        frame_from_pandas(spark, EVENTS, "interactions"),
-        tiny_config(),
-        RANKING_DATE,
-    ).toPandas()
-    assert (plain["rank"] == plain.model_rank).all()
-    merged = ranked.merge(plain, on=["request_id", "item_id"], suffixes=("", "_plain"))
-    assert len(merged) == len(plain) and (merged.model_rank == merged.rank_plain).all()
+    assert ranked.groupby("request_id").size().eq(3).all()  # tiny_config's top_k
+    for _, one in ranked.groupby("request_id"):
+        by_model = one.sort_values(["score", "retrieval_rank"], ascending=[False, True])
+        assert by_model.model_rank.tolist() == [1, 2, 3], "model_rank must stay the model order"
     for request, one in ranked.groupby("request_id"):
         is_tail = one.sort_values("rank").item_id.isin(["i6", "i7"]).to_numpy()
         assert (np.sort(is_tail)[::-1] == is_tail).all(), f"{request}: a Big item before a Tail item"

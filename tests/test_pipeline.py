@@ -21,6 +21,7 @@ SMALL_SAMPLE = [
     "candidates.quotas={covisit: 8, als: 8, semantic: 6, popularity: 4}",
     "rerank.top_k=10",
     "attributes.top_k_items=3",
+    "evaluate.embedding_diversity=false",
     f"run.run_date={RUN_DATE}",
 ]
 
