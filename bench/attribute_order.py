@@ -153,7 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random attribute pairs")
     parser.add_argument("--lakehouse", help="keep the tables here (default: a scratch directory)")
-    steps_in_order = ["generate-sample", *steps.NIGHTLY_STEPS]
+    pipeline = {
+        "generate-sample": steps.generate_sample,
+        "candidates": steps.candidates,
+        "rerank": steps.rerank,
+        "attributes": steps.attributes,
+    }
+    steps_in_order = list(pipeline)
     parser.add_argument(
         "--from-step",
         choices=steps_in_order,
@@ -174,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         spark = get_spark(config)
         seconds = {}
-        pipeline = [("generate-sample", steps.generate_sample), *steps.NIGHTLY_STEPS.items()]
-        for name, step in pipeline[steps_in_order.index(args.from_step) :]:
+        for name in steps_in_order[steps_in_order.index(args.from_step) :]:
+            step = pipeline[name]
             started = time.perf_counter()
             run = step(spark, config)
             seconds[name] = time.perf_counter() - started

@@ -29,6 +29,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from llmrank_spark.config import AttributesConfig, RerankConfig
+from llmrank_spark.model import read_manifest
 from llmrank_spark.ranking import model_for, score_by_request, with_contexts
 from llmrank_spark.scoring import ScoringSettings, scoring_udf, ship_model
 from llmrank_spark.tables import ContractError, conform
@@ -271,8 +272,12 @@ def attribute_orders(
     )
     pairs = with_contexts(top, interactions, items, rerank, run_date, queries).join(texts, "item_id")
     score = scoring_udf(ship_model(spark, spec), ScoringSettings.from_config(rerank))
+    # With a fusion head the served score is w_logit * logit + (retrieval terms the text cannot change),
+    # so a drop in the served score is w_logit times the drop in the logit.
+    head = read_manifest(spec.path).fusion_head if spec.kind == "cross_encoder" else None
+    scale = head.logit_weight if head is not None else 1.0
     scored = score_by_request(pairs, score, "item_id", "attribute").select(
-        *ITEM_KEYS, "attribute", "value", "score"
+        *ITEM_KEYS, "attribute", "value", (F.col("score") * F.lit(scale)).alias("score")
     )
     orders = (
         scored.groupBy(*REQUEST_KEYS)

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from test_scoring import direct_scores
+from test_training import tiny_with_head
 from tiny_reranker import TINY_VERSION, tiny_artifact
 
 from llmrank_spark.attributes import (
@@ -15,6 +16,7 @@ from llmrank_spark.attributes import (
     orders_by_segment,
 )
 from llmrank_spark.config import AttributesConfig, RerankConfig
+from llmrank_spark.model import FusionHead
 from llmrank_spark.tables import ContractError, check_schema, frame_from_pandas
 from llmrank_spark.text import item_text_frame, render_item_texts, user_context_frame
 
@@ -193,21 +195,25 @@ def run_attributes(spark, rerank: RerankConfig, ranked: pd.DataFrame | None = No
     return orders.toPandas().sort_values(["request_id", "item_id", "rank"], ignore_index=True)
 
 
-def test_importance_is_the_direct_score_drop_and_edge_items_are_handled(spark):
-    rerank = tiny_config()
-    orders = run_attributes(spark, rerank)
+def test_importance_is_the_direct_score_drop_and_edge_items_are_handled(spark, tmp_path):
+    # The tiny model with a fusion head: the served score is 0.5 * logit + retrieval terms, so a drop in
+    # the served score is half the drop in the logit.
+    head = FusionHead(features=["als"], logit_weight=0.5, feature_weights=[3.0], bias=1.0)
+    fused = tiny_with_head(tmp_path / "fused", head, version="tiny-fused-attr")
+    rerank = RerankConfig(mode="cross_encoder", model_path=str(fused), micro_batch_size=4)
+    orders = run_attributes(spark, rerank, ranked_frame("tiny-fused-attr"))
 
     # Top-3 only: u1's fourth item (lamp) gets no rows; "bare" has no attributes: no rows, no error.
     assert set(orders["item_id"]) == {"boots", "tee", "mug"}
-    assert (orders["model_version"] == TINY_VERSION).all() and (orders["run_date"] == RUN_DATE).all()
+    assert (orders["model_version"] == "tiny-fused-attr").all() and (orders["run_date"] == RUN_DATE).all()
     for _, rows in orders.groupby(["request_id", "item_id"]):
         assert rows["rank"].tolist() == list(range(1, len(rows) + 1))
         assert rows["importance"].is_monotonic_decreasing
     single = orders[orders["item_id"] == "tee"]
     assert single[["attribute", "value", "rank"]].values.tolist() == [["fit", "slim", 1]] * 2
 
-    # Exactness: each importance equals score(full text) - score(text without the attribute), the
-    # tiny model run pair by pair outside Spark.
+    # Exactness: each importance equals the head's logit weight times logit(full text) - logit(text
+    # without the attribute), the tiny model (same seeded weights) run pair by pair outside Spark.
     variants = occlusion_variants(ITEMS, rerank, CFG)
     full = variants[variants["attribute"].isna()].set_index("item_id")["item_text"]
     without = variants.dropna(subset=["attribute"]).set_index(["item_id", "attribute"])["item_text"]
@@ -215,8 +221,11 @@ def test_importance_is_the_direct_score_drop_and_edge_items_are_handled(spark):
     contexts = user_context_frame(history, rerank).set_index("request_id")["context_text"].to_dict()
     contexts["q1"] = QUERIES["query_text"][0]
     context = [contexts[r] for r in orders["request_id"]]
-    expected = direct_scores(context, full[orders["item_id"]].tolist()) - direct_scores(
-        context, [without[(i, a)] for i, a in zip(orders["item_id"], orders["attribute"], strict=True)]
+    expected = head.logit_weight * (
+        direct_scores(context, full[orders["item_id"]].tolist())
+        - direct_scores(
+            context, [without[(i, a)] for i, a in zip(orders["item_id"], orders["attribute"], strict=True)]
+        )
     )
     np.testing.assert_allclose(orders["importance"], expected, atol=1e-4)
     assert (np.abs(expected) > 1e-3).any(), "the tiny model must tell the variants apart"

@@ -20,6 +20,7 @@ SMALL_SAMPLE = [
     "candidates.n_per_request=20",
     "candidates.quotas={covisit: 8, als: 8, semantic: 6, popularity: 4}",
     "rerank.top_k=10",
+    "attributes.top_k_items=3",
     "evaluate.embedding_diversity=false",
     "train.max_train_lists=16",
     "train.max_validation_lists=8",
@@ -48,7 +49,10 @@ def first_run(spark, overrides) -> dict:
     args = [arg for pair in (("--set", o) for o in overrides) for arg in pair]
     assert main(["demo", *args]) == 0
     config = load_config(overrides=overrides)
-    return {table: _partition_counts(spark, config.table_path(table)) for table in ("candidates", "ranked")}
+    return {
+        table: _partition_counts(spark, config.table_path(table))
+        for table in ("candidates", "ranked", "attribute_order")
+    }
 
 
 def test_demo_writes_a_list_for_every_user_and_ranks_every_list(spark, overrides, first_run):
@@ -58,6 +62,8 @@ def test_demo_writes_a_list_for_every_user_and_ranks_every_list(spark, overrides
     assert first_run["candidates"]["rows"] == first_run["candidates"]["requests"] * 20
     assert first_run["ranked"]["requests"] == first_run["candidates"]["requests"]
     assert first_run["ranked"]["rows"] == first_run["ranked"]["requests"] * 10
+    # Every sample item has attributes, so every ranked list gets attribute orders.
+    assert first_run["attribute_order"]["requests"] == first_run["ranked"]["requests"]
 
 
 def test_notebooks_run_as_scripts_and_a_rerun_replaces_the_date(
@@ -69,11 +75,11 @@ def test_notebooks_run_as_scripts_and_a_rerun_replaces_the_date(
     for notebook in NOTEBOOKS:
         runpy.run_path(str(notebook), run_name="__main__")
     printed = capsys.readouterr().out
-    assert "[candidates]" in printed and "[rerank]" in printed
+    assert all(f"[{step}]" in printed for step in ("candidates", "rerank", "attributes", "evaluate", "train"))
     assert "request " in printed, "the explore notebook names the request it shows"
 
     config = load_config(overrides=overrides)
-    for table in ("candidates", "ranked"):
+    for table in ("candidates", "ranked", "attribute_order"):
         path = config.table_path(table)
         assert _partition_counts(spark, path) == first_run[table], f"{table}: a rerun must not append"
         history = DeltaTable.forPath(spark, path).history().select("version", "operation").collect()
