@@ -509,7 +509,7 @@ def training_lists(
     newest = history.agg(F.max("event_ts")).first()[0]
     if newest is None:
         raise ValueError("interactions: no events before any user's targets; nothing to train on")
-    candidates = build_candidates(spark, items, history, users, config.candidates, newest.date())
+    candidates = build_candidates(spark, items, history, users, config.candidates, newest.date()).candidates
     target_users = targets.select("user_id").distinct()
     targets_pd = targets.toPandas().sort_values(["user_id", "event_ts", "item_id"], ignore_index=True)
     if targets_pd.empty:
