@@ -184,7 +184,7 @@ def test_rerank_applies_the_fairness_pass_per_list(spark):
         tiny_config(),
         RANKING_DATE,
         reorder=list_reorderer(policy, cfg),
-    ).toPandas()
+    ).ranked.toPandas()
     assert ranked.groupby("request_id").size().eq(3).all()  # tiny_config's top_k
     for _, one in ranked.groupby("request_id"):
         by_model = one.sort_values(["score", "retrieval_rank"], ascending=[False, True])
