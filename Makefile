@@ -30,9 +30,10 @@ setup: $(VENV)/.installed
 	$(BIN)/llmrank doctor
 
 # The demo runs the nightly pipeline the way a scheduler does: spark-submit of jobs/nightly.py with
-# the package shipped to the executors as a wheel and Delta Lake pulled by --packages.
+# the package shipped to the executors as a wheel and Delta Lake pulled by --packages, with the
+# lighter scoring load of conf/demo.yaml; then it prints the run log: what each step read and wrote.
 demo: setup
-	$(BIN)/llmrank generate-sample
+	$(BIN)/llmrank generate-sample --config conf/demo.yaml
 	rm -rf dist && $(BIN)/pip wheel --quiet --no-deps --no-build-isolation -w dist .
 	$(BIN)/spark-submit --master 'local[*]' --driver-memory 4g \
 	  --driver-java-options '-Dlog4j2.configurationFile=conf/log4j2.properties' \
@@ -40,7 +41,8 @@ demo: setup
 	  --conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension \
 	  --conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog \
 	  --py-files dist/llmrank_spark-*.whl \
-	  jobs/nightly.py --config conf/local.yaml
+	  jobs/nightly.py --config conf/demo.yaml
+	$(BIN)/llmrank runs --config conf/demo.yaml
 
 test: setup
 	$(BIN)/ruff check .

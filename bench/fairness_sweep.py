@@ -37,7 +37,7 @@ RUN_DATES = {"movielens": "1998-03-21", "sample": "2026-10-01"}
 
 def retrieval_ranked(spark, config):
     """The run's candidates' top-K as the ranked table, ordered by the blended retrieval score, then the
-    run's fairness pass applied to each list (as the rerank step does)."""
+    run's fairness pass applied (as the rerank step does)."""
     todays = read_table(spark, config, "candidates").where(F.col("run_date") == F.lit(config.run.run_date))
     lists = (
         todays.where(F.col("retrieval_rank") <= config.rerank.top_k)
@@ -47,10 +47,8 @@ def retrieval_ranked(spark, config):
         .withColumn("model_version", F.lit("retrieval-blend"))
         .toPandas()  # requests x top-K rows
     )
-    reorder = steps.fairness_pass(
-        read_table(spark, config, "items"), read_table(spark, config, "interactions"), config
-    )
-    return lists if reorder is None else reorder(lists)
+    items, interactions = read_table(spark, config, "items"), read_table(spark, config, "interactions")
+    return steps.fairness_pass(frame_from_pandas(spark, lists, "ranked"), items, interactions, config)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         print(steps.rerank(spark, config).summary())
     else:
         with steps.StepRun(spark, config, "rerank") as run:
-            run.write("ranked", frame_from_pandas(spark, retrieval_ranked(spark, config), "ranked"))
+            run.write("ranked", retrieval_ranked(spark, config))
     print(steps.evaluate(spark, config).summary())
 
     history = read_table(spark, config, "metrics").toPandas()

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train", parents=[common], help=(steps.train.__doc__ or "").strip().splitlines()[0])
     sub.add_parser("nightly", parents=[common], help="run every nightly step in order")
     sub.add_parser("demo", parents=[common], help="generate the sample lakehouse, run nightly, summarise")
+    sub.add_parser(
+        "runs", parents=[common], help="the run log of run.run_date: what each step read and wrote"
+    )
     return parser
 
 
@@ -85,6 +88,10 @@ def run(args: argparse.Namespace, config: Config) -> None:
     from llmrank_spark.session import get_spark
 
     spark = get_spark(config)
+    if args.command == "runs":
+        print(f"runs of {config.run.run_date} in {config.table_path('runs')}")
+        print(steps.format_run_log(steps.run_log(spark, config)))
+        return
     started = time.perf_counter()
     if args.command == "generate-sample":
         results = [steps.generate_sample(spark, config)]

@@ -232,10 +232,18 @@ class FairnessConfig(_Section):
     # off: ranked holds the model order. on: each ranked list is re-ordered for provider-exposure fairness
     # (and diversity, if on). sweep: as on, and evaluate also measures every weight in sweep_weights.
     mode: Literal["off", "on", "sweep"] = "on"
-    # lambda: 0 = relevance only, 1 = provider need only (fairness.fair_rerank). 0.2 is the largest swept
-    # weight that kept NDCG@10 within 2% of the model order on both MovieLens and the sample
-    # (docs/benchmarks.md, "Fairness sweep").
+    # list: each list weighs relevance against its providers' need on its own. run: provider boosts fitted
+    # on the whole run even out its exposure (llmrank_spark/fairness.py). Pick with a sweep on your data.
+    strategy: Literal["list", "run"] = "list"
+    # lambda: 0 = the model order. list: the weight of provider need against relevance. run: the largest
+    # provider boost, as a share of a list's score range. The default is the largest swept weight that kept
+    # NDCG@10 within 2% on MovieLens and the sample with strategy list (docs/benchmarks.md).
     weight: float = Field(0.2, ge=0, le=1)
+    # run: the list depth whose position-discounted exposure the boosts even out across providers.
+    exposure_k: int = Field(10, ge=1)
+    # run: requests whose lists the boosts are fitted on (a hashed sample of the run's; they reach the
+    # driver).
+    fit_requests: int = Field(20000, ge=1)
     sweep_weights: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 1.0])
     # Guarantee: every prefix of p positions holds at least floor(min_long_tail_share * p) long-tail items.
     min_long_tail_share: float = Field(0.2, ge=0, le=1)

@@ -30,7 +30,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from llmrank_spark.config import Config, EvaluateConfig, FairnessConfig
-from llmrank_spark.fairness import MODEL_RANK, list_reorderer, provider_policy, with_providers
+from llmrank_spark.fairness import MODEL_RANK, provider_policy, run_reorderer, with_providers
 from llmrank_spark.metrics import ITEM, RANK, REQUEST, Embeddings, evaluate_lists, user_groups
 
 RETRIEVAL, MODEL, FAIR = "candidates", "rerank", "fairness"
@@ -66,7 +66,7 @@ def orders_of_run(
         policy = provider_policy(items, item_counts, fairness.long_tail_head_share)
         category = items.set_index(ITEM)["category"]
         for lambda_ in fairness.sweep_weights:
-            reorder = list_reorderer(policy, fairness, category, lambda_=lambda_)
+            reorder = run_reorderer(policy, fairness, category, lambda_, model_order)
             orders[sweep_step(lambda_)] = reorder(model_order)
     return orders
 

@@ -1,13 +1,22 @@
-"""Post-processing re-rankers over each ranked list: provider-exposure fairness and MMR diversity.
+"""Post-processing re-rankers over ranked lists: provider-exposure fairness and MMR diversity.
 
-Both are greedy: position by position they place the remaining candidate with the best objective, ties
-going to the candidate that comes first in the relevance order (score descending, then the input rank
-if there is one, then item_id). A list is re-ranked on its own, with no state carried from list to
-list, so Spark can run them per request in ``applyInPandas`` and the result does not depend on the
-order lists arrive in; run-wide popularity enters once, through the `ProviderPolicy` built beforehand.
-No maintained library offers FA*IR-style constrained re-ranking or MMR over pandas lists (the FA*IR
-authors' code is an unmaintained research package), so both greedy loops are written here.
-"""
+Fairness has two strategies (`fairness.strategy`), both greedy over each list under a FA*IR-style
+long-tail floor (`fair_rerank`), so Spark runs them per request in ``applyInPandas`` and the result does
+not depend on the order lists arrive in:
+
+- "list": each list on its own weighs relevance against its providers' need (how much of the catalogue's
+  interactions more popular providers hold), with diminishing returns for a provider already placed.
+- "run": exposure adds up across lists, so one boost per provider, in [-lambda, lambda], is fitted on the
+  run's model-order lists (all of them, or a hashed sample of requests) to move the run's
+  position-discounted top-k exposure towards an equal share per provider (`provider_boosts`); each list
+  is then ordered by relevance plus boosts.
+
+Neither dominates: on MovieLens (year cohorts as providers) "run" cuts provider Gini four times as much
+for the same NDCG, on the sample (brands) "list" does (docs/benchmarks.md, "Fairness sweep").
+MMR diversity is a per-list greedy pass too.
+
+No maintained library offers exposure-targeted or FA*IR-style constrained re-ranking or MMR over pandas
+lists (the FA*IR authors' code is an unmaintained research package), so these loops are written here."""
 
 from __future__ import annotations
 
@@ -19,7 +28,15 @@ import numpy as np
 import pandas as pd
 
 from llmrank_spark.config import FairnessConfig
-from llmrank_spark.metrics import ITEM, RANK, REQUEST, Embeddings, share_held_above, unit_vectors
+from llmrank_spark.metrics import (
+    ITEM,
+    RANK,
+    REQUEST,
+    Embeddings,
+    position_discount,
+    share_held_above,
+    unit_vectors,
+)
 
 SCORE = "score"
 # Tolerance for floor(share * p): 0.29 * 100 is 28.999999999999996 in floating point, not 29.
@@ -71,13 +88,6 @@ def _relevance_order(lists: pd.DataFrame) -> pd.DataFrame:
     return lists.sort_values(keys, ascending=ascending, kind="mergesort").reset_index(drop=True)
 
 
-def _normalised(scores: pd.Series) -> np.ndarray:
-    """Scores min-max scaled to [0, 1] within the list, so they weigh against gains that live in [0, 1]."""
-    values = scores.to_numpy(dtype=float)
-    spread = values.max() - values.min()
-    return (values - values.min()) / spread if spread > 0 else np.zeros_like(values)
-
-
 Objective = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -108,44 +118,111 @@ def _rerank_each(lists: pd.DataFrame, k: int, order_one: Callable[[pd.DataFrame]
     return pd.concat(pieces, ignore_index=True)
 
 
+# The boost fit: proportional-control rounds, and each round's step as a fraction of lambda per unit of
+# relative exposure error. 30 rounds of 0.5 settle on MovieLens and the sample (docs/benchmarks.md).
+_FIT_ROUNDS = 30
+_FIT_STEP = 0.5
+
+
+def within_list_relevance(lists: pd.DataFrame) -> pd.Series:
+    """Each row's score min-max scaled to [0, 1] within its request's list (0 for a list of equal scores),
+    so one boost means the same share of a list's score range in every list."""
+    by_request = lists.groupby(REQUEST)[SCORE]
+    low, spread = by_request.transform("min"), by_request.transform("max") - by_request.transform("min")
+    return ((lists[SCORE] - low) / spread.where(spread > 0)).fillna(0.0)
+
+
+def provider_boosts(lists: pd.DataFrame, policy: ProviderPolicy, *, lambda_: float, k: int) -> pd.Series:
+    """provider -> boost in [-lambda_, lambda_] that evens out the run's top-k exposure across providers.
+
+    Dual ascent on "every provider of the catalogue gets 1/n of the run's position-discounted top-k
+    exposure": each round orders every list by within-list relevance plus its providers' boosts, measures
+    each provider's exposure share E_p, and moves its boost by `_FIT_STEP * lambda_` times the relative
+    error (1/n - E_p) * n clipped to [-1, 1], keeping it in [-lambda_, lambda_]. The boosts returned are
+    the mean over the rounds (the averaged iterate of the subgradient method), which damps the
+    oscillation a large lambda_ gives. Over-exposed providers sink, under-exposed ones that have
+    candidates rise. The long-tail floor is left out of the fit (it moves few items), so each round is
+    one vectorised sort.
+    """
+    if not 0 <= lambda_ <= 1:
+        raise ValueError(f"provider_boosts: lambda_ must be in [0, 1], got {lambda_}")
+    providers = policy.need.index
+    boosts = pd.Series(0.0, index=providers)
+    if lambda_ == 0 or lists.empty:
+        return boosts
+    fair_share = 1.0 / len(providers)
+    provider = lists[ITEM].map(policy.item_provider)
+    relevance = within_list_relevance(lists).to_numpy()
+    tie_break = lists[RANK] if RANK in lists.columns else pd.Series(0, index=lists.index)
+    history = []
+    for _ in range(_FIT_ROUNDS):
+        adjusted = relevance + provider.map(boosts).fillna(0.0).to_numpy()
+        ordered = lists.assign(_adjusted=adjusted, _tie=tie_break.to_numpy(), _provider=provider).sort_values(
+            [REQUEST, "_adjusted", "_tie", ITEM], ascending=[True, False, True, True], kind="mergesort"
+        )
+        position = ordered.groupby(REQUEST).cumcount() + 1
+        shown = ordered[position <= k]
+        exposure = pd.Series(position_discount(position[position <= k]), index=shown.index)
+        exposure = exposure.groupby(shown["_provider"]).sum().reindex(providers, fill_value=0.0)
+        share = exposure / exposure.sum() if exposure.sum() > 0 else exposure
+        error = ((fair_share - share) / fair_share).clip(-1.0, 1.0)
+        boosts = (boosts + _FIT_STEP * lambda_ * error).clip(-lambda_, lambda_)
+        history.append(boosts)
+    return pd.concat(history, axis=1).mean(axis=1)
+
+
 def fair_rerank(
-    lists: pd.DataFrame, policy: ProviderPolicy, *, lambda_: float, min_long_tail_share: float, k: int
+    lists: pd.DataFrame,
+    policy: ProviderPolicy,
+    *,
+    min_long_tail_share: float,
+    k: int,
+    need_weight: float = 0.0,
+    boosts: pd.Series | None = None,
 ) -> pd.DataFrame:
     """Each request's top k re-ranked for provider-exposure fairness, with a long-tail floor.
 
-    Greedy objective for candidate i of provider p, given the items already placed in the list:
-        (1 - lambda_) * relevance_i + lambda_ * need_p / (1 + items of p already placed)
-    relevance is the score min-max scaled within the list, need_p the provider's need (see
-    `ProviderPolicy`); the divisor stops one provider from filling the list.
+    Greedy: position by position, the remaining candidate i of provider p with the highest
+        (1 - need_weight) * relevance_i + need_weight * need_p / (1 + items of p already placed) + boost_p
+    is placed next. relevance is the score min-max scaled within the list (`within_list_relevance`),
+    need_p the provider's need (`ProviderPolicy`; the divisor stops one provider from filling the list)
+    and boost_p a run-level boost (`provider_boosts`; 0 for none). The "list" strategy uses need_weight
+    alone, the "run" strategy boosts alone (`run_reorderer`).
 
-    Guarantee (the proportional floor of FA*IR, Zehlike et al. 2017, without its significance test):
-    for every prefix of length p of the returned top k, the number of items from long-tail providers is
-    at least min(floor(min_long_tail_share * p), the number of long-tail candidates in the list). It
-    holds because the floor rises by at most one per position, and whenever the prefix falls short the
-    best remaining long-tail candidate is placed next.
+    Guarantees. (1) Bounded displacement: without need_weight and with boosts in [-lambda, lambda], an
+    item is placed above one whose relevance exceeds its own by more than 2 lambda only when the floor
+    forces it. (2) The proportional floor of FA*IR (Zehlike et al. 2017, without its significance test):
+    every prefix of length p of the returned top k holds at least min(floor(min_long_tail_share * p),
+    the long-tail candidates in the list) items of long-tail providers. It holds because the floor rises
+    by at most one per position, and whenever the prefix falls short the best remaining long-tail
+    candidate is placed next.
 
-    lambda_ = 0 with min_long_tail_share = 0 returns the relevance order unchanged. `lists` holds
-    request_id, item_id, score (and optionally rank, the tie-break after score); every column is kept.
+    No need_weight, no boosts and min_long_tail_share = 0 return the relevance order unchanged. `lists`
+    holds request_id, item_id, score (and optionally rank, the tie-break after score); every column is kept.
     """
-    if not (0 <= lambda_ <= 1 and 0 <= min_long_tail_share <= 1):
+    if not (0 <= need_weight <= 1 and 0 <= min_long_tail_share <= 1):
         raise ValueError(
-            f"fair_rerank: lambda_ and min_long_tail_share must be in [0, 1], "
-            f"got {lambda_} and {min_long_tail_share}"
+            f"fair_rerank: need_weight and min_long_tail_share must be in [0, 1], "
+            f"got {need_weight} and {min_long_tail_share}"
         )
 
     def order_one(one: pd.DataFrame) -> Objective:
-        relevance = _normalised(one[SCORE])
         provider = one[ITEM].map(policy.item_provider)
+        fixed = (1 - need_weight) * within_list_relevance(one).to_numpy()
+        if boosts is not None:
+            fixed = fixed + provider.map(boosts).fillna(0.0).to_numpy(dtype=float)
         codes = pd.factorize(provider)[0]  # -1: no provider
-        need = provider.map(policy.need).fillna(0.0).to_numpy(dtype=float)
+        need = need_weight * provider.map(policy.need).fillna(0.0).to_numpy(dtype=float)
         long_tail = provider.isin(policy.long_tail).to_numpy()
 
         def objective(picked: np.ndarray, available: np.ndarray) -> np.ndarray:
-            placed = np.bincount(codes[picked] + 1, minlength=codes.max() + 2)[codes + 1]
-            values = (1 - lambda_) * relevance + lambda_ * need / (1 + placed)
+            values = fixed
+            if need_weight > 0:
+                placed = np.bincount(codes[picked] + 1, minlength=codes.max() + 2)[codes + 1]
+                values = fixed + need / (1 + placed)
             floor = math.floor(min_long_tail_share * (len(picked) + 1) + _FLOOR_EPS)
             if long_tail[picked].sum() < floor and (long_tail & available).any():
-                values = np.where(long_tail, values, -np.inf)
+                return np.where(long_tail, values, -np.inf)
             return values
 
         return objective
@@ -173,7 +250,7 @@ def mmr_rerank(
         raise ValueError("mmr_rerank: pass exactly one of item_category or embeddings as the similarity")
 
     def order_one(one: pd.DataFrame) -> Objective:
-        relevance = _normalised(one[SCORE])
+        relevance = within_list_relevance(one).to_numpy()
         if item_category is not None:
             category = one[ITEM].map(item_category).to_numpy(dtype=object)
             same = (category[:, None] == category[None, :]) & pd.notna(category)[:, None]
@@ -214,53 +291,52 @@ def with_providers(items: pd.DataFrame, provider_attribute: str | None) -> pd.Da
     return items.assign(brand=providers)
 
 
-def fair_order(
-    lists: pd.DataFrame,
-    policy: ProviderPolicy,
-    *,
-    lambda_: float,
-    min_long_tail_share: float,
-    mmr_trade_off: float | None = None,
-    item_category: pd.Series | None = None,
-) -> pd.DataFrame:
-    """Whole ranked lists re-ordered (no item dropped) by MMR diversity if asked, then provider fairness.
-
-    `rank` becomes the new position; `model_rank` keeps the position the lists came in (the model order)
-    and `score` the model score. With MMR on, the fairness pass weighs provider need against the
-    diversified order (relevance = minus the MMR position) rather than the raw score, so the fairness
-    pass comes last and its long-tail floor (`fair_rerank`) holds on the output either way.
-    """
-    ordered = lists.assign(**{MODEL_RANK: lists[RANK]})
-    if ordered.empty:
-        return ordered
-    length = int(ordered.groupby(REQUEST).size().max())
-    fairness = {"lambda_": lambda_, "min_long_tail_share": min_long_tail_share, "k": length}
-    if mmr_trade_off is None:
-        return fair_rerank(ordered, policy, **fairness)
-    diversified = mmr_rerank(ordered, trade_off=mmr_trade_off, k=length, item_category=item_category)
-    by_position = diversified.assign(_model_score=diversified[SCORE], **{SCORE: -diversified[RANK] * 1.0})
-    fair = fair_rerank(by_position, policy, **fairness)
-    return fair.assign(**{SCORE: fair["_model_score"]}).drop(columns="_model_score")
-
-
-def list_reorderer(
+def run_reorderer(
     policy: ProviderPolicy,
     cfg: FairnessConfig,
     item_category: pd.Series | None = None,
     lambda_: float | None = None,
+    model_order: pd.DataFrame | None = None,
 ) -> Callable[[pd.DataFrame], pd.DataFrame]:
-    """`fair_order` with the run's settings (lambda_ overrides cfg.weight in sweeps), over any lists."""
+    """The run's fairness (and diversity) pass, as a function over any of its lists.
+
+    lambda_ (cfg.weight unless given, as in sweeps) is the provider need's weight with
+    `cfg.strategy` "list", and the largest run-level boost with "run": the boosts are then fitted once on
+    `model_order`, the run's ranked lists in model order or a sample of whole lists from them
+    (`provider_boosts`). The returned function re-orders whole lists (no item dropped): MMR by category
+    first when `cfg.diversity` (the fairness pass then takes the MMR position as relevance, so its floor
+    holds on the output either way), then `fair_rerank`. `rank` becomes the new position, `model_rank`
+    keeps the position the lists came in and `score` the model score.
+    """
     if cfg.diversity and item_category is None:
         raise ValueError("fairness.diversity is on: pass the items' categories (item_id -> category)")
+    weight = cfg.weight if lambda_ is None else lambda_
+
+    def relevance_order(lists: pd.DataFrame) -> pd.DataFrame:
+        """The lists with `model_rank` kept and, with diversity on, `score` = minus the MMR position."""
+        ordered = lists.assign(**{MODEL_RANK: lists[RANK]})
+        if not cfg.diversity or ordered.empty:
+            return ordered
+        length = int(ordered.groupby(REQUEST).size().max())
+        diversified = mmr_rerank(ordered, trade_off=cfg.mmr_trade_off, k=length, item_category=item_category)
+        return diversified.assign(_model_score=diversified[SCORE], **{SCORE: -diversified[RANK] * 1.0})
+
+    if cfg.strategy == "run":
+        if model_order is None:
+            raise ValueError("fairness.strategy is run: pass the run's model-order lists to fit boosts on")
+        boosts = provider_boosts(relevance_order(model_order), policy, lambda_=weight, k=cfg.exposure_k)
+        weights = {"need_weight": 0.0, "boosts": boosts}
+    else:
+        weights = {"need_weight": weight, "boosts": None}
 
     def reorder(lists: pd.DataFrame) -> pd.DataFrame:
-        return fair_order(
-            lists,
-            policy,
-            lambda_=cfg.weight if lambda_ is None else lambda_,
-            min_long_tail_share=cfg.min_long_tail_share,
-            mmr_trade_off=cfg.mmr_trade_off if cfg.diversity else None,
-            item_category=item_category,
-        )
+        ordered = relevance_order(lists)
+        if ordered.empty:
+            return ordered
+        length = int(ordered.groupby(REQUEST).size().max())
+        fair = fair_rerank(ordered, policy, min_long_tail_share=cfg.min_long_tail_share, k=length, **weights)
+        if "_model_score" not in fair.columns:
+            return fair
+        return fair.assign(**{SCORE: fair["_model_score"]}).drop(columns="_model_score")
 
     return reorder

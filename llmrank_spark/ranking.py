@@ -9,7 +9,6 @@ pairs (`rejects.check_pairs`), scores the valid ones in the pandas UDF of `scori
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -221,14 +220,12 @@ def rerank_candidates(
     run_date: dt.date,
     queries: DataFrame | None = None,
     faults: FaultsConfig | None = None,
-    reorder: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
 ) -> RerankResult:
     """The `ranked` rows for one run, each request's top-K candidates by reranker score, and the `rejects`.
 
     `candidates` follows the `candidates` contract. Pairs the rules of `check_pairs` reject, and pairs the
     model scores NaN or infinite, go to rejects with the reason; so every candidate request is ranked or
-    rejected. `reorder`, when given, post-processes each request's top-K (e.g. `fairness.list_reorderer`):
-    it changes `rank` and leaves `model_rank`, the position in model order, as it was.
+    rejected. `ranked` is in model order (`rank` = `model_rank`); the step's fairness pass re-orders it.
     Users without history get `NEW_SHOPPER_CONTEXT`. Fails, naming what is missing and how to
     fix it, when cfg asks for a cross-encoder that does not exist: it never scores with an untrained head.
     `faults` is test-only fault injection.
@@ -265,8 +262,7 @@ def rerank_candidates(
             scored_request = scored_request.assign(
                 score=fused_scores(scored_request["score"], features, head)
             )
-        ranked_request = rank_request(scored_request, cfg.top_k)
-        return ranked_request if reorder is None else reorder(ranked_request)[list(RANKED_COLUMNS)]
+        return rank_request(scored_request, cfg.top_k)
 
     # The grouping shuffles again, but only ids, scores and, for a fusion head, its features.
     kept = [name for name in RANKED_COLUMNS if name not in ("rank", "model_rank")]

@@ -121,6 +121,31 @@ class StepRun:
         write_table(frame_from_pandas(self.spark, record, "runs"), self.config, "runs")
 
 
+def run_log(spark: SparkSession, config: Config) -> pd.DataFrame:
+    """The `runs` rows of config.run.run_date, oldest first: each step's status, time, the Delta versions it
+    read and wrote and the rows it wrote, so a person can trace the run's tables to their inputs."""
+    runs = read_table(spark, config, "runs").where(F.col("run_date") == F.lit(config.run.run_date))
+    log = runs.select("started_at", "step", "status", "seconds", "inputs", "outputs", "rows").toPandas()
+    return log.sort_values("started_at", kind="mergesort").reset_index(drop=True)
+
+
+def format_run_log(log: pd.DataFrame) -> str:
+    """One line per step run: `step status seconds | read table@vN ... | wrote table@vN (rows) ...`."""
+
+    def versions(mapping) -> str:
+        return ", ".join(f"{table}@v{version}" for table, version in sorted(dict(mapping).items())) or "-"
+
+    lines = []
+    for run in log.itertuples():
+        wrote = ", ".join(
+            f"{table}@v{version} ({dict(run.rows).get(table, 0):,} rows)"
+            for table, version in sorted(dict(run.outputs).items())
+        )
+        took = f"{run.step:<16} {run.status:<9} {run.seconds:7.1f}s"
+        lines.append(f"{took} | read {versions(run.inputs)} | wrote {wrote or '-'}")
+    return "\n".join(lines)
+
+
 def _write_input_tables(spark: SparkSession, config: Config, step: str, frames: dict) -> StepRun:
     with StepRun(spark, config, step) as run:
         for table, frame in frames.items():
@@ -180,25 +205,40 @@ def rerank(spark: SparkSession, config: Config) -> StepRun:
             config.run.run_date,
             queries=run.read_optional("queries"),
             faults=config.faults,
-            reorder=fairness_pass(items, known_events, config),
         )
         with materialised(result.outcome):
-            run.write("ranked", result.ranked)
+            run.write("ranked", fairness_pass(result.ranked, items, known_events, config))
             run.write("rejects", result.rejects)
     return run
 
 
-def fairness_pass(items: DataFrame, interactions: DataFrame, config: Config):
-    """The per-list fairness/diversity pass of `config.fairness`, or None when it is off."""
+def fairness_pass(ranked: DataFrame, items: DataFrame, interactions: DataFrame, config: Config) -> DataFrame:
+    """`ranked` (model order) re-ordered by the run's fairness/diversity pass; as it is when that is off.
+
+    With `fairness.strategy` run, the provider boosts are fitted on the driver over a hashed sample of at
+    most `fairness.fit_requests` whole lists (`fairness.run_reorderer`); then every list is re-ordered in
+    its own pandas call.
+    """
     if config.fairness.mode == "off":
-        return None
+        return ranked
     from llmrank_spark.evaluate import catalogue_frame, item_counts_until
-    from llmrank_spark.fairness import list_reorderer, provider_policy, with_providers
+    from llmrank_spark.fairness import provider_policy, run_reorderer, with_providers
 
     catalogue = with_providers(catalogue_frame(items), config.fairness.provider_attribute)
     counts = item_counts_until(interactions, config.run.run_date)
     policy = provider_policy(catalogue, counts, config.fairness.long_tail_head_share)
-    return list_reorderer(policy, config.fairness, catalogue.set_index("item_id")["category"])
+    model_order = None
+    if config.fairness.strategy == "run":
+        requests = ranked.select("request_id").distinct().count()
+        share = min(1.0, config.fairness.fit_requests / max(requests, 1))
+        # A request is in the sample when its hash falls in the first `share` of the hash range: whole
+        # lists, the same ones on every rerun.
+        in_sample = F.abs(F.xxhash64("request_id") % 1_000_000) < F.lit(int(share * 1_000_000))
+        model_order = ranked.where(in_sample).toPandas()
+    category = catalogue.set_index("item_id")["category"]
+    reorder = run_reorderer(policy, config.fairness, category, model_order=model_order)
+    columns = ranked.columns
+    return ranked.groupBy("request_id").applyInPandas(lambda one: reorder(one)[columns], ranked.schema)
 
 
 def evaluate(spark: SparkSession, config: Config) -> StepRun:

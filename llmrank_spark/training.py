@@ -216,16 +216,24 @@ def hinge_loss(scores: torch.Tensor, labels: torch.Tensor, margin: float = 1.0) 
     )
 
 
+def balanced_bce(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Pointwise BCE on graded labels, positives weighted by negatives per positive (the `pos_weight` of
+    sentence-transformers' BCE reranker recipe). Unweighted, a list's negatives (7 to 1 by default) outvote
+    its target and push every feature weight below 0 (features are >= 0), ranking retrieved items last."""
+    positives = (labels > 0).sum().clamp(min=1)
+    pos_weight = (labels.numel() - positives) / positives
+    return torch.nn.functional.binary_cross_entropy_with_logits(
+        scores.reshape(-1), labels.reshape(-1).float(), pos_weight=pos_weight.float()
+    )
+
+
 def ranking_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The training loss `name` as a function of (scores, labels) of shape (lists, list size)."""
     from sentence_transformers.cross_encoder import losses
 
     placeholder = _GivenScores(torch.zeros(1))
     if name == "bce":
-        # Pointwise: what sentence-transformers' BinaryCrossEntropyLoss computes, graded labels as targets.
-        return lambda scores, labels: torch.nn.functional.binary_cross_entropy_with_logits(
-            scores.reshape(-1), labels.reshape(-1).float()
-        )
+        return balanced_bce
     if name == "hinge":
         return hinge_loss
     if name == "ranknet":
@@ -245,6 +253,8 @@ class FusionRanker(torch.nn.Module):
 
     With no features the score is the logit itself. The head starts as the identity on the logit (and
     zero on features) unless warm-started, so training begins from the plain cross-encoder's ranking.
+    The head reads each feature divided by `feature_scale` (`scale_features`); `head_spec` folds the
+    scale back into the weights, so what is served is the same `fused_scores` formula on raw features.
     """
 
     def __init__(self, encoder, features: list[str], head: FusionHead | None = None) -> None:
@@ -252,6 +262,7 @@ class FusionRanker(torch.nn.Module):
         self.encoder = encoder
         self.features = list(features)
         self.head = torch.nn.Linear(1 + len(features), 1) if features else None
+        self.register_buffer("feature_scale", torch.ones(len(features)))
         if self.head is not None:
             with torch.no_grad():
                 warm = head is not None and head.features == self.features
@@ -265,16 +276,31 @@ class FusionRanker(torch.nn.Module):
         logits = self.encoder(**inputs).logits[:, 0]
         if self.head is None:
             return logits
-        return self.head(torch.cat([logits[:, None], features], dim=1))[:, 0]
+        return self.head(torch.cat([logits[:, None], features / self.feature_scale], dim=1))[:, 0]
+
+    def scale_features(self, features: np.ndarray) -> None:
+        """Scale each feature by its largest value in `features` (the training lists), the score unchanged.
+
+        AdamW moves every head weight by about the learning rate per step, whatever its feature's range.
+        Unscaled, item_events (log of a count, up to 6 or more) moves the score several times faster than
+        the rank features (at most 1): the pairwise and LambdaLoss heads then rank by popularity alone.
+        """
+        if self.head is None:
+            return
+        largest = torch.from_numpy(features.max(axis=0, initial=0.0)).float()
+        scale = torch.where(largest > 0, largest, torch.ones_like(largest))
+        with torch.no_grad():
+            self.head.weight[0, 1:] *= scale / self.feature_scale
+        self.feature_scale.copy_(scale)
 
     def head_spec(self) -> FusionHead | None:
         if self.head is None:
             return None
-        weights = self.head.weight.detach()[0].tolist()
+        weights = self.head.weight.detach()[0]
         return FusionHead(
             features=self.features,
-            logit_weight=weights[0],
-            feature_weights=weights[1:],
+            logit_weight=float(weights[0]),
+            feature_weights=(weights[1:] / self.feature_scale).tolist(),
             bias=float(self.head.bias.detach()[0]),
         )
 
@@ -334,7 +360,8 @@ def fit(
 ) -> FitResult:
     """Train on `train` lists (rows grouped by list_id, list_size each) with `cfg.loss`; every
     `eval_every_steps` steps measure validation NDCG@10, keep the best weights, stop after `patience`
-    evaluations without improvement. The model ends holding the best weights."""
+    evaluations without improvement. The model ends holding the best weights. The head reads each feature
+    scaled to its range in `train` (`FusionRanker.scale_features`), so no feature's units set its pace."""
     started = time.perf_counter()
     loss_fn = ranking_loss(cfg.loss)
     freeze_lower_layers(model.encoder, cfg.trainable_layers)
@@ -348,6 +375,7 @@ def fit(
     )
     list_ids = train[LIST].drop_duplicates().to_numpy()
     features = torch.from_numpy(feature_matrix(train, model.features))
+    model.scale_features(features.numpy())
     row_of = pd.Series(np.arange(len(train)), index=train[LIST].to_numpy()).groupby(level=0).agg(list)
     rng = np.random.default_rng(cfg.seed)
 

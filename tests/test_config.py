@@ -91,3 +91,15 @@ def test_databricks_config_uses_unity_catalog_names_and_cluster_delta():
     config = load_config(CONF_DIR / "databricks.yaml")
     assert config.spark.delta_jars == "provided"
     assert config.table_path("ranked") == "main.llmrank.ranked"
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "databricks.yaml", "gpu-cluster.yaml"])
+def test_every_shipped_config_file_validates(name):
+    config = load_config(CONF_DIR / name)
+    # Each file changes only what it names; everything else stays the built-in default.
+    changed = yaml.safe_load((CONF_DIR / name).read_text())
+    defaults = Config().model_dump(exclude={"run"})
+    for section, values in config.model_dump(exclude={"run"}).items():
+        for key, value in values.items():
+            if key not in changed.get(section, {}):
+                assert value == defaults[section][key], f"{name}: {section}.{key} changed unasked"

@@ -12,7 +12,7 @@ from test_fairness import catalogue, count_floor, random_lists
 from llmrank_spark import steps
 from llmrank_spark.config import FairnessConfig, load_config
 from llmrank_spark.evaluate import sweep_step
-from llmrank_spark.fairness import list_reorderer, provider_policy, with_providers
+from llmrank_spark.fairness import provider_policy, run_reorderer, with_providers
 from llmrank_spark.ranking import rerank_candidates
 from llmrank_spark.tables import frame_from_pandas, read_table, write_table
 
@@ -24,13 +24,16 @@ def long_tail_prefix_counts(lists: pd.DataFrame, long_tail: frozenset, item_prov
     return ordered.item_id.map(item_provider).isin(long_tail).groupby(ordered.request_id).cumsum()
 
 
+@pytest.mark.parametrize("strategy", ["list", "run"])
 @pytest.mark.parametrize("diversity", [False, True])
-def test_fairness_pass_reorders_lists_keeps_model_rank_and_score_and_holds_the_floor(diversity):
+def test_fairness_pass_reorders_lists_keeps_model_rank_and_score_and_holds_the_floor(diversity, strategy):
     items, popularity = catalogue(21)
     lists = random_lists(21, items, popularity).drop(columns="sources")
-    cfg = FairnessConfig(mode="on", weight=0.4, min_long_tail_share=0.3, diversity=diversity)
+    cfg = FairnessConfig(
+        mode="on", strategy=strategy, weight=0.4, min_long_tail_share=0.3, diversity=diversity
+    )
     policy = provider_policy(items, popularity, cfg.long_tail_head_share)
-    reordered = list_reorderer(policy, cfg, items.set_index("item_id")["category"])(lists)
+    reordered = run_reorderer(policy, cfg, items.set_index("item_id")["category"], model_order=lists)(lists)
 
     merged = reordered.merge(lists, on=["request_id", "item_id"], suffixes=("", "_model"))
     assert len(merged) == len(lists), "the pass re-orders whole lists; it drops no item"
@@ -106,7 +109,7 @@ def run_tables(config) -> dict[str, pd.DataFrame]:
     model = model.assign(score=20.0 - model["rank"], model_rank=model["rank"])
     counts = history_and_labels().query("event_ts < '2026-11-21'").groupby("item_id").size()
     policy = provider_policy(ITEMS, counts, config.fairness.long_tail_head_share)
-    ranked = list_reorderer(policy, config.fairness)(model).assign(model_version="tiny-v1")
+    ranked = run_reorderer(policy, config.fairness, model_order=model)(model).assign(model_version="tiny-v1")
     return {"candidates": candidates, "ranked": ranked}
 
 
@@ -166,30 +169,42 @@ def test_evaluate_writes_metrics_for_every_order_and_the_report(spark, tmp_path)
     assert "provider Gini@3" in run.summary()
 
 
-def test_rerank_applies_the_fairness_pass_per_list(spark):
+@pytest.mark.parametrize("strategy", ["list", "run"])
+def test_the_rerank_steps_fairness_pass_in_spark_equals_the_pure_function(spark, tmp_path, strategy):
     from test_ranking import CANDIDATES, EVENTS, tiny_config
     from test_ranking import ITEMS as RANKING_ITEMS
     from test_ranking import RUN_DATE as RANKING_DATE
 
     items = RANKING_ITEMS.assign(brand=["Big", "Big", "Big", "Big", "Big", "Big", "Tail", "Tail"])
-    counts = pd.Series({f"i{n}": (10 if n < 6 else 1) for n in range(8)})
-    # lambda 1: provider need alone orders each list, so Tail's items (need 0.97) go before Big's (need 0).
-    cfg = FairnessConfig(mode="on", weight=1.0, min_long_tail_share=0.5, long_tail_head_share=0.5)
-    policy = provider_policy(items, counts, cfg.long_tail_head_share)
-    ranked = rerank_candidates(
+    events = frame_from_pandas(spark, EVENTS, "interactions")
+    model_order = rerank_candidates(
         spark,
         frame_from_pandas(spark, CANDIDATES, "candidates"),
         frame_from_pandas(spark, items, "items"),
-        frame_from_pandas(spark, EVENTS, "interactions"),
+        events,
         tiny_config(),
         RANKING_DATE,
-        reorder=list_reorderer(policy, cfg),
-    ).ranked.toPandas()
-    assert ranked.groupby("request_id").size().eq(3).all()  # tiny_config's top_k
-    for _, one in ranked.groupby("request_id"):
-        by_model = one.sort_values(["score", "retrieval_rank"], ascending=[False, True])
-        assert by_model.model_rank.tolist() == [1, 2, 3], "model_rank must stay the model order"
-    for request, one in ranked.groupby("request_id"):
-        is_tail = one.sort_values("rank").item_id.isin(["i6", "i7"]).to_numpy()
-        assert (np.sort(is_tail)[::-1] == is_tail).all(), f"{request}: a Big item before a Tail item"
-    assert ranked.item_id.isin(["i6", "i7"]).any()
+    ).ranked
+    config = load_config(
+        overrides=[
+            f"lakehouse.root={tmp_path}",
+            f"run.run_date={RANKING_DATE}",
+            "fairness.weight=1.0",
+            "fairness.min_long_tail_share=0.5",
+            f"fairness.strategy={strategy}",
+        ]
+    )
+    catalogue = frame_from_pandas(spark, items, "items")
+    fair = steps.fairness_pass(model_order, catalogue, events, config).toPandas()
+
+    model = model_order.toPandas()
+    assert (model["rank"] == model.model_rank).all(), "rerank_candidates returns the model order"
+    counts = EVENTS[EVENTS.event_ts < "2026-11-21"].groupby("item_id").size()  # up to the run date
+    policy = provider_policy(items, counts, config.fairness.long_tail_head_share)
+    category = items.set_index("item_id")["category"]
+    expected = run_reorderer(policy, config.fairness, category, model_order=model)(model)
+    key = ["request_id", "item_id"]
+    merged = fair.merge(expected, on=key, suffixes=("", "_pure"))
+    assert len(merged) == len(model) == len(fair)
+    assert (merged["rank"] == merged.rank_pure).all() and (merged.model_rank == merged.model_rank_pure).all()
+    assert (merged["rank"] != merged.model_rank).any(), "lambda 1 with a Tail floor must move items"

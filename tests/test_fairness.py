@@ -1,4 +1,4 @@
-"""Fairness and diversity re-ranking: the FA*IR-style floor, the knob at its ends, monotone exposure."""
+"""Fairness and diversity re-ranking: both strategies, the FA*IR-style floor, bounded moves."""
 
 import itertools
 import math
@@ -8,7 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmrank_spark.fairness import ProviderPolicy, fair_rerank, mmr_rerank, provider_policy
+from llmrank_spark.fairness import (
+    ProviderPolicy,
+    fair_rerank,
+    mmr_rerank,
+    provider_boosts,
+    provider_policy,
+    within_list_relevance,
+)
 from llmrank_spark.metrics import exposure_shares, gini
 
 N_ITEMS, N_PROVIDERS = 120, 15
@@ -70,9 +77,14 @@ def test_provider_policy_long_tail_is_outside_the_top_providers_holding_the_head
     assert provider_policy(items, popularity, head_share=0.61).long_tail == {"C", "D"}
 
 
+def no_boosts(policy: ProviderPolicy) -> pd.Series:
+    return pd.Series(0.0, index=policy.need.index)
+
+
 def test_lambda_zero_without_floor_returns_the_relevance_order(case):
     lists, policy = case
-    reranked = fair_rerank(lists, policy, lambda_=0.0, min_long_tail_share=0.0, k=10)
+    assert (provider_boosts(lists, policy, lambda_=0.0, k=10) == 0).all()
+    reranked = fair_rerank(lists, policy, boosts=no_boosts(policy), min_long_tail_share=0.0, k=10)
     expected = lists[lists["rank"] <= 10].reset_index(drop=True)
     pd.testing.assert_frame_equal(reranked, expected)
 
@@ -85,12 +97,17 @@ def count_floor(share: float, prefix: int) -> int:
 @pytest.mark.parametrize("seed", [1, 2, 3])
 @pytest.mark.parametrize("lambda_", [0.0, 0.3, 1.0])
 @pytest.mark.parametrize("share", [0.1, 0.29, 0.5, 0.7, 1.0])
-def test_every_prefix_holds_the_long_tail_floor(seed, lambda_, share):
+@pytest.mark.parametrize("strategy", ["list", "run"])
+def test_every_prefix_holds_the_long_tail_floor(seed, lambda_, share, strategy):
     items, popularity = catalogue(seed)
     policy = provider_policy(items, popularity, head_share=0.5)
     lists = random_lists(seed, items, popularity)
     k = 15
-    reranked = fair_rerank(lists, policy, lambda_=lambda_, min_long_tail_share=share, k=k)
+    if strategy == "list":
+        weights = {"need_weight": lambda_}
+    else:
+        weights = {"boosts": provider_boosts(lists, policy, lambda_=lambda_, k=10)}
+    reranked = fair_rerank(lists, policy, min_long_tail_share=share, k=k, **weights)
     for request, candidates in lists.groupby("request_id"):
         available = candidates.item_id.map(policy.item_provider).isin(policy.long_tail).sum()
         placed = reranked[reranked.request_id == request].sort_values("rank")
@@ -110,11 +127,11 @@ def test_floor_is_exact_where_floating_point_undershoots():
         long_tail=frozenset({"tail"}),
     )
     lists = pd.DataFrame({"request_id": "r", "item_id": items, "score": np.arange(60, 0, -1.0)})
-    reranked = fair_rerank(lists, policy, lambda_=0.0, min_long_tail_share=0.58, k=50)
+    reranked = fair_rerank(lists, policy, boosts=no_boosts(policy), min_long_tail_share=0.58, k=50)
     assert (reranked.item_id.map(policy.item_provider) == "tail").sum() == 29
 
 
-def test_a_provider_already_placed_gains_less_the_next_time():
+def test_list_strategy_a_provider_already_placed_gains_less_the_next_time():
     policy = ProviderPolicy(
         item_provider=pd.Series({"a1": "A", "a2": "A", "a3": "A", "b1": "B"}),
         need=pd.Series({"A": 1.0, "B": 0.8}),
@@ -123,8 +140,8 @@ def test_a_provider_already_placed_gains_less_the_next_time():
     lists = pd.DataFrame(
         {"request_id": "r", "item_id": ["a1", "a2", "a3", "b1"], "score": [4.0, 3.0, 2.0, 1.0]}
     )
-    # With lambda_ = 1 only the gain counts: a1 gets 1; then a2 gets 1 / 2 while b1 still gets 0.8.
-    reranked = fair_rerank(lists, policy, lambda_=1.0, min_long_tail_share=0.0, k=4)
+    # With need_weight 1 only the need counts: a1 gets 1; then a2 gets 1 / 2 while b1 still gets 0.8.
+    reranked = fair_rerank(lists, policy, need_weight=1.0, min_long_tail_share=0.0, k=4)
     assert reranked.item_id.tolist() == ["a1", "b1", "a2", "a3"]
 
 
@@ -133,21 +150,73 @@ def long_tail_exposure(reranked: pd.DataFrame, policy: ProviderPolicy) -> float:
     return float(shares[shares.index.isin(policy.long_tail)].sum())
 
 
-def test_higher_lambda_never_lowers_long_tail_exposure_and_lowers_gini(case):
+def test_list_strategy_higher_need_weight_never_lowers_long_tail_exposure_and_lowers_gini(case):
     lists, policy = case
     exposures, ginis = [], []
-    for lambda_ in np.linspace(0, 1, 11):
-        reranked = fair_rerank(lists, policy, lambda_=lambda_, min_long_tail_share=0.0, k=10)
+    for weight in np.linspace(0, 1, 11):
+        reranked = fair_rerank(lists, policy, need_weight=weight, min_long_tail_share=0.0, k=10)
         exposures.append(long_tail_exposure(reranked, policy))
-        ginis.append(gini(exposure_shares(reranked, policy.item_provider, k=10, groups=policy.need.index)))
+        ginis.append(provider_gini(reranked, policy))
     assert all(later >= earlier - 1e-12 for earlier, later in itertools.pairwise(exposures))
     assert exposures[-1] > exposures[0]
     assert ginis[-1] < ginis[0]
 
 
+def provider_gini(reranked: pd.DataFrame, policy: ProviderPolicy) -> float:
+    return gini(exposure_shares(reranked, policy.item_provider, k=10, groups=policy.need.index))
+
+
+def test_boosts_are_bounded_and_sink_the_most_exposed_provider(case):
+    lists, policy = case
+    model_order = exposure_shares(lists, policy.item_provider, k=10, groups=policy.need.index)
+    for lambda_ in (0.1, 0.4, 1.0):
+        boosts = provider_boosts(lists, policy, lambda_=lambda_, k=10)
+        assert boosts.between(-lambda_, lambda_).all()
+        assert boosts[model_order.idxmax()] < 0 < boosts[model_order[model_order > 0].idxmin()]
+
+
+def test_boosts_do_not_depend_on_the_order_rows_arrive_in(case):
+    lists, policy = case
+    shuffled = lists.sample(frac=1.0, random_state=3)
+    in_order, shuffled_boosts = (provider_boosts(f, policy, lambda_=0.3, k=10) for f in (lists, shuffled))
+    pd.testing.assert_series_equal(in_order, shuffled_boosts)
+
+
+def test_higher_lambda_evens_out_provider_exposure(case):
+    lists, policy = case
+    ginis = [
+        provider_gini(
+            fair_rerank(
+                lists,
+                policy,
+                boosts=provider_boosts(lists, policy, lambda_=lambda_, k=10),
+                min_long_tail_share=0.0,
+                k=10,
+            ),
+            policy,
+        )
+        for lambda_ in (0.0, 0.2, 0.5, 1.0)
+    ]
+    assert ginis[0] > ginis[1] > ginis[2] >= ginis[3] - 1e-9
+
+
+@pytest.mark.parametrize("lambda_", [0.05, 0.2, 0.5])
+def test_no_item_jumps_one_more_relevant_by_over_twice_lambda(case, lambda_):
+    lists, policy = case
+    boosts = provider_boosts(lists, policy, lambda_=lambda_, k=10)
+    reranked = fair_rerank(lists, policy, boosts=boosts, min_long_tail_share=0.0, k=40)
+    reranked = reranked.assign(relevance=within_list_relevance(reranked))
+    for _, one in reranked.groupby("request_id"):
+        relevance = one.sort_values("rank").relevance.to_numpy()
+        # Every item placed above a later one is at most 2 lambda less relevant than it.
+        best_below = np.maximum.accumulate(relevance[::-1])[::-1]
+        assert (best_below[1:] - relevance[:-1] <= 2 * lambda_ + 1e-12).all()
+
+
 def test_rerank_keeps_columns_and_cuts_to_k_or_the_list(case):
     lists, policy = case
-    reranked = fair_rerank(lists, policy, lambda_=0.5, min_long_tail_share=0.2, k=100)
+    boosts = provider_boosts(lists, policy, lambda_=0.5, k=10)
+    reranked = fair_rerank(lists, policy, boosts=boosts, min_long_tail_share=0.2, k=100)
     assert list(reranked.columns) == list(lists.columns) and reranked["rank"].dtype == np.int32
     assert reranked.groupby("request_id").size().eq(40).all()
     merged = reranked.merge(lists, on=["request_id", "item_id"], suffixes=("", "_before"))
@@ -156,10 +225,13 @@ def test_rerank_keeps_columns_and_cuts_to_k_or_the_list(case):
 
 def test_invalid_arguments_are_named(case):
     lists, policy = case
-    with pytest.raises(ValueError, match="must be in \\[0, 1\\]"):
-        fair_rerank(lists, policy, lambda_=1.5, min_long_tail_share=0.0, k=10)
+    no_boost = no_boosts(policy)
+    with pytest.raises(ValueError, match="lambda_ must be in \\[0, 1\\]"):
+        provider_boosts(lists, policy, lambda_=1.5, k=10)
+    with pytest.raises(ValueError, match="need_weight and min_long_tail_share must be in \\[0, 1\\]"):
+        fair_rerank(lists, policy, boosts=no_boosts(policy), min_long_tail_share=1.5, k=10)
     with pytest.raises(ValueError, match="lack columns \\['score'\\]"):
-        fair_rerank(lists.drop(columns="score"), policy, lambda_=0.5, min_long_tail_share=0.0, k=10)
+        fair_rerank(lists.drop(columns="score"), policy, boosts=no_boost, min_long_tail_share=0, k=10)
     with pytest.raises(ValueError, match="k must be at least 1"):
         mmr_rerank(lists, trade_off=0.5, k=0, item_category=pd.Series(dtype=object))
     with pytest.raises(ValueError, match="exactly one of item_category or embeddings"):

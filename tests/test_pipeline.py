@@ -9,6 +9,7 @@ from pyspark.sql import functions as F
 
 from llmrank_spark.cli import main
 from llmrank_spark.config import load_config
+from llmrank_spark.steps import NIGHTLY_STEPS
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.py"))
 RUN_DATE = "2026-11-20"
@@ -87,7 +88,7 @@ def test_notebooks_run_as_scripts_and_a_rerun_replaces_the_date(
         assert {h.operation for h in history} == {"WRITE"}
 
 
-def test_runs_table_traces_every_step_to_the_versions_it_read_and_wrote(spark, overrides, first_run):
+def test_runs_table_traces_every_step_to_the_versions_it_read_and_wrote(spark, overrides, first_run, capsys):
     config = load_config(overrides=overrides)
     runs = spark.read.format("delta").load(config.table_path("runs"))
     assert runs.where("status != 'succeeded'").count() == 0
@@ -99,3 +100,12 @@ def test_runs_table_traces_every_step_to_the_versions_it_read_and_wrote(spark, o
     # The rerank read exactly the candidates version the candidates step had just written.
     assert last_rerank.inputs["candidates"] == last_candidates.outputs["candidates"]
     assert last_rerank.rows["ranked"] == first_run["ranked"]["rows"]
+
+    # `llmrank runs` prints the same lineage, one line per step run, oldest first.
+    assert main(["runs", *[arg for o in overrides for arg in ("--set", o)]]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert [line.split()[0] for line in lines[:5]] == ["generate-sample", *NIGHTLY_STEPS]
+    last_rerank_line = [line for line in lines if line.startswith("rerank ")][-1]
+    assert f"candidates@v{last_rerank.inputs['candidates']}" in last_rerank_line
+    wrote_ranked = f"ranked@v{last_rerank.outputs['ranked']} ({last_rerank.rows['ranked']:,} rows)"
+    assert wrote_ranked in last_rerank_line

@@ -162,9 +162,10 @@ def _lambdaloss_reference(mu: float = 10.0) -> float:
 
 
 REFERENCES = {
+    # Positives weighted by negatives per positive: 5 negatives and 3 positives in LABELS.
     "bce": lambda: np.mean(
         [
-            -(y * math.log(_sigmoid(s)) + (1 - y) * math.log(1 - _sigmoid(s)))
+            -(5 / 3 * y * math.log(_sigmoid(s)) + (1 - y) * math.log(1 - _sigmoid(s)))
             for s, y in zip(SCORES.flatten().tolist(), LABELS.flatten().tolist(), strict=True)
         ]
     ),
@@ -276,6 +277,78 @@ def test_fit_learns_and_keeps_the_best_validated_weights(tmp_path):
     )
     assert after > before + 0.2
     assert model.head_spec().feature_weights[0] > 0  # the ALS feature earned a positive weight
+
+
+def _popular_negative_lists(n_lists: int, seed: int) -> pd.DataFrame:
+    """Lists of the MovieLens benchmark's shape: the positive is ALS's first pick, 3 hard negatives come
+    lower in the ALS list but are far more popular, 4 random ones are neither. ALS alone ranks every list
+    right; popularity (item_events, a log count on a wider range than a rank feature) ranks it wrong."""
+    rng = np.random.default_rng(seed)
+    titles = ITEMS.set_index("item_id")["title"]
+    rows = []
+    for n in range(n_lists):
+        for position, item in enumerate(rng.choice(ITEMS["item_id"].to_numpy(), 8, replace=False)):
+            hard = 1 <= position <= 3
+            rows.append(
+                {
+                    "list_id": f"p{seed}-{n}",
+                    "item_id": item,
+                    "label": 1.0 if position == 0 else 0.0,
+                    "context_text": f"context {n}",
+                    "item_text": titles[item],
+                    "source_ranks": {"als": 4 + position} if hard else ({"als": 1} if position == 0 else {}),
+                    "item_events": 50.0 if position == 0 else 400.0 if hard else 2.0,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_every_loss_learns_the_predictive_feature_over_a_wider_misleading_one(name, tmp_path):
+    """AdamW steps each head weight by about the learning rate: on raw features the ranknet, hinge and
+    lambdaloss heads gave item_events the same weight as ALS, so popular hard negatives outranked the
+    positive; unbalanced BCE pushed both weights below 0. The benchmark's four flat losses, in miniature."""
+    artifact = load_artifact(tiny_with_head(tmp_path / "start", None))
+    model = FusionRanker(artifact.model, ["als", "item_events"])
+    scorer = PairScorer(
+        model.encoder, artifact.tokenizer, "cross_encoder", torch.device("cpu"), ScoringSettings()
+    )
+    train, validation = _popular_negative_lists(24, seed=1), _popular_negative_lists(8, seed=2)
+    cfg = TrainConfig(
+        loss=name, batch_lists=4, epochs=2, eval_every_steps=3, patience=4, head_learning_rate=0.05
+    )
+
+    before = list_ndcg(validation, score_lists(model, scorer, validation))
+    torch.manual_seed(0)  # dropout: the same steps, hence the same kept weights, on every run
+    result = fit(model, scorer, train, validation, cfg)
+    assert result.steps > 0 and result.best_ndcg > before
+    # The kept head alone (the tiny model's logit is noise) puts every validation positive first.
+    head = model.head_spec()
+    by_features = fused_scores(np.zeros(len(validation)), retrieval_features(validation, head.features), head)
+    assert list_ndcg(validation, by_features) == pytest.approx(1.0)
+
+
+def test_feature_scaling_leaves_the_served_score_unchanged(tmp_path):
+    """`fit` rescales what the head reads; the trained forward and the served `fused_scores` of the
+    exported head must still both give the warm-start head's score."""
+    artifact = load_artifact(tiny_with_head(tmp_path / "start", None))
+    model = FusionRanker(artifact.model, HEAD.features, HEAD).eval()
+    scorer = PairScorer(
+        model.encoder, artifact.tokenizer, "cross_encoder", torch.device("cpu"), ScoringSettings()
+    )
+    lists = _popular_negative_lists(2, seed=3)
+    texts = lists["context_text"].tolist(), lists["item_text"].tolist()
+    features = retrieval_features(lists, HEAD.features)
+    served = fused_scores(scorer.score(*texts), features, HEAD)
+
+    model.scale_features(features)
+    assert model.feature_scale.tolist() == pytest.approx([1.0, 1.0, math.log1p(400.0)])  # popularity: none
+    inputs = scorer.model_inputs(scorer.encode_pairs(*texts), np.arange(len(lists)))
+    with torch.no_grad():
+        trained = model(inputs, torch.from_numpy(features)).numpy()
+    exported = fused_scores(scorer.score(*texts), features, model.head_spec())
+    np.testing.assert_allclose(trained, served, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(exported, served, rtol=1e-5, atol=1e-5)
 
 
 def test_warm_start_loads_the_newest_registered_version(spark, tmp_path):
