@@ -278,6 +278,7 @@ class TrainConfig(_Section):
     # Subsampling caps that keep a CPU run within its budget (seeded): lists trained on and validated on.
     max_train_lists: int = Field(600, ge=1)
     max_validation_lists: int = Field(150, ge=1)
+    # Lists per optimiser step; under the distributor, per process (a step trains on processes x this).
     batch_lists: int = Field(4, ge=1)
     epochs: int = Field(1, ge=1)
     learning_rate: float = Field(3e-5, gt=0)
@@ -300,7 +301,13 @@ class TrainConfig(_Section):
     # Where artifacts are written, one directory per version; None: <lakehouse.root>/models.
     model_root: str | None = None
     seed: int = 42
+    # torch CPU threads of the training loop (of each process under the distributor).
     threads: int = Field(2, ge=1)
+    # 0: the training loop runs in the driver's process. N: it runs in N processes under Spark's
+    # TorchDistributor (docs/training.md), each on its share of every step's lists, the gradients averaged:
+    # on the driver with a local master, else in barrier tasks on the executors; one process per GPU when
+    # Spark gives each a GPU (spark.task.resource.gpu.amount 1, spark.driver.resource.gpu.amount locally).
+    distributor_processes: int = Field(0, ge=0)
 
     @field_validator("fusion_features")
     @classmethod

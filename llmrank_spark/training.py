@@ -11,22 +11,27 @@ The pure core works on pandas frames and tensors (unit tests call it without Spa
   end with early stopping on validation NDCG@10.
 
 `train_reranker` is the thin Spark layer the `train` step calls: the time split and the candidate
-retrievers (hard negatives and features) run in Spark; lists and the training loop run on the driver.
+retrievers (hard negatives and features) run in Spark; lists are built on the driver, and `fit` runs
+there or, with `train.distributor_processes`, data-parallel under Spark's TorchDistributor
+(`fit_with_distributor`).
 """
 
 from __future__ import annotations
 
 import copy
 import datetime as dt
+import io
+import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -287,7 +292,7 @@ class FusionRanker(torch.nn.Module):
         """
         if self.head is None:
             return
-        largest = torch.from_numpy(features.max(axis=0, initial=0.0)).float()
+        largest = torch.from_numpy(features.max(axis=0, initial=0.0)).float().to(self.feature_scale.device)
         scale = torch.where(largest > 0, largest, torch.ones_like(largest))
         with torch.no_grad():
             self.head.weight[0, 1:] *= scale / self.feature_scale
@@ -351,18 +356,35 @@ def list_ndcg(lists: pd.DataFrame, scores: np.ndarray, k: int = VALIDATION_K) ->
     return float(ndcg_at_k(rank_by_score(lists, scores), list_labels(lists), k).mean())
 
 
+def training_scorer(model: FusionRanker, tokenizer, cfg: TrainConfig, device: torch.device) -> PairScorer:
+    """The engine that encodes training batches and scores validation lists, in fp32 on `device`."""
+    settings = ScoringSettings(
+        device=device.type, precision="fp32", micro_batch_size=64, max_length=cfg.max_length
+    )
+    return PairScorer(model.encoder, tokenizer, "cross_encoder", device, settings)
+
+
 def fit(
     model: FusionRanker,
     scorer: PairScorer,
     train: pd.DataFrame,
     validation: pd.DataFrame,
     cfg: TrainConfig,
+    distributed: bool = False,
 ) -> FitResult:
     """Train on `train` lists (rows grouped by list_id, list_size each) with `cfg.loss`; every
     `eval_every_steps` steps measure validation NDCG@10, keep the best weights, stop after `patience`
     evaluations without improvement. The model ends holding the best weights. The head reads each feature
-    scaled to its range in `train` (`FusionRanker.scale_features`), so no feature's units set its pace."""
+    scaled to its range in `train` (`FusionRanker.scale_features`), so no feature's units set its pace.
+
+    `distributed`: this process is one rank of an initialised torch.distributed group, and every rank
+    calls `fit` with the same lists and config. Each step takes the next world_size x batch_lists lists
+    of the one seeded order and each rank trains on its share, through DistributedDataParallel, which
+    averages the gradients: a step sees what one process sees with world_size times the batch. Rank 0
+    validates and broadcasts the NDCG, so every rank keeps the same weights and stops at the same step.
+    """
     started = time.perf_counter()
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     loss_fn = ranking_loss(cfg.loss)
     freeze_lower_layers(model.encoder, cfg.trainable_layers)
     head_parameters = list(model.head.parameters()) if model.head is not None else []
@@ -376,23 +398,40 @@ def fit(
     list_ids = train[LIST].drop_duplicates().to_numpy()
     features = torch.from_numpy(feature_matrix(train, model.features))
     model.scale_features(features.numpy())
+    features = features.to(scorer.device)
     row_of = pd.Series(np.arange(len(train)), index=train[LIST].to_numpy()).groupby(level=0).agg(list)
     rng = np.random.default_rng(cfg.seed)
+    forward = _data_parallel(model, scorer.device) if distributed else model
+    step_lists = cfg.batch_lists * world_size
 
-    best = FitResult(list_ndcg(validation, score_lists(model, scorer, validation)), 0)
+    def validation_ndcg() -> float:
+        """Measured on rank 0 and sent to every rank, so all make the same early-stopping decision."""
+        ndcg = list_ndcg(validation, score_lists(model, scorer, validation)) if rank == 0 else 0.0
+        if distributed:
+            value = torch.tensor([ndcg], dtype=torch.float64, device=scorer.device)
+            dist.broadcast(value, src=0)
+            ndcg = float(value.item())
+        return ndcg
+
+    best = FitResult(validation_ndcg(), 0)
     best.evaluations.append((0, best.best_ndcg))
-    print(f"[train] step 0: validation ndcg@10 {best.best_ndcg:.4f}", flush=True)
+    if rank == 0:
+        print(f"[train] step 0: validation ndcg@10 {best.best_ndcg:.4f}", flush=True)
     best_state, waited, step = copy.deepcopy(model.state_dict()), 0, 0
     for _epoch in range(cfg.epochs):
+        # Padded to a multiple of world_size by repeating its first lists, so every rank has lists at
+        # every step (a rank that skipped a step would leave the others waiting for its gradients).
         order = rng.permutation(list_ids)
-        for start in range(0, len(order), cfg.batch_lists):
-            chosen = order[start : start + cfg.batch_lists]
+        order = np.resize(order, len(order) + (-len(order) % world_size))
+        for start in range(0, len(order), step_lists):
+            chosen = np.array_split(order[start : start + step_lists], world_size)[rank]
             rows = np.concatenate([row_of[list_id] for list_id in chosen])
             batch = train.iloc[rows]
             encoded = scorer.encode_pairs(batch["context_text"].tolist(), batch["item_text"].tolist())
             model.train()
-            scores = model(scorer.model_inputs(encoded, np.arange(len(rows))), features[rows])
-            labels = torch.tensor(batch[LABEL].to_numpy(dtype=np.float32))
+            inputs = scorer.model_inputs(encoded, np.arange(len(rows)))
+            scores = forward({name: t.to(scorer.device) for name, t in inputs.items()}, features[rows])
+            labels = torch.tensor(batch[LABEL].to_numpy(dtype=np.float32), device=scorer.device)
             loss = loss_fn(scores.reshape(len(chosen), -1), labels.reshape(len(chosen), -1))
             optimizer.zero_grad()
             loss.backward()
@@ -401,9 +440,12 @@ def fit(
             step += 1
             if step % cfg.eval_every_steps:
                 continue
-            ndcg = list_ndcg(validation, score_lists(model, scorer, validation))
+            ndcg = validation_ndcg()
             best.evaluations.append((step, ndcg))
-            print(f"[train] step {step}: loss {loss.item():.4f}, validation ndcg@10 {ndcg:.4f}", flush=True)
+            if rank == 0:
+                print(
+                    f"[train] step {step}: loss {loss.item():.4f}, validation ndcg@10 {ndcg:.4f}", flush=True
+                )
             if ndcg > best.best_ndcg:
                 best.best_ndcg, best.steps, best_state, waited = (
                     ndcg,
@@ -421,6 +463,94 @@ def fit(
     model.eval()
     best.seconds = time.perf_counter() - started
     return best
+
+
+def _data_parallel(model: FusionRanker, device: torch.device) -> torch.nn.Module:
+    """`model` wrapped so its backward averages gradients over the ranks (after the lower layers are
+    frozen: DistributedDataParallel syncs only the parameters that train)."""
+    device_ids = [device] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def distributor_mode(spark: SparkSession) -> tuple[bool, bool]:
+    """(local_mode, use_gpu) for TorchDistributor, read from the session's config.
+
+    A local master trains in processes on the driver; any other master in barrier tasks on executors.
+    GPUs are used when Spark gives each training process a whole one: spark.driver.resource.gpu.amount
+    locally, spark.task.resource.gpu.amount (at least 1) on a cluster.
+    """
+    local_mode = spark.conf.get("spark.master", "").startswith("local")
+    key = "spark.driver.resource.gpu.amount" if local_mode else "spark.task.resource.gpu.amount"
+    gpus = float(spark.conf.get(key, "0"))
+    if not local_mode and 0 < gpus < 1:
+        raise ValueError(
+            f"{key} is {gpus}: a TorchDistributor process needs a whole GPU. Start the train job with "
+            f"{key} 1 (conf/gpu-cluster.yaml shares a GPU between rerank tasks; it is not for training), "
+            f"or set train.distributor_processes=0"
+        )
+    return local_mode, gpus > 0
+
+
+def fit_with_distributor(
+    spark: SparkSession,
+    model: FusionRanker,
+    tokenizer,
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    cfg: TrainConfig,
+) -> FitResult:
+    """`fit` in `cfg.distributor_processes` processes under Spark's TorchDistributor; the model ends
+    holding rank 0's best weights, as after `fit`. The lists and the starting model travel as the
+    function's arguments: they are already in driver memory, and arguments reach the processes in local
+    and cluster mode alike, with no shared filesystem. `seconds` includes launching the processes."""
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    started = time.perf_counter()
+    local_mode, use_gpu = distributor_mode(spark)
+    distributor = TorchDistributor(
+        num_processes=cfg.distributor_processes, local_mode=local_mode, use_gpu=use_gpu
+    )
+    payload = distributor.run(_fit_process, model, tokenizer, train, validation, cfg, use_gpu)
+    saved = torch.load(io.BytesIO(payload), weights_only=True)
+    model.load_state_dict(saved["state"])
+    model.eval()
+    return FitResult(**{**saved["result"], "seconds": time.perf_counter() - started})
+
+
+def _fit_process(
+    model: FusionRanker,
+    tokenizer,
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    cfg: TrainConfig,
+    use_gpu: bool,
+) -> bytes:
+    """One TorchDistributor process: join the group torchrun describes in the environment, `fit`, and
+    return rank 0's best weights and FitResult, torch-saved.
+
+    Every process returns those same bytes: TorchDistributor's launcher has each local process write its
+    return value to one output file, and identical bytes leave it whole whatever order they write in.
+    """
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if use_gpu else torch.device("cpu")
+    if use_gpu:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if use_gpu else "gloo")
+    try:
+        torch.manual_seed(cfg.seed + dist.get_rank())  # dropout differs by rank; weights start as rank 0's
+        torch.set_num_threads(cfg.threads)
+        model.to(device)
+        scorer = training_scorer(model, tokenizer, cfg, device)
+        result = fit(model, scorer, train, validation, cfg, distributed=True)
+        payload: list[bytes | None] = [None]
+        if dist.get_rank() == 0:
+            buffer = io.BytesIO()
+            state = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
+            torch.save({"state": state, "result": asdict(result)}, buffer)
+            payload = [buffer.getvalue()]
+        dist.broadcast_object_list(payload, src=0)
+        return payload[0]
+    finally:
+        dist.destroy_process_group()
 
 
 # ---- Spark layer -------------------------------------------------------------------------------------
@@ -500,6 +630,7 @@ def _assemble_lists(
 FIT_ONLY_FIELDS = {
     "loss", "batch_lists", "epochs", "learning_rate", "head_learning_rate", "trainable_layers",
     "eval_every_steps", "patience", "fusion_features", "warm_start", "model_root", "threads",
+    "distributor_processes",
 }  # fmt: skip
 # Lists built in this process, by data snapshot and list settings: training several losses on one
 # snapshot (bench/heldout_eval.py) runs the retrievers once, not once per loss.
@@ -594,9 +725,11 @@ def train_reranker(
 
     model, started_from = initial_model(warm_from, cfg.fusion_features)
     tokenizer = load_tokenizer(warm_from or base_model_dir())
-    settings = ScoringSettings(device="cpu", precision="fp32", micro_batch_size=64, max_length=cfg.max_length)
-    scorer = PairScorer(model.encoder, tokenizer, "cross_encoder", torch.device("cpu"), settings)
-    result = fit(model, scorer, built["train"], built["validation"], cfg)
+    if cfg.distributor_processes:
+        result = fit_with_distributor(spark, model, tokenizer, built["train"], built["validation"], cfg)
+    else:
+        scorer = training_scorer(model, tokenizer, cfg, torch.device("cpu"))
+        result = fit(model, scorer, built["train"], built["validation"], cfg)
 
     version = f"{config.run.run_date:%Y%m%d}-{cfg.loss}-{uuid.uuid4().hex[:8]}"
     manifest = ArtifactManifest(

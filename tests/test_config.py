@@ -96,7 +96,7 @@ def test_databricks_config_uses_unity_catalog_names_and_cluster_delta():
     assert config.table_path("ranked") == "main.llmrank.ranked"
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "databricks.yaml", "gpu-cluster.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "databricks.yaml", "gpu-cluster.yaml", "gpu-train.yaml"])
 def test_every_shipped_config_file_validates(name):
     config = load_config(CONF_DIR / name)
     # Each file changes only what it names; everything else stays the built-in default.

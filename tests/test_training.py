@@ -1,5 +1,9 @@
+import copy
 import datetime as dt
+import json
 import math
+import re
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -21,8 +25,10 @@ from llmrank_spark.tables import frame_from_pandas, write_table
 from llmrank_spark.text import NEW_SHOPPER_CONTEXT
 from llmrank_spark.training import (
     FusionRanker,
+    distributor_mode,
     event_grades,
     fit,
+    fit_with_distributor,
     history_before,
     initial_model,
     latest_registered,
@@ -277,6 +283,81 @@ def test_fit_learns_and_keeps_the_best_validated_weights(tmp_path):
     )
     assert after > before + 0.2
     assert model.head_spec().feature_weights[0] > 0  # the ALS feature earned a positive weight
+
+
+def test_torch_distributor_on_two_cpu_processes_trains_as_one_process_on_their_joint_batches(spark, tmp_path):
+    """train.distributor_processes=2 runs `fit` in two gloo processes under Spark's TorchDistributor (local
+    mode, CPU), each on half of every step's lists. DistributedDataParallel averages their gradients, so
+    it must learn what one process learns from batches of both halves: the same validation NDCGs, the same
+    early-stopping step, the same weights. Dropout is off so that nothing else tells the runs apart."""
+    start = tiny_with_head(tmp_path / "start", None)
+    encoder_config = json.loads((start / "config.json").read_text())
+    encoder_config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (start / "config.json").write_text(json.dumps(encoder_config))
+    artifact = load_artifact(start)
+    train, validation = _lists(24, seed=1), _lists(8, seed=2)
+    cfg = TrainConfig(
+        loss="listnet",
+        batch_lists=2,
+        epochs=2,
+        eval_every_steps=2,
+        patience=3,
+        head_learning_rate=0.2,
+        threads=1,
+        distributor_processes=2,
+    )
+
+    distributed = FusionRanker(copy.deepcopy(artifact.model), ["als", "popularity"])
+    result = fit_with_distributor(spark, distributed, artifact.tokenizer, train, validation, cfg)
+
+    single = FusionRanker(copy.deepcopy(artifact.model), ["als", "popularity"])
+    scorer = PairScorer(
+        single.encoder, artifact.tokenizer, "cross_encoder", torch.device("cpu"), ScoringSettings()
+    )
+    before = list_ndcg(validation, score_lists(single, scorer, validation))
+    joint = cfg.model_copy(update={"batch_lists": 4, "distributor_processes": 0})
+    expected = fit(single, scorer, train, validation, joint)
+
+    assert result.steps == expected.steps > 0 and result.best_ndcg > before + 0.2
+    assert [s for s, _ in result.evaluations] == [s for s, _ in expected.evaluations]
+    assert [v for _, v in result.evaluations] == pytest.approx([v for _, v in expected.evaluations], abs=1e-6)
+    # ListNet cannot see a shift of all a list's scores, nor softmax attention a shift of all its keys: the
+    # biases below have no gradient in exact arithmetic, and Adam, which divides by a gradient's size,
+    # turns each run's rounding noise in them into full steps. Every other tensor must agree.
+    shift_only = re.compile(r"key\.bias$|^encoder\.classifier\.bias$|^head\.bias$")
+    trained, reference = distributed.state_dict(), single.state_dict()
+    assert sum(bool(shift_only.search(name)) for name in reference) == 4  # 2 layers' keys, 2 output biases
+    for name, tensor in reference.items():
+        if not shift_only.search(name):
+            torch.testing.assert_close(trained[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+    # The driver's model holds rank 0's best weights, as after `fit`, ready for save_artifact.
+    served = PairScorer(
+        distributed.encoder, artifact.tokenizer, "cross_encoder", torch.device("cpu"), ScoringSettings()
+    )
+    assert list_ndcg(validation, score_lists(distributed, served, validation)) == pytest.approx(
+        result.best_ndcg
+    )
+
+
+@pytest.mark.parametrize(
+    ("conf", "expected"),
+    [
+        ({"spark.master": "local[2]"}, (True, False)),
+        ({"spark.master": "local[*]", "spark.driver.resource.gpu.amount": "4"}, (True, True)),
+        ({"spark.master": "yarn"}, (False, False)),
+        ({"spark.master": "k8s://https://api:6443", "spark.task.resource.gpu.amount": "1"}, (False, True)),
+    ],
+)
+def test_distributor_mode_follows_the_spark_master_and_its_gpus(conf, expected):
+    session = SimpleNamespace(conf=SimpleNamespace(get=lambda key, default=None: conf.get(key, default)))
+    assert distributor_mode(session) == expected
+
+
+def test_distributor_mode_refuses_a_shared_gpu_on_a_cluster():
+    conf = {"spark.master": "yarn", "spark.task.resource.gpu.amount": "0.25"}
+    session = SimpleNamespace(conf=SimpleNamespace(get=lambda key, default=None: conf.get(key, default)))
+    with pytest.raises(ValueError, match=r"spark.task.resource.gpu.amount is 0.25: .* needs a whole GPU"):
+        distributor_mode(session)
 
 
 def _popular_negative_lists(n_lists: int, seed: int) -> pd.DataFrame:
