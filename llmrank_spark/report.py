@@ -110,7 +110,7 @@ def plot_sweep(
         axis.plot(points["lam"], points["gini"], marker="o", label=f"provider Gini@{k}")
         axis.plot(points["lam"], points["long_tail"], marker="s", label=f"long-tail provider exposure@{k}")
         axis.axvline(chosen, color="red", linestyle="--", label=f"configured λ = {chosen:.2f}")
-        axis.set_xlabel("λ  (0 = relevance only, 1 = provider need only)")
+        axis.set_xlabel("λ  (0 = the model order; its meaning follows fairness.strategy)")
         axis.set_title(f"Provider fairness over λ (top {k}); no labels for this run, so no NDCG")
     axis.legend()
     axis.grid(alpha=0.3)

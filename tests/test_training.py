@@ -264,12 +264,15 @@ def _lists(n_lists: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def cpu_scorer(model: FusionRanker, tokenizer) -> PairScorer:
+    """The engine the tests train and score with: the model's encoder on CPU, default settings."""
+    return PairScorer(model.encoder, tokenizer, "cross_encoder", torch.device("cpu"), ScoringSettings())
+
+
 def test_fit_learns_and_keeps_the_best_validated_weights(tmp_path):
     artifact = load_artifact(tiny_with_head(tmp_path / "start", None))
     model = FusionRanker(artifact.model, ["als", "popularity"])
-    scorer = PairScorer(
-        model.encoder, artifact.tokenizer, "cross_encoder", torch.device("cpu"), ScoringSettings()
-    )
+    scorer = cpu_scorer(model, artifact.tokenizer)
     train, validation = _lists(24, seed=1), _lists(8, seed=2)
     cfg = TrainConfig(
         loss="listnet", batch_lists=4, epochs=3, eval_every_steps=3, patience=3, head_learning_rate=0.2
@@ -311,9 +314,7 @@ def test_torch_distributor_on_two_cpu_processes_trains_as_one_process_on_their_j
     result = fit_with_distributor(spark, distributed, artifact.tokenizer, train, validation, cfg)
 
     single = FusionRanker(copy.deepcopy(artifact.model), ["als", "popularity"])
-    scorer = PairScorer(
-        single.encoder, artifact.tokenizer, "cross_encoder", torch.device("cpu"), ScoringSettings()
-    )
+    scorer = cpu_scorer(single, artifact.tokenizer)
     before = list_ndcg(validation, score_lists(single, scorer, validation))
     joint = cfg.model_copy(update={"batch_lists": 4, "distributor_processes": 0})
     expected = fit(single, scorer, train, validation, joint)
@@ -331,9 +332,7 @@ def test_torch_distributor_on_two_cpu_processes_trains_as_one_process_on_their_j
         if not shift_only.search(name):
             torch.testing.assert_close(trained[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
     # The driver's model holds rank 0's best weights, as after `fit`, ready for save_artifact.
-    served = PairScorer(
-        distributed.encoder, artifact.tokenizer, "cross_encoder", torch.device("cpu"), ScoringSettings()
-    )
+    served = cpu_scorer(distributed, artifact.tokenizer)
     assert list_ndcg(validation, score_lists(distributed, served, validation)) == pytest.approx(
         result.best_ndcg
     )
@@ -391,9 +390,7 @@ def test_every_loss_learns_the_predictive_feature_over_a_wider_misleading_one(na
     positive; unbalanced BCE pushed both weights below 0. The benchmark's four flat losses, in miniature."""
     artifact = load_artifact(tiny_with_head(tmp_path / "start", None))
     model = FusionRanker(artifact.model, ["als", "item_events"])
-    scorer = PairScorer(
-        model.encoder, artifact.tokenizer, "cross_encoder", torch.device("cpu"), ScoringSettings()
-    )
+    scorer = cpu_scorer(model, artifact.tokenizer)
     train, validation = _popular_negative_lists(24, seed=1), _popular_negative_lists(8, seed=2)
     cfg = TrainConfig(
         loss=name, batch_lists=4, epochs=2, eval_every_steps=3, patience=4, head_learning_rate=0.05
@@ -414,9 +411,7 @@ def test_feature_scaling_leaves_the_served_score_unchanged(tmp_path):
     exported head must still both give the warm-start head's score."""
     artifact = load_artifact(tiny_with_head(tmp_path / "start", None))
     model = FusionRanker(artifact.model, HEAD.features, HEAD).eval()
-    scorer = PairScorer(
-        model.encoder, artifact.tokenizer, "cross_encoder", torch.device("cpu"), ScoringSettings()
-    )
+    scorer = cpu_scorer(model, artifact.tokenizer)
     lists = _popular_negative_lists(2, seed=3)
     texts = lists["context_text"].tolist(), lists["item_text"].tolist()
     features = retrieval_features(lists, HEAD.features)
