@@ -33,7 +33,7 @@ from llmrank_spark.metrics import (
     RANK,
     REQUEST,
     Embeddings,
-    position_discount,
+    exposure_shares,
     share_held_above,
     unit_vectors,
 )
@@ -119,7 +119,7 @@ def _rerank_each(lists: pd.DataFrame, k: int, order_one: Callable[[pd.DataFrame]
 
 
 # The boost fit: proportional-control rounds, and each round's step as a fraction of lambda per unit of
-# relative exposure error. 30 rounds of 0.5 settle on MovieLens and the sample (docs/benchmarks.md).
+# relative exposure error; the sweeps in docs/benchmarks.md ran with these values.
 _FIT_ROUNDS = 30
 _FIT_STEP = 0.5
 
@@ -150,21 +150,22 @@ def provider_boosts(lists: pd.DataFrame, policy: ProviderPolicy, *, lambda_: flo
     boosts = pd.Series(0.0, index=providers)
     if lambda_ == 0 or lists.empty:
         return boosts
-    fair_share = 1.0 / len(providers)
     provider = lists[ITEM].map(policy.item_provider)
+    if provider.isna().all():
+        return boosts  # no listed item has a provider: no boost can move any exposure
+    fair_share = 1.0 / len(providers)
     relevance = within_list_relevance(lists).to_numpy()
     tie_break = lists[RANK] if RANK in lists.columns else pd.Series(0, index=lists.index)
     history = []
     for _ in range(_FIT_ROUNDS):
         adjusted = relevance + provider.map(boosts).fillna(0.0).to_numpy()
-        ordered = lists.assign(_adjusted=adjusted, _tie=tie_break.to_numpy(), _provider=provider).sort_values(
+        ordered = lists[[REQUEST, ITEM]].assign(_adjusted=adjusted, _tie=tie_break.to_numpy())
+        ordered = ordered.sort_values(
             [REQUEST, "_adjusted", "_tie", ITEM], ascending=[True, False, True, True], kind="mergesort"
         )
-        position = ordered.groupby(REQUEST).cumcount() + 1
-        shown = ordered[position <= k]
-        exposure = pd.Series(position_discount(position[position <= k]), index=shown.index)
-        exposure = exposure.groupby(shown["_provider"]).sum().reindex(providers, fill_value=0.0)
-        share = exposure / exposure.sum() if exposure.sum() > 0 else exposure
+        ordered[RANK] = ordered.groupby(REQUEST).cumcount() + 1
+        # The evaluate step's own metric, so the fit evens out exactly what the run reports.
+        share = exposure_shares(ordered, policy.item_provider, k, groups=providers).reindex(providers)
         error = ((fair_share - share) / fair_share).clip(-1.0, 1.0)
         boosts = (boosts + _FIT_STEP * lambda_ * error).clip(-lambda_, lambda_)
         history.append(boosts)
