@@ -247,6 +247,8 @@ class FairnessConfig(_Section):
     sweep_weights: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 1.0])
     # Guarantee: every prefix of p positions holds at least floor(min_long_tail_share * p) long-tail items.
     min_long_tail_share: float = Field(0.2, ge=0, le=1)
+    # Positions at the top of each list kept in model order; the fairness pass re-orders the rest.
+    keep_top: int = Field(0, ge=0)
     # Long-tail providers: outside the most popular providers that together hold this share of interactions.
     long_tail_head_share: float = Field(0.5, gt=0, lt=1)
     # The provider of an item: its brand, or when set the value of this key in its attributes (MovieLens has

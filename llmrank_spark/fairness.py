@@ -132,7 +132,9 @@ def within_list_relevance(lists: pd.DataFrame) -> pd.Series:
     return ((lists[SCORE] - low) / spread.where(spread > 0)).fillna(0.0)
 
 
-def provider_boosts(lists: pd.DataFrame, policy: ProviderPolicy, *, lambda_: float, k: int) -> pd.Series:
+def provider_boosts(
+    lists: pd.DataFrame, policy: ProviderPolicy, *, lambda_: float, k: int, keep_top: int = 0
+) -> pd.Series:
     """provider -> boost in [-lambda_, lambda_] that evens out the run's top-k exposure across providers.
 
     Dual ascent on "every provider of the catalogue gets 1/n of the run's position-discounted top-k
@@ -141,8 +143,9 @@ def provider_boosts(lists: pd.DataFrame, policy: ProviderPolicy, *, lambda_: flo
     error (1/n - E_p) * n clipped to [-1, 1], keeping it in [-lambda_, lambda_]. The boosts returned are
     the mean over the rounds (the averaged iterate of the subgradient method), which damps the
     oscillation a large lambda_ gives. Over-exposed providers sink, under-exposed ones that have
-    candidates rise. The long-tail floor is left out of the fit (it moves few items), so each round is
-    one vectorised sort.
+    candidates rise. The first `keep_top` positions of each list stay in relevance order in every round,
+    as `fair_rerank` keeps them. The long-tail floor is left out of the fit (it moves few items), so each
+    round is one vectorised sort.
     """
     if not 0 <= lambda_ <= 1:
         raise ValueError(f"provider_boosts: lambda_ must be in [0, 1], got {lambda_}")
@@ -150,11 +153,14 @@ def provider_boosts(lists: pd.DataFrame, policy: ProviderPolicy, *, lambda_: flo
     boosts = pd.Series(0.0, index=providers)
     if lambda_ == 0 or lists.empty:
         return boosts
+    lists = _relevance_order(lists)
     provider = lists[ITEM].map(policy.item_provider)
     if provider.isna().all():
         return boosts  # no listed item has a provider: no boost can move any exposure
     fair_share = 1.0 / len(providers)
-    relevance = within_list_relevance(lists).to_numpy()
+    # Relevance plus boost lies in [-1, 2]: a lift of 4 per kept position keeps those on top, in order.
+    kept_lift = (keep_top - lists.groupby(REQUEST).cumcount()).clip(lower=0).to_numpy() * 4.0
+    relevance = within_list_relevance(lists).to_numpy() + kept_lift
     tie_break = lists[RANK] if RANK in lists.columns else pd.Series(0, index=lists.index)
     history = []
     for _ in range(_FIT_ROUNDS):
@@ -180,6 +186,7 @@ def fair_rerank(
     k: int,
     need_weight: float = 0.0,
     boosts: pd.Series | None = None,
+    keep_top: int = 0,
 ) -> pd.DataFrame:
     """Each request's top k re-ranked for provider-exposure fairness, with a long-tail floor.
 
@@ -188,24 +195,28 @@ def fair_rerank(
     is placed next. relevance is the score min-max scaled within the list (`within_list_relevance`),
     need_p the provider's need (`ProviderPolicy`; the divisor stops one provider from filling the list)
     and boost_p a run-level boost (`provider_boosts`; 0 for none). The "list" strategy uses need_weight
-    alone, the "run" strategy boosts alone (`run_reorderer`).
+    alone, the "run" strategy boosts alone (`run_reorderer`). The first `keep_top` positions are kept in
+    relevance order (the pass re-orders the rest): the model's best matches stay where it put them.
 
     Guarantees. (1) Bounded displacement: without need_weight and with boosts in [-lambda, lambda], an
     item is placed above one whose relevance exceeds its own by more than 2 lambda only when the floor
     forces it. (2) The proportional floor of FA*IR (Zehlike et al. 2017, without its significance test):
-    every prefix of length p of the returned top k holds at least min(floor(min_long_tail_share * p),
-    the long-tail candidates in the list) items of long-tail providers. It holds because the floor rises
-    by at most one per position, and whenever the prefix falls short the best remaining long-tail
-    candidate is placed next.
+    every prefix of length p of the re-ordered positions (those after the kept top) holds at least
+    min(floor(min_long_tail_share * p), the long-tail candidates not kept) items of long-tail
+    providers. It holds because the floor rises by at most one per position, and whenever the prefix
+    falls short the best remaining long-tail candidate is placed next.
 
-    No need_weight, no boosts and min_long_tail_share = 0 return the relevance order unchanged. `lists`
-    holds request_id, item_id, score (and optionally rank, the tie-break after score); every column is kept.
+    No need_weight, no boosts and min_long_tail_share = 0 (or keep_top >= k) return the relevance order
+    unchanged. `lists` holds request_id, item_id, score (and optionally rank, the tie-break after
+    score); every column is kept.
     """
     if not (0 <= need_weight <= 1 and 0 <= min_long_tail_share <= 1):
         raise ValueError(
             f"fair_rerank: need_weight and min_long_tail_share must be in [0, 1], "
             f"got {need_weight} and {min_long_tail_share}"
         )
+    if keep_top < 0:
+        raise ValueError(f"fair_rerank: keep_top must be at least 0, got {keep_top}")
 
     def order_one(one: pd.DataFrame) -> Objective:
         provider = one[ITEM].map(policy.item_provider)
@@ -215,14 +226,17 @@ def fair_rerank(
         codes = pd.factorize(provider)[0]  # -1: no provider
         need = need_weight * provider.map(policy.need).fillna(0.0).to_numpy(dtype=float)
         long_tail = provider.isin(policy.long_tail).to_numpy()
+        relevance_order = -np.arange(len(one), dtype=float)  # `one` comes best first
 
         def objective(picked: np.ndarray, available: np.ndarray) -> np.ndarray:
+            if len(picked) < keep_top:
+                return relevance_order
             values = fixed
             if need_weight > 0:
                 placed = np.bincount(codes[picked] + 1, minlength=codes.max() + 2)[codes + 1]
                 values = fixed + need / (1 + placed)
-            floor = math.floor(min_long_tail_share * (len(picked) + 1) + _FLOOR_EPS)
-            if long_tail[picked].sum() < floor and (long_tail & available).any():
+            floor = math.floor(min_long_tail_share * (len(picked) - keep_top + 1) + _FLOOR_EPS)
+            if long_tail[picked[keep_top:]].sum() < floor and (long_tail & available).any():
                 return np.where(long_tail, values, -np.inf)
             return values
 
@@ -306,7 +320,8 @@ def run_reorderer(
     `model_order`, the run's ranked lists in model order or a sample of whole lists from them
     (`provider_boosts`). The returned function re-orders whole lists (no item dropped): MMR by category
     first when `cfg.diversity` (the fairness pass then takes the MMR position as relevance, so its floor
-    holds on the output either way), then `fair_rerank`. `rank` becomes the new position, `model_rank`
+    holds on the output either way), then `fair_rerank`, which keeps the first `cfg.keep_top` positions of
+    that order. `rank` becomes the new position, `model_rank`
     keeps the position the lists came in and `score` the model score.
     """
     if cfg.diversity and item_category is None:
@@ -325,7 +340,9 @@ def run_reorderer(
     if cfg.strategy == "run":
         if model_order is None:
             raise ValueError("fairness.strategy is run: pass the run's model-order lists to fit boosts on")
-        boosts = provider_boosts(relevance_order(model_order), policy, lambda_=weight, k=cfg.exposure_k)
+        boosts = provider_boosts(
+            relevance_order(model_order), policy, lambda_=weight, k=cfg.exposure_k, keep_top=cfg.keep_top
+        )
         weights = {"need_weight": 0.0, "boosts": boosts}
     else:
         weights = {"need_weight": weight, "boosts": None}
@@ -335,7 +352,14 @@ def run_reorderer(
         if ordered.empty:
             return ordered
         length = int(ordered.groupby(REQUEST).size().max())
-        fair = fair_rerank(ordered, policy, min_long_tail_share=cfg.min_long_tail_share, k=length, **weights)
+        fair = fair_rerank(
+            ordered,
+            policy,
+            min_long_tail_share=cfg.min_long_tail_share,
+            k=length,
+            keep_top=cfg.keep_top,
+            **weights,
+        )
         if "_model_score" not in fair.columns:
             return fair
         return fair.assign(**{SCORE: fair["_model_score"]}).drop(columns="_model_score")

@@ -98,7 +98,10 @@ def count_floor(share: float, prefix: int) -> int:
 @pytest.mark.parametrize("lambda_", [0.0, 0.3, 1.0])
 @pytest.mark.parametrize("share", [0.1, 0.29, 0.5, 0.7, 1.0])
 @pytest.mark.parametrize("strategy", ["list", "run"])
-def test_every_prefix_holds_the_long_tail_floor(seed, lambda_, share, strategy):
+@pytest.mark.parametrize("keep_top", [0, 3])
+def test_kept_top_stays_and_every_later_prefix_holds_the_long_tail_floor(
+    seed, lambda_, share, strategy, keep_top
+):
     items, popularity = catalogue(seed)
     policy = provider_policy(items, popularity, head_share=0.5)
     lists = random_lists(seed, items, popularity)
@@ -106,16 +109,29 @@ def test_every_prefix_holds_the_long_tail_floor(seed, lambda_, share, strategy):
     if strategy == "list":
         weights = {"need_weight": lambda_}
     else:
-        weights = {"boosts": provider_boosts(lists, policy, lambda_=lambda_, k=10)}
-    reranked = fair_rerank(lists, policy, min_long_tail_share=share, k=k, **weights)
+        weights = {"boosts": provider_boosts(lists, policy, lambda_=lambda_, k=10, keep_top=keep_top)}
+    reranked = fair_rerank(lists, policy, min_long_tail_share=share, k=k, keep_top=keep_top, **weights)
     for request, candidates in lists.groupby("request_id"):
-        available = candidates.item_id.map(policy.item_provider).isin(policy.long_tail).sum()
         placed = reranked[reranked.request_id == request].sort_values("rank")
         assert placed["rank"].tolist() == list(range(1, k + 1))
         assert set(placed.item_id) <= set(candidates.item_id)
-        long_tail = placed.item_id.map(policy.item_provider).isin(policy.long_tail).cumsum().to_numpy()
-        for prefix in range(1, k + 1):
+        # random_lists ranks by score, then item_id: the relevance order.
+        kept = candidates.sort_values("rank").item_id.head(keep_top).tolist()
+        assert placed.item_id.head(keep_top).tolist() == kept
+        is_long_tail = (
+            candidates.item_id.map(policy.item_provider).isin(policy.long_tail).set_axis(candidates.item_id)
+        )
+        available = is_long_tail.drop(kept).sum()
+        long_tail = placed.item_id.iloc[keep_top:].map(is_long_tail).cumsum().to_numpy()
+        for prefix in range(1, k - keep_top + 1):
             assert long_tail[prefix - 1] >= min(count_floor(share, prefix), available), (request, prefix)
+
+
+def test_keep_top_of_the_whole_cut_returns_the_relevance_order(case):
+    lists, policy = case
+    reranked = fair_rerank(lists, policy, need_weight=1.0, min_long_tail_share=1.0, k=10, keep_top=10)
+    expected = lists[lists["rank"] <= 10].reset_index(drop=True)
+    pd.testing.assert_frame_equal(reranked, expected)
 
 
 def test_floor_is_exact_where_floating_point_undershoots():
@@ -228,6 +244,8 @@ def test_invalid_arguments_are_named(case):
     no_boost = no_boosts(policy)
     with pytest.raises(ValueError, match="lambda_ must be in \\[0, 1\\]"):
         provider_boosts(lists, policy, lambda_=1.5, k=10)
+    with pytest.raises(ValueError, match="keep_top must be at least 0, got -1"):
+        fair_rerank(lists, policy, min_long_tail_share=0.2, k=10, keep_top=-1)
     with pytest.raises(ValueError, match="need_weight and min_long_tail_share must be in \\[0, 1\\]"):
         fair_rerank(lists, policy, boosts=no_boosts(policy), min_long_tail_share=1.5, k=10)
     with pytest.raises(ValueError, match="lack columns \\['score'\\]"):
