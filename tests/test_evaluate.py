@@ -49,6 +49,18 @@ def test_fairness_pass_reorders_lists_keeps_model_rank_and_score_and_holds_the_f
         assert row.long_tail >= min(count_floor(0.3, row.rank), available[row.request_id]), row
 
 
+@pytest.mark.parametrize("strategy", ["list", "run"])
+def test_fairness_pass_keeps_the_configured_top_positions_in_model_order(strategy):
+    items, popularity = catalogue(22)
+    lists = random_lists(22, items, popularity).drop(columns="sources")
+    cfg = FairnessConfig(mode="on", strategy=strategy, weight=1.0, min_long_tail_share=0.5, keep_top=2)
+    policy = provider_policy(items, popularity, cfg.long_tail_head_share)
+    reordered = run_reorderer(policy, cfg, model_order=lists)(lists)
+    top = reordered[reordered["rank"] <= 2]
+    assert (top["rank"] == top.model_rank).all() and len(top) == 2 * lists.request_id.nunique()
+    assert (reordered["rank"] != reordered.model_rank).mean() > 0.3, "lambda 1 moves items below the top"
+
+
 def test_provider_attribute_names_the_provider_when_there_is_no_brand():
     items = pd.DataFrame(
         {"item_id": ["a", "b", "c"], "brand": None, "attributes": [{"year": "1995"}, {"year": "1977"}, None]}
