@@ -237,7 +237,8 @@ class FairnessConfig(_Section):
     strategy: Literal["list", "run"] = "list"
     # lambda: 0 = the model order. list: the weight of provider need against relevance. run: the largest
     # provider boost, as a share of a list's score range. The default is the largest swept weight that kept
-    # NDCG@10 within 2% on MovieLens and the sample with strategy list (docs/benchmarks.md).
+    # NDCG@10 within 2% on MovieLens and the sample with strategy list, on the runs it was picked on; on a
+    # second sample world it cost 3% (docs/benchmarks.md, "Fairness sweep").
     weight: float = Field(0.2, ge=0, le=1)
     # run: the list depth whose position-discounted exposure the boosts even out across providers.
     exposure_k: int = Field(10, ge=1)
