@@ -96,6 +96,11 @@ def main(argv: list[str] | None = None) -> None:
     print_sweep(metrics, config, args)
 
 
+def interval(low: float, high: float) -> str:
+    """The 95% bootstrap interval of an NDCG change; blank for the model order (the baseline itself)."""
+    return "" if pd.isna(low) else f"[{low:+.1%}, {high:+.1%}]"
+
+
 def print_sweep(metrics: pd.DataFrame, config, args) -> None:
     k = args.k
     base_ndcg, base_gini = value(metrics, MODEL, f"ndcg@{k}"), value(metrics, MODEL, f"provider_gini@{k}")
@@ -108,21 +113,23 @@ def print_sweep(metrics: pd.DataFrame, config, args) -> None:
         f"provider: {fair.provider_attribute or 'brand'}, diversity {fair.diversity}\n"
     )
     print(
-        f"| order | NDCG@{k} | NDCG change | provider Gini@{k} | Gini change | long-tail exposure@{k} |\n"
-        "| --- | ---: | ---: | ---: | ---: | ---: |"
+        f"| order | NDCG@{k} | NDCG change | 95% interval | provider Gini@{k} | Gini change "
+        f"| long-tail exposure@{k} |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     )
     for label, step in (("retrieval order", RETRIEVAL), ("model order (baseline)", MODEL)):
         ndcg, gini = value(metrics, step, f"ndcg@{k}"), value(metrics, step, f"provider_gini@{k}")
         tail = value(metrics, step, f"exposure@{k}", "provider_group=long_tail")
+        low, high = (value(metrics, step, f"ndcg@{k}_change_{end}") for end in ("low", "high"))
         print(
-            f"| {label} | {ndcg:.4f} | {ndcg / base_ndcg - 1:+.1%} | {gini:.4f} | "
+            f"| {label} | {ndcg:.4f} | {ndcg / base_ndcg - 1:+.1%} | {interval(low, high)} | {gini:.4f} | "
             f"{gini / base_gini - 1:+.1%} | {tail:.1%} |"
         )
     points = sweep_points(metrics, k)
-    points = points.assign(ndcg_change=points.ndcg / base_ndcg - 1, gini_change=points.gini / base_gini - 1)
+    points = points.assign(gini_change=points.gini / base_gini - 1)
     for p in points.itertuples():
         print(
-            f"| λ = {p.lam:.2f} | {p.ndcg:.4f} | {p.ndcg_change:+.1%} | {p.gini:.4f} | "
+            f"| λ = {p.lam:.2f} | {p.ndcg:.4f} | {p.ndcg_change:+.1%} | "
+            f"{interval(p.ndcg_change_low, p.ndcg_change_high)} | {p.gini:.4f} | "
             f"{p.gini_change:+.1%} | {p.long_tail:.1%} |"
         )
     within = points[points.ndcg_change >= -args.max_ndcg_loss]

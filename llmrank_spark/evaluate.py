@@ -7,6 +7,9 @@ Each run is measured in up to four orders, so the `metrics` table shows what eac
 - ``fairness``: the final order written to `ranked` (only when `fairness.mode` is on or sweep);
 - ``fairness[lambda=0.30]``: with mode sweep, the model order re-ordered at each sweep weight.
 
+Every order but the model's also gets ``ndcg@k_change`` against the model order, with its 95% bootstrap
+interval over the evaluated requests (``ndcg@k_change_low``, ``ndcg@k_change_high``).
+
 Labels. Query requests are judged by `query_labels`. A user request is judged by what the user did
 AFTER the run: their events in the `evaluate.label_days` days after run_date, graded by event type
 (`evaluate.label_grades`, the best grade per item). So a run for today has no user labels yet (only
@@ -31,7 +34,17 @@ from pyspark.sql import functions as F
 
 from llmrank_spark.config import Config, EvaluateConfig, FairnessConfig
 from llmrank_spark.fairness import MODEL_RANK, provider_policy, run_reorderer, with_providers
-from llmrank_spark.metrics import ITEM, RANK, REQUEST, Embeddings, evaluate_lists, user_groups
+from llmrank_spark.metrics import (
+    ITEM,
+    METRIC_COLUMNS,
+    RANK,
+    REQUEST,
+    Embeddings,
+    evaluate_lists,
+    ndcg_at_k,
+    relative_change,
+    user_groups,
+)
 
 RETRIEVAL, MODEL, FAIR = "candidates", "rerank", "fairness"
 METRICS_COLUMNS = ["step", "model_version", "metric", "slice", "value"]
@@ -96,22 +109,39 @@ def measure_run(
     policy = provider_policy(catalogue, item_counts, fairness.long_tail_head_share)
     groups = _request_groups(users, evaluate) if users is not None and labels is not None else None
     model_version = ranked["model_version"].dropna().unique()
+    orders = orders_of_run(ranked, retrieval, catalogue, item_counts, fairness)
+    judged = labels is not None and not labels.empty
     frames = []
-    for step, lists in orders_of_run(ranked, retrieval, catalogue, item_counts, fairness).items():
+    for step, lists in orders.items():
         rows = evaluate_lists(
             lists[[REQUEST, ITEM, RANK]],
             catalogue,
             ks=evaluate.ks,
-            labels=None if labels is None or labels.empty else labels,
+            labels=labels if judged else None,
             item_popularity=item_counts,
             popularity_split=(evaluate.popularity_head_share, evaluate.popularity_tail_share),
             long_tail_providers=policy.long_tail,
             embeddings=embeddings,
             request_groups=groups,
         )
+        if judged and step != MODEL:
+            rows = pd.concat([rows, _ndcg_change_rows(orders[MODEL], lists, labels, evaluate.ks)])
         version = None if step == RETRIEVAL else ", ".join(sorted(model_version)) or None
         frames.append(rows.assign(step=step, model_version=version))
     return pd.concat(frames, ignore_index=True)[METRICS_COLUMNS]
+
+
+def _ndcg_change_rows(
+    model_order: pd.DataFrame, lists: pd.DataFrame, labels: pd.DataFrame, ks: list[int]
+) -> pd.DataFrame:
+    """ndcg@k_change (relative to the model order) with its 95% paired bootstrap interval over requests,
+    as ndcg@k_change_low and ndcg@k_change_high (`metrics.relative_change`)."""
+    rows = []
+    for k in ks:
+        change, low, high = relative_change(ndcg_at_k(model_order, labels, k), ndcg_at_k(lists, labels, k))
+        name = f"ndcg@{k}_change"
+        rows += [(name, "all", change), (f"{name}_low", "all", low), (f"{name}_high", "all", high)]
+    return pd.DataFrame(rows, columns=METRIC_COLUMNS).dropna(subset=["value"])
 
 
 def _request_groups(users: pd.DataFrame, evaluate: EvaluateConfig) -> dict[str, pd.Series]:

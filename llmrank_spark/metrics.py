@@ -21,6 +21,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.stats import bootstrap
 
 REQUEST, ITEM, RANK, RELEVANCE = "request_id", "item_id", "rank", "relevance"
 HEAD, MID, TAIL = "head", "mid", "tail"
@@ -107,6 +108,37 @@ def ndcg_at_k(ranked: pd.DataFrame, labels: pd.DataFrame, k: int) -> pd.Series:
     ideal = ideal[keep]
     idcg = (ideal[RELEVANCE] * position_discount(ideal_rank[keep])).groupby(ideal[REQUEST]).sum()
     return (_per_request(dcg, evaluated) / idcg.reindex(evaluated)).rename(f"ndcg@{k}")
+
+
+def relative_change(
+    baseline: pd.Series, other: pd.Series, *, confidence: float = 0.95, resamples: int = 1000, seed: int = 0
+) -> tuple[float, float, float]:
+    """(change, low, high): mean(other) / mean(baseline) - 1 over the requests both measured, and a
+    bootstrap percentile interval for it (`scipy.stats.bootstrap`, seeded).
+
+    Two orders of the same run judged on the same users differ by chance too: the interval says whether a
+    change (say -1.5% NDCG) is more than which users happened to be evaluated. Requests are resampled
+    with their pair of values, and the interval is that of the mean per-request difference over the
+    baseline's mean, so a resample whose baseline is all zeros cannot make it undefined. NaNs when no
+    request is in both or the baseline mean is 0.
+    """
+    paired = pd.concat([baseline.rename("b"), other.rename("o")], axis=1, join="inner").dropna()
+    base = paired["b"].mean() if len(paired) else 0.0
+    if base == 0:
+        return (float("nan"),) * 3
+    difference = (paired["o"] - paired["b"]).to_numpy(float)
+    change = float(difference.mean() / base)
+    if np.ptp(difference) == 0:  # every request moved alike: every resample gives the same change
+        return change, change, change
+    interval = bootstrap(
+        (difference,),
+        np.mean,
+        n_resamples=resamples,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
+    return change, float(interval.low / base), float(interval.high / base)
 
 
 def mrr(ranked: pd.DataFrame, labels: pd.DataFrame, k: int | None = None) -> pd.Series:

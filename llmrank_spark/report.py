@@ -44,21 +44,30 @@ def value(metrics: pd.DataFrame, step: str, metric: str, slice_: str = "all") ->
     return float(hit["value"].iloc[0]) if len(hit) else float("nan")
 
 
+SWEEP_COLUMNS = ["lam", "ndcg", "ndcg_change", "ndcg_change_low", "ndcg_change_high", "gini", "long_tail"]
+
+
 def sweep_points(metrics: pd.DataFrame, k: int) -> pd.DataFrame:
-    """(lam, ndcg, gini, long_tail) per sweep weight of the run, by lambda."""
+    """Per sweep weight of the run, by lambda: NDCG@k, its change against the model order with the 95%
+    interval (`evaluate`), provider Gini@k and long-tail exposure@k."""
     rows = []
     for step in metrics.step.unique():
         found = SWEEP.match(step)
         if found:
+            change = {
+                f"ndcg_change{end}": value(metrics, step, f"ndcg@{k}_change{end}")
+                for end in ("", "_low", "_high")
+            }
             rows.append(
                 {
                     "lam": float(found.group(1)),
                     "ndcg": value(metrics, step, f"ndcg@{k}"),
+                    **change,
                     "gini": value(metrics, step, f"provider_gini@{k}"),
                     "long_tail": value(metrics, step, f"exposure@{k}", "provider_group=long_tail"),
                 }
             )
-    return pd.DataFrame(rows, columns=["lam", "ndcg", "gini", "long_tail"]).sort_values("lam")
+    return pd.DataFrame(rows, columns=SWEEP_COLUMNS).sort_values("lam")
 
 
 def _steps(metrics: pd.DataFrame) -> list[str]:

@@ -149,7 +149,8 @@ def test_evaluate_writes_metrics_for_every_order_and_the_report(spark, tmp_path)
     assert not metrics.duplicated(["step", "metric", "slice"]).any()
     sweep = [sweep_step(w) for w in (0.0, 0.5, 1.0)]
     assert set(metrics.step) == {"candidates", "rerank", "fairness", *sweep}
-    assert metrics.set_index(["step", "metric", "slice"]).value.between(0, 3).all()
+    changes = metrics.metric.str.contains("_change")
+    assert metrics[~changes].set_index(["step", "metric", "slice"]).value.between(0, 3).all()
 
     def value(step, metric, slice_="all"):
         return metrics.set_index(["step", "metric", "slice"]).value[(step, metric, slice_)]
@@ -162,6 +163,12 @@ def test_evaluate_writes_metrics_for_every_order_and_the_report(spark, tmp_path)
     assert value("rerank", "recall@5", "gender=M") == pytest.approx(0.0)  # u2's i9 is at rank 6
     assert value("candidates", "recall@5", "all") == pytest.approx(np.mean([1 / 2, 0]))
     assert "ndcg@5_gap" in set(metrics.metric)
+    # Every other order's NDCG change against the model order, inside its bootstrap interval.
+    assert not metrics[changes].step.eq("rerank").any()
+    for step in ("candidates", "fairness", *sweep):
+        change = value(step, "ndcg@5_change")
+        assert change == pytest.approx(value(step, "ndcg@5") / value("rerank", "ndcg@5") - 1)
+        assert value(step, "ndcg@5_change_low") <= change + 1e-12 <= value(step, "ndcg@5_change_high") + 2e-12
     # Fairness: the fair order gives the long tail more exposure and a lower Gini than the model order.
     tail = "provider_group=long_tail"
     assert value("fairness", "exposure@3", tail) > value("rerank", "exposure@3", tail)

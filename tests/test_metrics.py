@@ -22,6 +22,7 @@ from llmrank_spark.metrics import (
     ndcg_at_k,
     popularity_buckets,
     recall_at_k,
+    relative_change,
     user_groups,
 )
 
@@ -287,3 +288,35 @@ def test_evaluate_lists_rows_agree_with_the_metric_functions():
     # Without labels or optional inputs only the catalogue metrics remain.
     bare = evaluate_lists(ranked, items.drop(columns="brand"), ks=(10,))
     assert sorted(bare.metric) == ["coverage@10", "ild_category@10"]
+
+
+def test_relative_change_interval_matches_a_direct_paired_bootstrap():
+    rng = np.random.default_rng(5)
+    requests = [f"r{i:03d}" for i in range(400)]
+    baseline = pd.Series(rng.uniform(0, 1, 400), index=requests)
+    other = (baseline * 0.95 + rng.normal(0, 0.1, 400)).clip(lower=0)
+    change, low, high = relative_change(baseline, other, resamples=5000, seed=1)
+    assert change == pytest.approx(other.mean() / baseline.mean() - 1)
+    # The textbook percentile bootstrap: resample requests with replacement, keeping each pair together,
+    # the mean difference over the observed baseline mean.
+    picks = rng.integers(0, 400, size=(20000, 400))
+    difference = (other - baseline).to_numpy()[picks].mean(axis=1) / baseline.mean()
+    reference_low, reference_high = np.percentile(difference, [2.5, 97.5])
+    tolerance = 0.05 * (reference_high - reference_low)
+    assert low == pytest.approx(reference_low, abs=tolerance) and high == pytest.approx(
+        reference_high, abs=tolerance
+    )
+    assert low < change < high
+
+
+def test_relative_change_pairs_requests_and_names_what_it_cannot_measure():
+    baseline = pd.Series({"a": 0.5, "b": 1.0, "c": 0.2})
+    scaled = pd.Series({"a": 0.55, "b": 1.1, "c": 0.22, "d": 9.0})  # d has no baseline: left out
+    change, low, high = relative_change(baseline, scaled)
+    assert change == pytest.approx(0.1) and low < change < high
+    shifted = baseline + 0.17  # every request moves alike: no spread to resample
+    assert relative_change(baseline, shifted) == pytest.approx((0.3, 0.3, 0.3))
+    assert relative_change(baseline, baseline) == (0.0, 0.0, 0.0)
+    assert relative_change(baseline.head(1), scaled.head(1)) == pytest.approx((0.1, 0.1, 0.1))
+    assert all(math.isnan(v) for v in relative_change(baseline * 0, scaled))
+    assert all(math.isnan(v) for v in relative_change(baseline, pd.Series(dtype=float)))
