@@ -100,6 +100,19 @@ def plot_sweep(
             )
         if baseline is not None:
             axis.scatter(*baseline, marker="*", s=220, color="black", label="model order (no pass)", zorder=4)
+            # The change's interval is relative to the model order's NDCG: drawn in NDCG units at each point.
+            spread = points[["ndcg_change_low", "ndcg_change", "ndcg_change_high"]].to_numpy() * baseline[1]
+            if not np.isnan(spread).all():
+                axis.errorbar(
+                    points["gini"],
+                    points["ndcg"],
+                    yerr=[spread[:, 1] - spread[:, 0], spread[:, 2] - spread[:, 1]],
+                    fmt="none",
+                    ecolor="tab:blue",
+                    alpha=0.45,
+                    capsize=3,
+                    label="95% interval of the NDCG change",
+                )
         picked = points[np.isclose(points["lam"], chosen)]
         axis.scatter(
             picked["gini"],
