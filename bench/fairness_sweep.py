@@ -8,7 +8,9 @@ within --max-ndcg-loss (relative) of the model order, and says whether it cuts G
 
 The relevance scores (--scores): "retrieval" ranks by the blended retrieval score (the ranked table is
 the candidates' top-K, model_version "retrieval-blend"); "model" runs the real rerank step (zero-shot
-bi-encoder by default; slow on CPU: one MiniLM pass per candidate pair).
+bi-encoder by default; slow on CPU: one MiniLM pass per candidate pair); "existing" keeps the run's
+`ranked` partition from an earlier "model" run (evaluate re-orders its model order for every setting),
+so several fairness settings share one rerank.
 
   python bench/fairness_sweep.py --dataset movielens --path /work/shared/data/ml-100k
   python bench/fairness_sweep.py --dataset sample
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--dataset", choices=["movielens", "sample"], required=True)
     parser.add_argument("--path", help="MovieLens 100K directory (--dataset movielens)")
-    parser.add_argument("--scores", choices=["retrieval", "model"], default="retrieval")
+    parser.add_argument("--scores", choices=["retrieval", "model", "existing"], default="retrieval")
     parser.add_argument("--lakehouse", help="lakehouse directory (default: a new temporary one)")
     parser.add_argument("--reuse", action="store_true", help="keep the lakehouse's input and candidates")
     parser.add_argument("--k", type=int, default=10)
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         print(steps.candidates(spark, config).summary())
     if args.scores == "model":
         print(steps.rerank(spark, config).summary())
-    else:
+    elif args.scores == "retrieval":
         with steps.StepRun(spark, config, "rerank") as run:
             run.write("ranked", retrieval_ranked(spark, config))
     print(steps.evaluate(spark, config).summary())
@@ -107,7 +109,8 @@ def print_sweep(metrics: pd.DataFrame, config, args) -> None:
     base_tail = value(metrics, MODEL, f"exposure@{k}", "provider_group=long_tail")
     fair = config.fairness
     print(
-        f"\n{args.dataset}, run_date {config.run.run_date}, scores: {args.scores}; "
+        f"\n{args.dataset}, run_date {config.run.run_date}, scores: {args.scores} "
+        f"({metrics.loc[metrics.step == MODEL, 'model_version'].dropna().iloc[0]}); "
         f"evaluated requests@{k}: {value(metrics, MODEL, f'evaluated_requests@{k}'):.0f}; "
         f"min_long_tail_share {fair.min_long_tail_share}, long_tail_head_share {fair.long_tail_head_share}, "
         f"provider: {fair.provider_attribute or 'brand'}, diversity {fair.diversity}\n"
