@@ -111,6 +111,8 @@ def measure_run(
     model_version = ranked["model_version"].dropna().unique()
     orders = orders_of_run(ranked, retrieval, catalogue, item_counts, fairness)
     judged = labels is not None and not labels.empty
+    # Per-request NDCG of the model order: the baseline every other order's change is measured against.
+    model_ndcg = {k: ndcg_at_k(orders[MODEL], labels, k) for k in evaluate.ks} if judged else {}
     frames = []
     for step, lists in orders.items():
         rows = evaluate_lists(
@@ -125,20 +127,20 @@ def measure_run(
             request_groups=groups,
         )
         if judged and step != MODEL:
-            rows = pd.concat([rows, _ndcg_change_rows(orders[MODEL], lists, labels, evaluate.ks)])
+            rows = pd.concat([rows, _ndcg_change_rows(model_ndcg, lists, labels)])
         version = None if step == RETRIEVAL else ", ".join(sorted(model_version)) or None
         frames.append(rows.assign(step=step, model_version=version))
     return pd.concat(frames, ignore_index=True)[METRICS_COLUMNS]
 
 
 def _ndcg_change_rows(
-    model_order: pd.DataFrame, lists: pd.DataFrame, labels: pd.DataFrame, ks: list[int]
+    model_ndcg: Mapping[int, pd.Series], lists: pd.DataFrame, labels: pd.DataFrame
 ) -> pd.DataFrame:
-    """ndcg@k_change (relative to the model order) with its 95% paired bootstrap interval over requests,
-    as ndcg@k_change_low and ndcg@k_change_high (`metrics.relative_change`)."""
+    """ndcg@k_change against the model order (k -> its per-request NDCG@k) with the 95% paired bootstrap
+    interval over requests, as ndcg@k_change_low and ndcg@k_change_high (`metrics.relative_change`)."""
     rows = []
-    for k in ks:
-        change, low, high = relative_change(ndcg_at_k(model_order, labels, k), ndcg_at_k(lists, labels, k))
+    for k, baseline in model_ndcg.items():
+        change, low, high = relative_change(baseline, ndcg_at_k(lists, labels, k))
         name = f"ndcg@{k}_change"
         rows += [(name, "all", change), (f"{name}_low", "all", low), (f"{name}_high", "all", high)]
     return pd.DataFrame(rows, columns=METRIC_COLUMNS).dropna(subset=["value"])

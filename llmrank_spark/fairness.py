@@ -321,8 +321,8 @@ def run_reorderer(
     (`provider_boosts`). The returned function re-orders whole lists (no item dropped): MMR by category
     first when `cfg.diversity` (the fairness pass then takes the MMR position as relevance, so its floor
     holds on the output either way), then `fair_rerank`, which keeps the first `cfg.keep_top` positions of
-    that order. `rank` becomes the new position, `model_rank`
-    keeps the position the lists came in and `score` the model score.
+    that order. `rank` becomes the new position, `model_rank` keeps the position the lists came in and
+    `score` the model score.
     """
     if cfg.diversity and item_category is None:
         raise ValueError("fairness.diversity is on: pass the items' categories (item_id -> category)")
