@@ -303,9 +303,8 @@ def test_relative_change_interval_matches_a_direct_paired_bootstrap():
     difference = (other - baseline).to_numpy()[picks].mean(axis=1) / baseline.mean()
     reference_low, reference_high = np.percentile(difference, [2.5, 97.5])
     tolerance = 0.05 * (reference_high - reference_low)
-    assert low == pytest.approx(reference_low, abs=tolerance) and high == pytest.approx(
-        reference_high, abs=tolerance
-    )
+    assert low == pytest.approx(reference_low, abs=tolerance)
+    assert high == pytest.approx(reference_high, abs=tolerance)
     assert low < change < high
 
 
