@@ -6,7 +6,10 @@ lakehouse) on a bounded sample, then measures:
   agreement     per user segment, attributes ordered by mean occlusion importance over all the segment's
                 (request, ranked item) rows, against `sample_truth` (each segment's driving attributes
                 and their weights in the generator's choice model): Kendall tau (scipy) over the truth's
-                attributes, and its mean over segments
+                attributes, and its mean over segments; and the same measure with the generator's own
+                choice model as the scorer (occlusion of a driver that matches the shopper's preferred
+                value drops its utility by the driver's weight), over the same ranked items: what the
+                aggregation recovers with a perfect model, so the gap between the two is the reranker's
   faithfulness  for every ranked item with at least 3 scored attributes: the score drop when its top-2
                 attributes are removed together against the drop when 2 attributes drawn at random
                 (seeded, uniformly among its scored attributes) are removed; the mean of both and the
@@ -16,6 +19,7 @@ lakehouse) on a bounded sample, then measures:
 
   python bench/attribute_order.py                                     # zero-shot, ~10 min on 2 cores
   python bench/attribute_order.py --set rerank.mode=cross_encoder --set rerank.model_path=PATH
+  python bench/attribute_order.py --lakehouse DIR --measure-only --set ...   # re-measure a run's tables
 """
 
 from __future__ import annotations
@@ -33,9 +37,16 @@ from pyspark.sql import functions as F
 from scipy.stats import kendalltau  # scipy comes with sentence-transformers, a runtime dependency
 
 from llmrank_spark import steps
-from llmrank_spark.attributes import ITEM_KEYS, item_attributes, occluded_item, rank_attributes
+from llmrank_spark.attributes import (
+    ITEM_KEYS,
+    item_attributes,
+    occluded_item,
+    rank_attributes,
+    served_score_scale,
+)
 from llmrank_spark.config import load_config
 from llmrank_spark.ranking import model_for, with_contexts
+from llmrank_spark.sample_data import simulate
 from llmrank_spark.scoring import PairScorer, ScoringSettings
 from llmrank_spark.session import get_spark
 from llmrank_spark.tables import read_table
@@ -90,6 +101,22 @@ def segment_agreement(orders: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+def generator_importances(
+    orders: pd.DataFrame, items: pd.DataFrame, world_preferences: pd.DataFrame, truth: pd.DataFrame
+) -> pd.DataFrame:
+    """`orders` with each importance replaced by what occlusion gives when the scorer is the generator's
+    utility: the driver's weight where the item's value is the shopper's preferred one in its category
+    (removing it loses the match), else 0 (a non-driver, or a value the shopper does not prefer)."""
+    preferred = world_preferences.rename(columns={"user_id": "request_id", "value": "preferred"})
+    rows = (
+        orders.merge(items[["item_id", "category"]], on="item_id")
+        .merge(preferred, on=["request_id", "segment", "category", "attribute"], how="left")
+        .merge(truth[["segment", "attribute", "weight"]], on=["segment", "attribute"], how="left")
+    )
+    matches = rows["value"].eq(rows["preferred"])
+    return rows.assign(importance=rows["weight"].fillna(0.0).where(matches, 0.0))
+
+
 def faithfulness(
     orders: pd.DataFrame, items: pd.DataFrame, contexts: pd.DataFrame, config, seed: int
 ) -> tuple[pd.DataFrame, float]:
@@ -128,6 +155,7 @@ def faithfulness(
     frame = pd.DataFrame(variants)
     texts = render_item_texts(frame, rerank.item_template, rerank.item_attributes)
     scores = scorer.score(frame["context"].tolist(), texts.tolist()).astype(float).reshape(-1, 4)
+    scores *= served_score_scale(spec)  # in served-score units, as the job's importances are
     result = pd.DataFrame(records).assign(
         full=scores[:, 0],
         drop_top2=scores[:, 0] - scores[:, 1],
@@ -166,7 +194,14 @@ def main(argv: list[str] | None = None) -> int:
         default=steps_in_order[0],
         help="with --lakehouse: reuse the tables of the steps before this one",
     )
+    parser.add_argument(
+        "--measure-only",
+        action="store_true",
+        help="with --lakehouse: run no step, measure the tables already there",
+    )
     args = parser.parse_args(argv)
+    if args.measure_only and not args.lakehouse:
+        parser.error("--measure-only needs --lakehouse: the lakehouse whose tables to measure")
 
     with tempfile.TemporaryDirectory(prefix="llmrank-attr-bench-") as scratch:
         config = load_config(
@@ -180,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         spark = get_spark(config)
         seconds = {}
-        for name in steps_in_order[steps_in_order.index(args.from_step) :]:
+        to_run = [] if args.measure_only else steps_in_order[steps_in_order.index(args.from_step) :]
+        for name in to_run:
             step = pipeline[name]
             started = time.perf_counter()
             run = step(spark, config)
@@ -215,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         users[["user_id", "segment"]], left_on="request_id", right_on="user_id"
     )
     agreement = segment_agreement(user_orders, truth)
+    preferences = simulate(config.sample).preferences
+    ceiling = segment_agreement(generator_importances(user_orders, items, preferences, truth), truth)
     result, check = faithfulness(orders, items, contexts, config, args.seed)
     scored_items = orders.groupby(ITEM_KEYS).ngroups
 
@@ -222,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nSegment agreement (Kendall tau over each segment's drivers; {len(user_orders)} rows)")
     print(markdown_table(agreement))
     print(f"mean Kendall tau over {len(agreement)} segments: {agreement['tau'].mean():+.3f}")
+    print("\nThe same measure with the generator's choice model as the scorer, over the same ranked items")
+    print(markdown_table(ceiling))
+    print(f"mean Kendall tau over {len(ceiling)} segments: {ceiling['tau'].mean():+.3f}")
 
     wins = result["drop_top2"] > result["drop_random2"]
     ties = result["drop_top2"] == result["drop_random2"]

@@ -29,7 +29,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from llmrank_spark.config import AttributesConfig, RerankConfig
-from llmrank_spark.model import read_manifest
+from llmrank_spark.model import ModelSpec, read_manifest
 from llmrank_spark.ranking import model_for, score_by_request, with_contexts
 from llmrank_spark.scoring import ScoringSettings, scoring_udf, ship_model
 from llmrank_spark.tables import ContractError, conform
@@ -227,6 +227,16 @@ def orders_by_segment(
     return conform(ranked, "attribute_order_by_segment")
 
 
+def served_score_scale(spec: ModelSpec) -> float:
+    """What a drop in the text model's score is worth in the served score.
+
+    With a fusion head the served score is w_logit * logit + (retrieval terms the text cannot change), so
+    a drop in the served score is w_logit times the drop in the logit; without one, the score is served.
+    """
+    head = read_manifest(spec.path).fusion_head if spec.kind == "cross_encoder" else None
+    return head.logit_weight if head is not None else 1.0
+
+
 def attribute_orders(
     spark: SparkSession,
     ranked: DataFrame,
@@ -272,10 +282,7 @@ def attribute_orders(
     )
     pairs = with_contexts(top, interactions, items, rerank, run_date, queries).join(texts, "item_id")
     score = scoring_udf(ship_model(spark, spec), ScoringSettings.from_config(rerank))
-    # With a fusion head the served score is w_logit * logit + (retrieval terms the text cannot change),
-    # so a drop in the served score is w_logit times the drop in the logit.
-    head = read_manifest(spec.path).fusion_head if spec.kind == "cross_encoder" else None
-    scale = head.logit_weight if head is not None else 1.0
+    scale = served_score_scale(spec)
     scored = score_by_request(pairs, score, "item_id", "attribute").select(
         *ITEM_KEYS, "attribute", "value", (F.col("score") * F.lit(scale)).alias("score")
     )
