@@ -117,6 +117,11 @@ def generator_importances(
     return rows.assign(importance=rows["weight"].fillna(0.0).where(matches, 0.0))
 
 
+def catalogue_keys(items: pd.DataFrame) -> set[tuple[str, str, str]]:
+    """(item_id, category, brand) of every item: what tells two sample catalogues apart."""
+    return set(items[["item_id", "category", "brand"]].astype(str).itertuples(index=False, name=None))
+
+
 def faithfulness(
     orders: pd.DataFrame, items: pd.DataFrame, contexts: pd.DataFrame, config, seed: int
 ) -> tuple[pd.DataFrame, float]:
@@ -251,8 +256,14 @@ def main(argv: list[str] | None = None) -> int:
         users[["user_id", "segment"]], left_on="request_id", right_on="user_id"
     )
     agreement = segment_agreement(user_orders, truth)
-    preferences = simulate(config.sample).preferences
-    ceiling = segment_agreement(generator_importances(user_orders, items, preferences, truth), truth)
+    world = simulate(config.sample)
+    if catalogue_keys(world.tables["items"]) != catalogue_keys(items):
+        raise SystemExit(
+            f"the items table in {config.lakehouse.root} is not the sample that config's `sample` settings "
+            "generate, so the generator's preferences do not describe it; pass the --set sample.* "
+            "overrides the lakehouse was generated with"
+        )
+    ceiling = segment_agreement(generator_importances(user_orders, items, world.preferences, truth), truth)
     result, check = faithfulness(orders, items, contexts, config, args.seed)
     scored_items = orders.groupby(ITEM_KEYS).ngroups
 
