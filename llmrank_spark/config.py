@@ -278,6 +278,9 @@ class TrainConfig(_Section):
     list_size: int = Field(8, ge=2)
     # Negatives of a list drawn from the user's candidate list (the rest are random catalogue items).
     hard_negatives: int = Field(3, ge=0)
+    # Negatives of a list drawn from the target item's category: they differ from it in attributes, so
+    # the model must learn which attributes the shopper chose by, not only which category (docs/training.md).
+    category_negatives: int = Field(0, ge=0)
     # Subsampling caps that keep a CPU run within its budget (seeded): lists trained on and validated on.
     max_train_lists: int = Field(600, ge=1)
     max_validation_lists: int = Field(150, ge=1)

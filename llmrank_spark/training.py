@@ -5,7 +5,7 @@ The pure core works on pandas frames and tensors (unit tests call it without Spa
 - `history_before` / `target_contexts`: a list's context is the user's history strictly before the
   event it predicts, built by the serving text functions, so a model trains on the text it is served.
 - `sample_lists`: the positive (graded by event type or rating) plus hard negatives from the user's
-  candidate list and random catalogue items.
+  candidate list, items of the target's category and random catalogue items.
 - `ranking_loss`: the five losses, taken from sentence-transformers and torch (docs/training.md says why).
 - `FusionRanker` and `fit`: BERT logit fused with retrieval features by a linear head, trained end to
   end with early stopping on validation NDCG@10.
@@ -118,29 +118,34 @@ def sample_lists(
     targets: pd.DataFrame,
     candidates: pd.DataFrame,
     interacted: pd.DataFrame,
-    catalogue: np.ndarray,
+    categories: pd.Series,
     cfg: TrainConfig,
     rng: np.random.Generator,
 ) -> pd.DataFrame:
     """(list_id, item_id, label) rows, `cfg.list_size` per target: its item, then negatives.
 
-    Negatives are items the user never interacted with: up to `hard_negatives` drawn from the user's
-    candidate list (what the reranker will have to sort out), the rest at random from the catalogue.
+    `categories` maps every catalogue item_id to its category (None where it has none). Negatives are
+    items the user never interacted with: up to `hard_negatives` drawn from the user's candidate list
+    (what the reranker will have to sort out), up to `category_negatives` from the target's category
+    (the choice the shopper made there: they differ from the target in attributes, not in kind), the
+    rest at random from the catalogue.
     """
     seen = interacted.groupby("user_id")["item_id"].agg(set)
     proposed = candidates.groupby("request_id")["item_id"].agg(list)
+    catalogue = categories.index.to_numpy()
+    by_category = {c: group.index.to_numpy() for c, group in categories.groupby(categories)}
     rows = []
     for target in targets.itertuples(index=False):
         excluded = seen.get(target.user_id, set()) | {target.item_id}
         hard = [item for item in proposed.get(target.user_id, []) if item not in excluded]
         n_hard = min(cfg.hard_negatives, len(hard), cfg.list_size - 1)
         chosen = [target.item_id, *rng.choice(np.array(hard, dtype=object), n_hard, replace=False)]
-        attempts = 100 * cfg.list_size  # rejection sampling: the catalogue can be large
-        while len(chosen) < cfg.list_size and attempts:
-            item = catalogue[rng.integers(len(catalogue))]
-            attempts -= 1
-            if item not in excluded and item not in chosen:
-                chosen.append(item)
+        same_category = by_category.get(categories.get(target.item_id), catalogue[:0])
+        for pool, wanted in (
+            (same_category, min(len(chosen) + cfg.category_negatives, cfg.list_size)),
+            (catalogue, cfg.list_size),
+        ):
+            _draw_unseen(pool, chosen, excluded, wanted, rng)
         if len(chosen) < cfg.list_size:
             raise ValueError(
                 f"items: too few items user '{target.user_id}' has not interacted with to fill a list of "
@@ -149,6 +154,18 @@ def sample_lists(
         labels = [target.label] + [0.0] * (len(chosen) - 1)
         rows += [(target.list_id, item, label) for item, label in zip(chosen, labels, strict=True)]
     return pd.DataFrame(rows, columns=[LIST, ITEM, LABEL])
+
+
+def _draw_unseen(
+    pool: np.ndarray, chosen: list, excluded: set, wanted: int, rng: np.random.Generator
+) -> None:
+    """Append random items of `pool` outside `excluded` and `chosen` until `chosen` holds `wanted`."""
+    attempts = 100 * wanted  # rejection sampling: the pool can be large; a small one may run dry
+    while len(chosen) < wanted and attempts and len(pool):
+        item = pool[rng.integers(len(pool))]
+        attempts -= 1
+        if item not in excluded and item not in chosen:
+            chosen.append(item)
 
 
 def rank_by_score(lists: pd.DataFrame, score: np.ndarray) -> pd.DataFrame:
@@ -696,10 +713,10 @@ def training_lists(
         "validation": _subsample(targets_pd[is_validation], cfg.max_validation_lists, rng),
     }
     texts = item_text_frame(items_pd, text_cfg)
-    catalogue = items_pd[ITEM].to_numpy()
+    categories = items_pd.set_index(ITEM)["category"]
     built = {}
     for name, part in chosen.items():
-        lists = sample_lists(part, candidates_pd, events, catalogue, cfg, rng)
+        lists = sample_lists(part, candidates_pd, events, categories, cfg, rng)
         contexts = target_contexts(events, items_pd, part, text_cfg).set_axis(part[LIST])
         user_of = part.set_index(LIST)["user_id"]
         built[name] = _assemble_lists(lists, contexts, texts, candidates_pd, user_of, item_events)

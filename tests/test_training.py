@@ -43,6 +43,9 @@ from llmrank_spark.training import (
 TS = pd.Timestamp("2026-11-01 12:00")
 
 
+CATEGORIES = ITEMS.set_index("item_id")["category"]
+
+
 def timeline() -> tuple[pd.DataFrame, pd.DataFrame]:
     """u1 acts on i0..i4 a minute apart, with i5 in the same second as the target i3; u2 once, later."""
     events = pd.DataFrame(
@@ -105,9 +108,7 @@ def test_lists_mix_hard_and_random_negatives_the_user_never_touched():
     targets = targets.assign(label=[1.0, 0.5, 0.25])
     candidates = pd.DataFrame({"request_id": ["u1", "u1", "u1"], "item_id": ["i2", "i6", "i7"]})
     cfg = TrainConfig(list_size=3, hard_negatives=1)
-    lists = sample_lists(
-        targets, candidates, events, ITEMS["item_id"].to_numpy(), cfg, np.random.default_rng(0)
-    )
+    lists = sample_lists(targets, candidates, events, CATEGORIES, cfg, np.random.default_rng(0))
 
     assert lists.groupby("list_id").size().tolist() == [3, 3, 3]
     first = lists.groupby("list_id").head(1)
@@ -120,6 +121,20 @@ def test_lists_mix_hard_and_random_negatives_the_user_never_touched():
         assert row.item_id not in touched[user_of[row.list_id]]
     # u1 has touched all but i6 and i7, so its lists hold both (one hard, one random); i2 is never a negative.
     assert {"i6", "i7"} <= set(negatives.loc[negatives["list_id"] == "a", "item_id"])
+
+
+def test_category_negatives_come_from_the_target_category_then_the_catalogue():
+    events, targets = timeline()
+    targets = targets.assign(label=1.0)
+    # u2's target i6 shares "Home" with i2, i4 and i7; u1's targets have no untouched item in their category.
+    categories = CATEGORIES.mask(CATEGORIES.index.isin(["i2", "i4", "i7"]), "Home")
+    cfg = TrainConfig(list_size=3, hard_negatives=0, category_negatives=2)
+    no_candidates = pd.DataFrame(columns=["request_id", "item_id"])
+    lists = sample_lists(targets, no_candidates, events, categories, cfg, np.random.default_rng(0))
+
+    negatives = lists[lists["label"] == 0].groupby("list_id")["item_id"].agg(set)
+    assert len(negatives["c"]) == 2 and negatives["c"] <= {"i2", "i4", "i7"}
+    assert negatives["a"] == {"i6", "i7"} and negatives["b"] == {"i6", "i7"}
 
 
 # ---- losses against straightforward references ---------------------------------------------------------
