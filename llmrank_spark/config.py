@@ -276,7 +276,8 @@ class TrainConfig(_Section):
     # Users with fewer earlier events than this give no lists: their context would say too little.
     min_history: int = Field(5, ge=1)
     list_size: int = Field(8, ge=2)
-    # Negatives of a list drawn from the user's candidate list (the rest are random catalogue items).
+    # Negatives of a list drawn from the user's candidate list (after these and category_negatives, the
+    # rest are random catalogue items).
     hard_negatives: int = Field(3, ge=0)
     # Negatives of a list drawn from the target item's category: they differ from it in attributes, so
     # the model must learn which attributes the shopper chose by, not only which category (docs/training.md).

@@ -141,11 +141,9 @@ def sample_lists(
         n_hard = min(cfg.hard_negatives, len(hard), cfg.list_size - 1)
         chosen = [target.item_id, *rng.choice(np.array(hard, dtype=object), n_hard, replace=False)]
         same_category = by_category.get(categories.get(target.item_id), catalogue[:0])
-        for pool, wanted in (
-            (same_category, min(len(chosen) + cfg.category_negatives, cfg.list_size)),
-            (catalogue, cfg.list_size),
-        ):
-            _draw_unseen(pool, chosen, excluded, wanted, rng)
+        with_category = min(len(chosen) + cfg.category_negatives, cfg.list_size)
+        _draw_unseen(same_category, chosen, excluded, with_category, rng)
+        _draw_unseen(catalogue, chosen, excluded, cfg.list_size, rng)
         if len(chosen) < cfg.list_size:
             raise ValueError(
                 f"items: too few items user '{target.user_id}' has not interacted with to fill a list of "
