@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                 rerank,
                 config.run.run_date,
                 read_table(spark, config, "queries"),
+                read_table(spark, config, "users"),
             )
             .select("request_id", "request_type", "context_text")
             .toPandas()

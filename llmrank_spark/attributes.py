@@ -246,6 +246,7 @@ def attribute_orders(
     cfg: AttributesConfig,
     run_date: dt.date,
     queries: DataFrame | None = None,
+    users: DataFrame | None = None,
 ) -> DataFrame:
     """The `attribute_order` table for one run's `ranked` partition.
 
@@ -280,7 +281,7 @@ def attribute_orders(
         .join(top.select("item_id").distinct(), "item_id", "left_semi")
         .mapInPandas(variants, "item_id string, attribute string, value string, item_text string")
     )
-    pairs = with_contexts(top, interactions, items, rerank, run_date, queries).join(texts, "item_id")
+    pairs = with_contexts(top, interactions, items, rerank, run_date, queries, users).join(texts, "item_id")
     score = scoring_udf(ship_model(spark, spec), ScoringSettings.from_config(rerank))
     scale = served_score_scale(spec)
     scored = score_by_request(pairs, score, "item_id", "attribute").select(

@@ -195,6 +195,8 @@ class RerankConfig(_Section):
     quantize_int8: bool = False
     context_items: int = Field(5, ge=0)
     context_template: str = "{title} ({category}, {brand})"
+    # Fields of the users table stated before a user's history, e.g. "{segment} shopper"; "" states none.
+    user_template: str = ""
     item_template: str = "{title}. Brand: {brand}. Category: {category}. {attributes}"
     item_attributes: int = Field(6, ge=0)
 

@@ -79,6 +79,7 @@ class ArtifactManifest(BaseModel):
     max_length: int = Field(ge=16, le=512)
     context_template: str
     item_template: str
+    user_template: str = ""  # absent from artifacts written before it existed: they state no user text
     item_attributes: int = Field(ge=0)
     loss: str
     data_snapshot: str

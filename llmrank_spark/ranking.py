@@ -103,6 +103,7 @@ def model_for(cfg: RerankConfig) -> tuple[ModelSpec, RerankConfig]:
     trained_text = {
         "max_length": manifest.max_length,
         "context_template": manifest.context_template,
+        "user_template": manifest.user_template,
         "item_template": manifest.item_template,
         "item_attributes": manifest.item_attributes,
     }
@@ -116,11 +117,21 @@ def request_contexts(
     cfg: RerankConfig,
     run_date: dt.date,
     queries: DataFrame | None,
+    users: DataFrame | None = None,
 ) -> DataFrame:
-    """(request_type, request_id, context_text): a user's recent history as of run_date, or a query's text."""
-    users = candidates.where(F.col("request_type") == "user").select(F.col("request_id").alias("user_id"))
-    history = interactions.join(users.distinct(), "user_id", "left_semi")
-    contexts = user_contexts(history, items, cfg, as_of=run_date).withColumn("request_type", F.lit("user"))
+    """(request_type, request_id, context_text): a user's recent history as of run_date (after their
+    `rerank.user_template` text, when `users` is given), or a query's text."""
+    requested = (
+        candidates.where(F.col("request_type") == "user")
+        .select(F.col("request_id").alias("user_id"))
+        .distinct()
+    )
+    history = interactions.join(requested, "user_id", "left_semi")
+    if users is not None:
+        users = users.join(requested, "user_id", "left_semi")
+    contexts = user_contexts(history, items, cfg, as_of=run_date, users=users).withColumn(
+        "request_type", F.lit("user")
+    )
     if queries is not None:
         contexts = contexts.unionByName(
             queries.select(
@@ -176,6 +187,7 @@ def with_contexts(
     cfg: RerankConfig,
     run_date: dt.date,
     queries: DataFrame | None,
+    users: DataFrame | None = None,
 ) -> DataFrame:
     """`requests` (request_type, request_id, ...) with the context_text the reranker reads for each.
 
@@ -188,7 +200,7 @@ def with_contexts(
             F.lit("' has no row in the queries table: pass the queries table to the step"),
         )
     )
-    contexts = request_contexts(requests, interactions, items, cfg, run_date, queries)
+    contexts = request_contexts(requests, interactions, items, cfg, run_date, queries, users)
     return requests.join(contexts, ["request_type", "request_id"], "left").withColumn(
         "context_text",
         F.coalesce(
@@ -219,6 +231,7 @@ def rerank_candidates(
     cfg: RerankConfig,
     run_date: dt.date,
     queries: DataFrame | None = None,
+    users: DataFrame | None = None,
     faults: FaultsConfig | None = None,
 ) -> RerankResult:
     """The `ranked` rows for one run, each request's top-K candidates by reranker score, and the `rejects`.
@@ -226,14 +239,14 @@ def rerank_candidates(
     `candidates` follows the `candidates` contract. Pairs the rules of `check_pairs` reject, and pairs the
     model scores NaN or infinite, go to rejects with the reason; so every candidate request is ranked or
     rejected. `ranked` is in model order (`rank` = `model_rank`); the step's fairness pass re-orders it.
-    Users without history get `NEW_SHOPPER_CONTEXT`. Fails, naming what is missing and how to
-    fix it, when cfg asks for a cross-encoder that does not exist: it never scores with an untrained head.
-    `faults` is test-only fault injection.
+    Users without history get `NEW_SHOPPER_CONTEXT`; `users` supplies the fields of `cfg.user_template`.
+    Fails, naming what is missing and how to fix it, when cfg asks for a cross-encoder that does not
+    exist: it never scores with an untrained head. `faults` is test-only fault injection.
     """
     spec, cfg = model_for(cfg)
     head = read_manifest(spec.path).fusion_head if spec.kind == "cross_encoder" else None
     score = scoring_udf(ship_model(spark, spec), ScoringSettings.from_config(cfg), faults)
-    contexts = request_contexts(candidates, interactions, items, cfg, run_date, queries)
+    contexts = request_contexts(candidates, interactions, items, cfg, run_date, queries, users)
     checked = checked_pairs(candidates, items, contexts, cfg)
     rejected = F.col("reason").isNotNull()
     finite = F.col("score").isNotNull() & ~F.isnan("score") & (F.abs("score") != F.lit(float("inf")))

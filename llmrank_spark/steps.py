@@ -188,12 +188,14 @@ def candidates(spark: SparkSession, config: Config) -> StepRun:
 
 def rerank(spark: SparkSession, config: Config) -> StepRun:
     """Second stage: score every candidate with the broadcast BERT model and keep each list's top-K."""
-    from llmrank_spark.ranking import rerank_candidates
+    from llmrank_spark.ranking import model_for, rerank_candidates
 
     with StepRun(spark, config, "rerank") as run:
         config = _with_registered_model(spark, config)
         todays = run.read("candidates").where(F.col("run_date") == F.lit(config.run.run_date))
         items, interactions = run.read("items"), run.read("interactions")
+        # Read only when the served model states user text, so `runs` lists what the step used.
+        users = run.read_optional("users") if model_for(config.rerank)[1].user_template else None
         # Events of a type the candidates step rejected (no weight) are not history here either.
         known_events = interactions.where(F.col("event_type").isin(list(config.candidates.event_weights)))
         result = rerank_candidates(
@@ -204,6 +206,7 @@ def rerank(spark: SparkSession, config: Config) -> StepRun:
             config.rerank,
             config.run.run_date,
             queries=run.read_optional("queries"),
+            users=users,
             faults=config.faults,
         )
         with materialised(result.outcome):
@@ -298,7 +301,7 @@ def attributes(spark: SparkSession, config: Config) -> StepRun:
 
     with StepRun(spark, config, "attributes") as run:
         items = run.read("items")
-        queries = run.read_optional("queries")
+        queries, users = run.read_optional("queries"), run.read_optional("users")
         orders = attribute_orders(
             spark,
             run.read("ranked").where(F.col("run_date") == F.lit(config.run.run_date)),
@@ -308,13 +311,14 @@ def attributes(spark: SparkSession, config: Config) -> StepRun:
             config.attributes,
             config.run.run_date,
             queries=queries,
+            users=users,
         )
         run.write("attribute_order", orders)
         # The segment table is aggregated from the partition just written, not from `orders`: that would
         # score every variant a second time.
         written = read_table(spark, config, "attribute_order", version=run.outputs["attribute_order"])
         todays = written.where(F.col("run_date") == F.lit(config.run.run_date))
-        by_segment = orders_by_segment(todays, items, run.read_optional("users"), queries)
+        by_segment = orders_by_segment(todays, items, users, queries)
         run.write("attribute_order_by_segment", by_segment)
     return run
 

@@ -29,6 +29,8 @@ MISSING_VALUE = "unknown"
 ITEM_FIELDS = ("item_id", "title", "category", "brand", "description", "price")
 # Item text keeps all its tokens unless that would leave the context less than this share of the budget.
 CONTEXT_MIN_SHARE = 0.25
+# Between a user's text (`rerank.user_template`) and their history in the context.
+USER_TEXT_SEPARATOR = ". "
 
 IntOrArray = TypeVar("IntOrArray", int, np.ndarray)
 
@@ -70,6 +72,18 @@ def _field_value(value: Any) -> str:
     return clean_text(value) or MISSING_VALUE
 
 
+def _fill(template: str, values: dict[str, str], table: str) -> str:
+    """The template filled from `values`, spaces collapsed; a field it names that `values` lacks fails."""
+    try:
+        text = template.format_map(values)
+    except KeyError as missing:
+        raise KeyError(
+            f"text template {template!r} names {missing} which is not a field of the {table} table; "
+            f"use {', '.join('{' + f + '}' for f in values)}"
+        ) from None
+    return _SPACES.sub(" ", text).strip()
+
+
 def render_item_texts(items: pd.DataFrame, template: str, attribute_limit: int) -> pd.Series:
     """One text per item row from a template of item fields and {attributes}; missing ones read "unknown"."""
     present = [field for field in ITEM_FIELDS if field in items.columns]
@@ -78,15 +92,30 @@ def render_item_texts(items: pd.DataFrame, template: str, attribute_limit: int) 
     for row in items.itertuples(index=False):
         values = {field: _field_value(getattr(row, field)) for field in present}
         values["attributes"] = format_attributes(row.attributes, attribute_limit) if has_attributes else ""
-        try:
-            text = template.format_map(values)
-        except KeyError as missing:
-            raise KeyError(
-                f"text template {template!r} names {missing} which is not an item field; "
-                f"use {', '.join('{' + f + '}' for f in (*ITEM_FIELDS, 'attributes'))}"
-            ) from None
-        texts.append(_SPACES.sub(" ", text).strip())
+        texts.append(_fill(template, values, "items"))
     return pd.Series(texts, index=items.index, dtype=object)
+
+
+def user_text_frame(users: pd.DataFrame, template: str) -> pd.DataFrame:
+    """(request_id, user_text) per row of the users table: `template` filled from its fields (any column
+    but user_id, e.g. "{segment} shopper, {age}"); a missing value reads "unknown"."""
+    fields = [column for column in users.columns if column != "user_id"]
+    texts = [
+        _fill(template, {field: _field_value(row[field]) for field in fields}, "users")
+        for row in users.to_dict("records")
+    ]
+    return pd.DataFrame(
+        {"request_id": users["user_id"].to_numpy(), "user_text": pd.Series(texts, dtype=object)}
+    )
+
+
+def contexts_with_user_texts(frame: pd.DataFrame) -> pd.DataFrame:
+    """(request_id, context_text) from rows (request_id, user_text, context_text), either text null: the
+    user's text, then their history context, or `NEW_SHOPPER_CONTEXT` when they have none."""
+    history = frame["context_text"].where(frame["context_text"].notna(), NEW_SHOPPER_CONTEXT)
+    stated = frame["user_text"].notna() & frame["user_text"].astype(str).ne("")
+    context = (frame["user_text"].astype(str) + USER_TEXT_SEPARATOR + history).where(stated, history)
+    return pd.DataFrame({"request_id": frame["request_id"].to_numpy(), "context_text": context.to_numpy()})
 
 
 def item_text_frame(items: pd.DataFrame, cfg: RerankConfig) -> pd.DataFrame:
@@ -155,12 +184,18 @@ def item_texts(items: DataFrame, cfg: RerankConfig) -> DataFrame:
 
 
 def user_contexts(
-    interactions: DataFrame, items: DataFrame, cfg: RerankConfig, as_of: dt.date | None = None
+    interactions: DataFrame,
+    items: DataFrame,
+    cfg: RerankConfig,
+    as_of: dt.date | None = None,
+    users: DataFrame | None = None,
 ) -> DataFrame:
     """(request_id, context_text) for every user in `interactions`: their newest items, newest first.
 
     With `as_of`, only events up to the end of that day count, so re-running a past date sees the same
-    history it saw then. Users absent here have no history: callers give them `NEW_SHOPPER_CONTEXT`.
+    history it saw then. With `cfg.user_template` and a `users` table, every user of either gets the
+    context `contexts_with_user_texts` builds. Users absent from both have no context: callers give
+    them `NEW_SHOPPER_CONTEXT`.
     """
     if as_of is not None:
         interactions = interactions.where(F.col("event_ts") < F.lit(as_of + dt.timedelta(days=1)))
@@ -168,4 +203,17 @@ def user_contexts(
     item_columns = [c for c in (*ITEM_FIELDS, "attributes") if c in items.columns]
     history = latest.join(items.select(*item_columns), "item_id")
     schema = "request_id string, context_text string"
-    return history.groupBy("user_id").applyInPandas(lambda pdf: user_context_frame(pdf, cfg), schema)
+    contexts = history.groupBy("user_id").applyInPandas(lambda pdf: user_context_frame(pdf, cfg), schema)
+    if not cfg.user_template or users is None:
+        return contexts
+
+    def render(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            yield user_text_frame(batch, cfg.user_template)
+
+    def combine(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            yield contexts_with_user_texts(batch)
+
+    user_texts = users.mapInPandas(render, "request_id string, user_text string")
+    return user_texts.join(contexts, "request_id", "full").mapInPandas(combine, schema)

@@ -49,7 +49,13 @@ from llmrank_spark.model import (
 )
 from llmrank_spark.ranking import fused_scores, item_event_counts, retrieval_features
 from llmrank_spark.scoring import PairScorer, ScoringSettings
-from llmrank_spark.text import ITEM_FIELDS, NEW_SHOPPER_CONTEXT, item_text_frame, user_context_frame
+from llmrank_spark.text import (
+    ITEM_FIELDS,
+    contexts_with_user_texts,
+    item_text_frame,
+    user_context_frame,
+    user_text_frame,
+)
 
 LIST, ITEM, LABEL = "list_id", "item_id", "label"
 VALIDATION_K = 10
@@ -92,26 +98,50 @@ def target_grades(targets: pd.DataFrame, events: pd.DataFrame, cfg: TrainConfig)
 
 
 def history_before(events: pd.DataFrame, targets: pd.DataFrame) -> pd.DataFrame:
-    """Every event of a target's user strictly before the target's time, keyed by the target's list_id.
+    """Every event of a target's user strictly before the target's time, on other items than the target,
+    keyed by the target's list_id.
 
-    The leakage guard of list construction: nothing at or after t enters the context of a list at t.
+    The leakage guard of list construction: nothing at or after t enters the context of a list at t, and
+    neither does the target item itself. A target sits at its latest event, so its own earlier funnel
+    steps (the view seconds before the purchase) would otherwise state the answer in the context, and
+    the model would learn to find the item in the history rather than what the shopper chooses by.
     """
-    joined = targets[[LIST, "user_id", "event_ts"]].merge(events, on="user_id", suffixes=("_target", ""))
-    before = joined[joined["event_ts"] < joined["event_ts_target"]]
-    return before.drop(columns=["event_ts_target"])
+    joined = targets[[LIST, "user_id", "item_id", "event_ts"]].merge(
+        events, on="user_id", suffixes=("_target", "")
+    )
+    before = joined[
+        (joined["event_ts"] < joined["event_ts_target"]) & (joined["item_id"] != joined["item_id_target"])
+    ]
+    return before.drop(columns=["event_ts_target", "item_id_target"])
 
 
 def target_contexts(
-    events: pd.DataFrame, items: pd.DataFrame, targets: pd.DataFrame, cfg: RerankConfig
+    events: pd.DataFrame,
+    items: pd.DataFrame,
+    targets: pd.DataFrame,
+    cfg: RerankConfig,
+    users: pd.DataFrame | None = None,
 ) -> pd.Series:
-    """Context text per list_id, built by the serving `user_context_frame` from `history_before`."""
+    """Context text per list_id, built as served: `user_context_frame` from `history_before`, after the
+    user's `cfg.user_template` text when `users` is given (`contexts_with_user_texts`)."""
     fields = [c for c in (*ITEM_FIELDS, "attributes") if c in items.columns]
     history = history_before(events[["user_id", "item_id", "event_ts"]], targets).merge(
         items[fields], on="item_id"
     )
     contexts = user_context_frame(history.drop(columns=["user_id"]).rename(columns={LIST: "user_id"}), cfg)
-    by_list = contexts.set_index("request_id")["context_text"]
-    return targets[LIST].map(by_list).fillna(NEW_SHOPPER_CONTEXT).rename("context_text")
+    user_text = pd.Series(None, index=targets.index, dtype=object)
+    if cfg.user_template and users is not None:
+        user_text = targets["user_id"].map(
+            user_text_frame(users, cfg.user_template).set_index("request_id")["user_text"]
+        )
+    frame = pd.DataFrame(
+        {
+            "request_id": targets[LIST],
+            "user_text": user_text,
+            "context_text": targets[LIST].map(contexts.set_index("request_id")["context_text"]),
+        }
+    )
+    return contexts_with_user_texts(frame).set_axis(targets.index)["context_text"]
 
 
 def sample_lists(
@@ -700,6 +730,7 @@ def training_lists(
     # Spark returns rows in no fixed order; sorted, the seeded sampling draws the same lists every run.
     candidates_pd = candidates_pd.sort_values(["request_id", ITEM], ignore_index=True)
     items_pd = items.toPandas()
+    users_pd = users.toPandas() if users is not None else None
     item_events = item_event_counts(history, newest.date()).toPandas()
 
     # The newest target of each user is the validation slice; the older ones are training lists.
@@ -715,7 +746,7 @@ def training_lists(
     built = {}
     for name, part in chosen.items():
         lists = sample_lists(part, candidates_pd, events, categories, cfg, rng)
-        contexts = target_contexts(events, items_pd, part, text_cfg).set_axis(part[LIST])
+        contexts = target_contexts(events, items_pd, part, text_cfg, users_pd).set_axis(part[LIST])
         user_of = part.set_index(LIST)["user_id"]
         built[name] = _assemble_lists(lists, contexts, texts, candidates_pd, user_of, item_events)
     _BUILT_LISTS[key] = built
@@ -752,6 +783,7 @@ def train_reranker(
         base_model=BASE_MODEL_NAME if warm_from is None else f"{BASE_MODEL_NAME} via {started_from}",
         max_length=cfg.max_length,
         context_template=text_cfg.context_template,
+        user_template=text_cfg.user_template,
         item_template=text_cfg.item_template,
         item_attributes=text_cfg.item_attributes,
         loss=cfg.loss,

@@ -1,4 +1,6 @@
 import datetime as dt
+import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -7,7 +9,7 @@ from test_scoring import direct_scores
 from tiny_reranker import TINY_VERSION, tiny_artifact
 
 from llmrank_spark.config import RerankConfig
-from llmrank_spark.model import ZERO_SHOT_VERSION, ArtifactError
+from llmrank_spark.model import MANIFEST_FILE, ZERO_SHOT_VERSION, ArtifactError
 from llmrank_spark.ranking import rank_request, rerank_candidates
 from llmrank_spark.tables import check_schema, frame_from_pandas
 from llmrank_spark.text import NEW_SHOPPER_CONTEXT, item_text_frame, user_context_frame
@@ -72,7 +74,11 @@ def tiny_config() -> RerankConfig:
 
 
 def run_rerank(
-    spark, cfg: RerankConfig, candidates: pd.DataFrame = CANDIDATES, queries: pd.DataFrame | None = None
+    spark,
+    cfg: RerankConfig,
+    candidates: pd.DataFrame = CANDIDATES,
+    queries: pd.DataFrame | None = None,
+    users: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     ranked = rerank_candidates(
         spark,
@@ -82,6 +88,7 @@ def run_rerank(
         cfg,
         RUN_DATE,
         queries=None if queries is None else frame_from_pandas(spark, queries, "queries"),
+        users=None if users is None else frame_from_pandas(spark, users, "users"),
     ).ranked
     check_schema(ranked, "ranked", "rerank_candidates output")
     return ranked.toPandas().sort_values(["request_id", "rank"]).reset_index(drop=True)
@@ -142,6 +149,26 @@ def test_rerank_keeps_top_k_by_model_score_and_a_rerun_is_identical(spark):
     assert merged["sources"].map(list).tolist() == [["als", "popularity"]] * len(merged)
 
     pd.testing.assert_frame_equal(run_rerank(spark, cfg), ranked)
+
+
+def test_a_model_trained_with_a_user_template_is_served_with_its_users_text(spark, tmp_path):
+    artifact = shutil.copytree(tiny_artifact(), tmp_path / "stated")
+    manifest = json.loads((artifact / MANIFEST_FILE).read_text())
+    (artifact / MANIFEST_FILE).write_text(json.dumps({**manifest, "user_template": "{segment} shopper"}))
+    users = pd.DataFrame({"user_id": ["u1", "u3"], "segment": ["eco", "tech"]})
+    ranked = run_rerank(spark, tiny_config().model_copy(update={"model_path": str(artifact)}), users=users)
+
+    expected = expected_scores(tiny_config())
+    # u2 has no users row: its context is its history alone.
+    stated = expected["request_id"].map({"u1": "eco shopper. ", "u3": "tech shopper. "}).fillna("")
+    contexts = (stated + expected["context_text"]).tolist()
+    expected = expected.assign(score=direct_scores(contexts, expected["item_text"].tolist()))
+    merged = ranked.merge(expected, on=["request_id", "item_id"], suffixes=("", "_direct"))
+    assert len(merged) == len(ranked) == 3 * TOP_K
+    np.testing.assert_allclose(merged["score"], merged["score_direct"], atol=1e-4)
+    # The user text moves the scores: without it, u1's and u3's items score otherwise.
+    plain = merged.merge(expected_scores(tiny_config()), on=["request_id", "item_id"])["score_y"]
+    assert not np.allclose(merged["score"], plain, atol=1e-4)
 
 
 def test_query_requests_are_scored_against_the_query_text_and_need_the_queries_table(spark):

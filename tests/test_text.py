@@ -1,6 +1,7 @@
 import datetime as dt
 
 import pandas as pd
+import pytest
 
 from llmrank_spark.config import RerankConfig
 from llmrank_spark.tables import frame_from_pandas
@@ -8,12 +9,14 @@ from llmrank_spark.text import (
     HISTORY_PREFIX,
     NEW_SHOPPER_CONTEXT,
     budget_split,
+    contexts_with_user_texts,
     format_attributes,
     history_context,
     item_text_frame,
     item_texts,
     user_context_frame,
     user_contexts,
+    user_text_frame,
 )
 
 CFG = RerankConfig(context_items=2, item_attributes=2)
@@ -74,6 +77,36 @@ def test_equal_event_times_are_ordered_by_item_id():
     )
 
 
+USERS = pd.DataFrame({"user_id": ["u1", "u3"], "segment": ["budget", None], "age": [31, 40]})
+
+
+def test_user_text_states_users_fields_before_the_history_and_marks_missing_ones():
+    texts = user_text_frame(USERS, "{segment} shopper, {age}")
+    assert texts.to_dict("list") == {
+        "request_id": ["u1", "u3"],
+        "user_text": ["budget shopper, 31", "unknown shopper, 40"],
+    }
+    with pytest.raises(
+        KeyError, match=r"names 'tier' which is not a field of the users table; use \{segment\}"
+    ):
+        user_text_frame(USERS, "{tier}")
+
+    history_text = HISTORY_PREFIX + "Red Shoe (Shoes, Acme)"
+    frame = pd.DataFrame(
+        {
+            "request_id": ["u1", "u2", "u3", "u4"],
+            "user_text": ["budget shopper", None, "unknown shopper", ""],
+            "context_text": [history_text, history_text, None, None],
+        }
+    )
+    assert contexts_with_user_texts(frame)["context_text"].tolist() == [
+        "budget shopper. " + history_text,
+        history_text,  # no users row: the history alone, as without a user template
+        "unknown shopper. " + NEW_SHOPPER_CONTEXT,
+        NEW_SHOPPER_CONTEXT,
+    ]
+
+
 def test_budget_cuts_the_context_first():
     assert budget_split(context_tokens=100, item_tokens=30, budget=61) == (31, 30)
     assert budget_split(context_tokens=10, item_tokens=30, budget=61) == (10, 30)
@@ -98,3 +131,14 @@ def test_spark_helpers_match_the_pure_functions(spark):
     contexts = dict(user_contexts(interactions, items, CFG, as_of=dt.date(2026, 1, 2)).collect())
     # Events after the run date are not history yet: u1 saw only "a" by then, u2 nothing.
     assert contexts == {"u1": HISTORY_PREFIX + "Red Shoe (Shoes, Acme)"}
+
+    stated = CFG.model_copy(update={"user_template": "{segment} shopper"})
+    users = frame_from_pandas(spark, USERS, "users")
+    contexts = dict(
+        user_contexts(interactions, items, stated, as_of=dt.date(2026, 1, 2), users=users).collect()
+    )
+    # u3 has a users row and no history yet; u2 has neither by the run date.
+    assert contexts == {
+        "u1": "budget shopper. " + HISTORY_PREFIX + "Red Shoe (Shoes, Acme)",
+        "u3": "unknown shopper. " + NEW_SHOPPER_CONTEXT,
+    }

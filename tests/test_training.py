@@ -47,13 +47,15 @@ CATEGORIES = ITEMS.set_index("item_id")["category"]
 
 
 def timeline() -> tuple[pd.DataFrame, pd.DataFrame]:
-    """u1 acts on i0..i4 a minute apart, with i5 in the same second as the target i3; u2 once, later."""
+    """u1 acts on i0..i4 a minute apart, with i5 in the same second as the target i3 and a view of i3
+    half a minute in (its funnel's first step); u2 once, later."""
     events = pd.DataFrame(
         {
-            "user_id": ["u1"] * 6 + ["u2"],
-            "item_id": ["i0", "i1", "i2", "i3", "i5", "i4", "i6"],
-            "event_type": ["view", "click", "add_to_cart", "purchase", "view", "view", "view"],
-            "event_ts": [TS + pd.Timedelta(minutes=m) for m in (0, 1, 2, 3, 3, 4)] + [TS],
+            "user_id": ["u1"] * 6 + ["u2", "u1"],
+            "item_id": ["i0", "i1", "i2", "i3", "i5", "i4", "i6", "i3"],
+            "event_type": ["view", "click", "add_to_cart", "purchase", "view", "view", "view", "view"],
+            "event_ts": [TS + pd.Timedelta(minutes=m) for m in (0, 1, 2, 3, 3, 4)]
+            + [TS, TS + pd.Timedelta(seconds=30)],
             "value": np.nan,
         }
     )
@@ -68,24 +70,36 @@ def timeline() -> tuple[pd.DataFrame, pd.DataFrame]:
     return events, targets
 
 
-def test_list_contexts_hold_only_events_strictly_before_the_target():
+def test_list_contexts_hold_only_events_strictly_before_the_target_on_other_items():
     events, targets = timeline()
     history = history_before(events, targets)
     when = targets.set_index("list_id")["event_ts"]
     assert (history["event_ts"] < history["list_id"].map(when)).all()
     assert sorted(history.loc[history["list_id"] == "a", "item_id"]) == ["i0", "i1", "i2"]
-    assert history.loc[history["list_id"] == "b", "item_id"].tolist() == ["i0"]
+    assert sorted(history.loc[history["list_id"] == "b", "item_id"]) == ["i0", "i3"]
     assert "c" not in set(history["list_id"])  # u2 has no earlier event
 
     cfg = RerankConfig(context_template="{title}", context_items=10)
     contexts = target_contexts(events, ITEMS, targets, cfg)
     titles = ITEMS.set_index("item_id")["title"]
-    # The target itself, the event in its same second (i5) and the later one (i4) never leak in.
+    # The target itself (its earlier view included), the event in its same second (i5) and the later
+    # one (i4) never leak in.
     for leaked in ("i3", "i4", "i5"):
         assert titles[leaked] not in contexts.iloc[0]
     assert contexts.iloc[0].endswith(titles["i0"]) and titles["i2"] in contexts.iloc[0]
     assert contexts.iloc[1].endswith(titles["i0"]) and titles["i1"] not in contexts.iloc[1]
     assert contexts.iloc[2] == NEW_SHOPPER_CONTEXT
+
+    # With a user template, each list's context starts with its user's text, as served.
+    users = pd.DataFrame({"user_id": ["u1", "u2"], "segment": ["eco", "tech"]})
+    stated = target_contexts(
+        events, ITEMS, targets, cfg.model_copy(update={"user_template": "{segment}"}), users
+    )
+    assert stated.tolist() == [
+        "eco. " + contexts.iloc[0],
+        "eco. " + contexts.iloc[1],
+        "tech. " + NEW_SHOPPER_CONTEXT,
+    ]
 
 
 def test_grades_follow_event_type_or_rating():
