@@ -9,7 +9,10 @@ lakehouse) on a bounded sample, then measures:
                 attributes, and its mean over segments; and the same measure with the generator's own
                 choice model as the scorer (occlusion of a driver that matches the shopper's preferred
                 value drops its utility by the driver's weight), over the same ranked items: what the
-                aggregation recovers with a perfect model, so the gap between the two is the reranker's
+                aggregation recovers with a perfect model, so the gap between the two is the reranker's;
+                and with a scorer that knows each segment's drivers and how its shoppers' preferred
+                values spread, but not the shopper's own (`segment_only_importances`): what a model
+                that learned nothing from a shopper's history could reach
   faithfulness  for every ranked item with at least 3 scored attributes: the score drop when its top-2
                 attributes are removed together against the drop when 2 attributes drawn at random
                 (seeded, uniformly among its scored attributes) are removed; the mean of both and the
@@ -101,6 +104,13 @@ def segment_agreement(orders: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+def _driver_rows(orders: pd.DataFrame, items: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """`orders` with the item's category and the attribute's driver weight in the segment (NaN: none)."""
+    return orders.merge(items[["item_id", "category"]], on="item_id").merge(
+        truth[["segment", "attribute", "weight"]], on=["segment", "attribute"], how="left"
+    )
+
+
 def generator_importances(
     orders: pd.DataFrame, items: pd.DataFrame, world_preferences: pd.DataFrame, truth: pd.DataFrame
 ) -> pd.DataFrame:
@@ -108,13 +118,42 @@ def generator_importances(
     utility: the driver's weight where the item's value is the shopper's preferred one in its category
     (removing it loses the match), else 0 (a non-driver, or a value the shopper does not prefer)."""
     preferred = world_preferences.rename(columns={"user_id": "request_id", "value": "preferred"})
-    rows = (
-        orders.merge(items[["item_id", "category"]], on="item_id")
-        .merge(preferred, on=["request_id", "segment", "category", "attribute"], how="left")
-        .merge(truth[["segment", "attribute", "weight"]], on=["segment", "attribute"], how="left")
+    rows = _driver_rows(orders, items, truth).merge(
+        preferred, on=["request_id", "segment", "category", "attribute"], how="left"
     )
     matches = rows["value"].eq(rows["preferred"])
     return rows.assign(importance=rows["weight"].fillna(0.0).where(matches, 0.0))
+
+
+def segment_only_importances(
+    orders: pd.DataFrame, items: pd.DataFrame, world_preferences: pd.DataFrame, truth: pd.DataFrame
+) -> pd.DataFrame:
+    """`orders` with each importance replaced by what occlusion gives when the scorer knows the shopper's
+    segment but not their own preferred values: the expected utility, weight x the share of the segment's
+    shoppers who prefer the item's value in its category, minus what is expected of the category's
+    average item (removing the value leaves that average). What a model that learned the segments, and
+    nothing from the shopper's history, would give."""
+    keys = ["segment", "category", "attribute"]
+    preferring = world_preferences.groupby([*keys, "value"]).size()
+    preferring = (preferring / preferring.groupby(level=keys).transform("sum")).rename("preferring")
+    values = pd.DataFrame(
+        [
+            (item.category, name, value)
+            for item in items.itertuples()
+            for name, value in [*dict(item.attributes or {}).items(), ("brand", item.brand)]
+        ],
+        columns=["category", "attribute", "value"],
+    )
+    in_catalogue = values.value_counts() / values.groupby(["category", "attribute"]).size()
+    matches = preferring.reset_index().merge(in_catalogue.rename("in_catalogue").reset_index())
+    average = (matches["preferring"] * matches["in_catalogue"]).groupby([matches[k] for k in keys]).sum()
+    rows = (
+        _driver_rows(orders, items, truth)
+        .merge(preferring.reset_index(), on=[*keys, "value"], how="left")
+        .merge(average.rename("average").reset_index(), on=keys, how="left")
+    )
+    expected_gain = rows["preferring"].fillna(0.0) - rows["average"].fillna(0.0)
+    return rows.assign(importance=rows["weight"].fillna(0.0) * expected_gain)
 
 
 def catalogue_keys(items: pd.DataFrame) -> set[tuple[str, str, str]]:
@@ -265,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
             "overrides the lakehouse was generated with"
         )
     ceiling = segment_agreement(generator_importances(user_orders, items, world.preferences, truth), truth)
+    segment_only = segment_agreement(
+        segment_only_importances(user_orders, items, world.preferences, truth), truth
+    )
     result, check = faithfulness(orders, items, contexts, config, args.seed)
     scored_items = orders.groupby(ITEM_KEYS).ngroups
 
@@ -275,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\nThe same measure with the generator's choice model as the scorer, over the same ranked items")
     print(markdown_table(ceiling))
     print(f"mean Kendall tau over {len(ceiling)} segments: {ceiling['tau'].mean():+.3f}")
+    print("\nThe same with a scorer that knows the shopper's segment, not their own preferred values")
+    print(markdown_table(segment_only))
+    print(f"mean Kendall tau over {len(segment_only)} segments: {segment_only['tau'].mean():+.3f}")
 
     wins = result["drop_top2"] > result["drop_random2"]
     ties = result["drop_top2"] == result["drop_random2"]

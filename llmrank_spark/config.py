@@ -195,6 +195,9 @@ class RerankConfig(_Section):
     quantize_int8: bool = False
     context_items: int = Field(5, ge=0)
     context_template: str = "{title} ({category}, {brand})"
+    # Categories of a user's history whose most chosen attribute values open the context (text.py,
+    # `preference_profiles`); 0 states no profile.
+    profile_categories: int = Field(0, ge=0)
     # Fields of the users table stated before a user's history, e.g. "{segment} shopper"; "" states none.
     user_template: str = ""
     item_template: str = "{title}. Brand: {brand}. Category: {category}. {attributes}"

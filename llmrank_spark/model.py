@@ -78,8 +78,12 @@ class ArtifactManifest(BaseModel):
     base_model: str = BASE_MODEL_NAME
     max_length: int = Field(ge=16, le=512)
     context_template: str
+    # Absent from artifacts written before they were recorded: served with rerank.context_items, and no
+    # user text or profile.
+    context_items: int | None = Field(None, ge=0)
+    profile_categories: int = Field(0, ge=0)
     item_template: str
-    user_template: str = ""  # absent from artifacts written before it existed: they state no user text
+    user_template: str = ""
     item_attributes: int = Field(ge=0)
     loss: str
     data_snapshot: str

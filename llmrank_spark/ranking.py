@@ -103,6 +103,8 @@ def model_for(cfg: RerankConfig) -> tuple[ModelSpec, RerankConfig]:
     trained_text = {
         "max_length": manifest.max_length,
         "context_template": manifest.context_template,
+        "context_items": cfg.context_items if manifest.context_items is None else manifest.context_items,
+        "profile_categories": manifest.profile_categories,
         "user_template": manifest.user_template,
         "item_template": manifest.item_template,
         "item_attributes": manifest.item_attributes,

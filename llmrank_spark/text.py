@@ -24,6 +24,11 @@ NEW_SHOPPER_CONTEXT = "new shopper with no history yet"
 # Placed before a user's history so a cross-encoder can tell the context segment from a query.
 HISTORY_PREFIX = "Recently viewed: "
 HISTORY_SEPARATOR = "; "
+# Placed before a user's preference profile (`rerank.profile_categories`), which comes before their history.
+PROFILE_PREFIX = "Usually chooses: "
+# A value enters the profile only when the user engaged with at least this many items that have it: one
+# item is an item, not a preference.
+MIN_PROFILE_SUPPORT = 2
 MISSING_VALUE = "unknown"
 # Item fields a template may name besides {attributes}.
 ITEM_FIELDS = ("item_id", "title", "category", "brand", "description", "price")
@@ -128,31 +133,85 @@ def item_text_frame(items: pd.DataFrame, cfg: RerankConfig) -> pd.DataFrame:
     )
 
 
-def history_context(snippets: list[str]) -> str:
-    """A user's context from item snippets, newest first; the documented fallback when there are none."""
-    if not snippets:
-        return NEW_SHOPPER_CONTEXT
-    return HISTORY_PREFIX + HISTORY_SEPARATOR.join(snippets)
+def history_context(snippets: list[str], profile: str = "") -> str:
+    """A user's context: their preference profile, then item snippets newest first; the documented
+    fallback when there is neither."""
+    parts = [PROFILE_PREFIX + profile] if profile else []
+    if snippets:
+        parts.append(HISTORY_PREFIX + HISTORY_SEPARATOR.join(snippets))
+    return USER_TEXT_SEPARATOR.join(parts) or NEW_SHOPPER_CONTEXT
+
+
+def preference_profiles(engaged: pd.DataFrame, categories: int, attribute_limit: int) -> pd.Series:
+    """Profile text per user_id from rows (user_id, item_id, category, brand, attributes), one per item the
+    user engaged with: for each of their `categories` categories with the most items, the value of each
+    attribute (brand, then those an item text shows) they chose most often, when at least
+    `MIN_PROFILE_SUPPORT` items have it: "hiking boots: brand: Ridgeline, colour: brown; t-shirts: ...".
+
+    Why: a shopper's taste in a category (a colour, a fit, a brand) shows in what they chose repeatedly,
+    which a few recent items rarely state; said in the item text's own "name: value" words, the model
+    can relate it to a candidate directly. Ties go to the category or value first by name.
+    """
+    values = pd.DataFrame(
+        [
+            (row.user_id, row.category, name, value)
+            for row in engaged.itertuples(index=False)
+            for name, value in [
+                ("brand", clean_text(row.brand)),
+                *shown_attributes(row.attributes, attribute_limit),
+            ]
+            if value
+        ],
+        columns=["user_id", "category", "attribute", "value"],
+    )
+    counts = values.value_counts().rename("items").reset_index()
+    modes = counts[counts["items"] >= MIN_PROFILE_SUPPORT].sort_values(
+        ["user_id", "category", "attribute", "items", "value"], ascending=[True, True, True, False, True]
+    )
+    modes = modes.drop_duplicates(["user_id", "category", "attribute"])
+    top = (
+        engaged.groupby(["user_id", "category"])
+        .size()
+        .rename("category_items")
+        .reset_index()
+        .sort_values(["user_id", "category_items", "category"], ascending=[True, False, True])
+        .groupby("user_id")
+        .head(categories)
+    )
+    stated = top.merge(modes, on=["user_id", "category"], sort=False)
+    stated = stated.assign(brand_last=stated["attribute"].ne("brand")).sort_values(
+        ["user_id", "category_items", "category", "brand_last", "attribute"],
+        ascending=[True, False, True, True, True],
+    )
+    stated["pair"] = stated["attribute"] + ": " + stated["value"]
+    per_category = stated.groupby(["user_id", "category"], sort=False)["pair"].agg(", ".join)
+    texts = per_category.index.get_level_values("category") + ": " + per_category
+    return texts.groupby(level="user_id", sort=False).agg(HISTORY_SEPARATOR.join)
 
 
 def user_context_frame(history: pd.DataFrame, cfg: RerankConfig) -> pd.DataFrame:
     """(request_id, context_text) from history rows (user_id, item_id, event_ts and the item fields).
 
     Each item counts once, at its latest event; the `cfg.context_items` newest items are kept, newest
-    first, ties on time broken by item_id so the text never depends on row order.
+    first, ties on time broken by item_id so the text never depends on row order. With
+    `cfg.profile_categories`, the user's `preference_profiles` over all their items comes first.
     """
     if history.empty:
         return pd.DataFrame({"request_id": pd.Series(dtype=object), "context_text": pd.Series(dtype=object)})
-    latest = (
-        history.sort_values(["user_id", "event_ts", "item_id"], ascending=[True, False, True])
-        .drop_duplicates(["user_id", "item_id"])
-        .groupby("user_id", sort=True)
-        .head(cfg.context_items)
-    )
+    engaged = history.sort_values(["user_id", "event_ts", "item_id"], ascending=[True, False, True])
+    engaged = engaged.drop_duplicates(["user_id", "item_id"])
+    latest = engaged.groupby("user_id", sort=True).head(cfg.context_items)
     latest = latest.assign(snippet=render_item_texts(latest, cfg.context_template, cfg.item_attributes))
     snippets = latest.groupby("user_id", sort=True)["snippet"].agg(list)
     contexts = pd.DataFrame({"request_id": history["user_id"].drop_duplicates().sort_values()})
-    contexts["context_text"] = [history_context(snippets.get(user, [])) for user in contexts["request_id"]]
+    profiles = (
+        preference_profiles(engaged, cfg.profile_categories, cfg.item_attributes)
+        if cfg.profile_categories
+        else pd.Series(dtype=object)
+    )
+    contexts["context_text"] = [
+        history_context(snippets.get(user, []), profiles.get(user, "")) for user in contexts["request_id"]
+    ]
     return contexts.reset_index(drop=True)
 
 

@@ -418,9 +418,10 @@ def fit(
     distributed: bool = False,
 ) -> FitResult:
     """Train on `train` lists (rows grouped by list_id, list_size each) with `cfg.loss`; every
-    `eval_every_steps` steps measure validation NDCG@10, keep the best weights, stop after `patience`
-    evaluations without improvement. The model ends holding the best weights. The head reads each feature
-    scaled to its range in `train` (`FusionRanker.scale_features`), so no feature's units set its pace.
+    `eval_every_steps` steps and after the last step measure validation NDCG@10, keep the best weights,
+    stop after `patience` evaluations without improvement. The model ends holding the best weights. The
+    head reads each feature scaled to its range in `train` (`FusionRanker.scale_features`), so no
+    feature's units set its pace.
 
     `distributed`: this process is one rank of an initialised torch.distributed group, and every rank
     calls `fit` with the same lists and config. Each step takes the next world_size x batch_lists lists
@@ -463,6 +464,21 @@ def fit(
     if rank == 0:
         print(f"[train] step 0: validation ndcg@10 {best.best_ndcg:.4f}", flush=True)
     best_state, waited, step = copy.deepcopy(model.state_dict()), 0, 0
+
+    def evaluate(loss: float) -> bool:
+        """Record this step's validation NDCG, keep the weights if best; True when patience has run out."""
+        nonlocal best_state, waited
+        ndcg = validation_ndcg()
+        best.evaluations.append((step, ndcg))
+        if rank == 0:
+            print(f"[train] step {step}: loss {loss:.4f}, validation ndcg@10 {ndcg:.4f}", flush=True)
+        if ndcg > best.best_ndcg:
+            best.best_ndcg, best.steps, best_state, waited = ndcg, step, copy.deepcopy(model.state_dict()), 0
+        else:
+            waited += 1
+        return waited >= cfg.patience
+
+    stopped = False
     for _epoch in range(cfg.epochs):
         # Padded to a multiple of world_size by repeating its first lists, so every rank has lists at
         # every step (a rank that skipped a step would leave the others waiting for its gradients).
@@ -483,27 +499,14 @@ def fit(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             step += 1
-            if step % cfg.eval_every_steps:
-                continue
-            ndcg = validation_ndcg()
-            best.evaluations.append((step, ndcg))
-            if rank == 0:
-                print(
-                    f"[train] step {step}: loss {loss.item():.4f}, validation ndcg@10 {ndcg:.4f}", flush=True
-                )
-            if ndcg > best.best_ndcg:
-                best.best_ndcg, best.steps, best_state, waited = (
-                    ndcg,
-                    step,
-                    copy.deepcopy(model.state_dict()),
-                    0,
-                )
-            else:
-                waited += 1
-                if waited >= cfg.patience:
-                    break
-        if waited >= cfg.patience:
+            if step % cfg.eval_every_steps == 0 and evaluate(loss.item()):
+                stopped = True
+                break
+        if stopped:
             break
+    # The steps after the last evaluation are measured too, so the end of training is never discarded.
+    if not stopped and step % cfg.eval_every_steps:
+        evaluate(loss.item())
     model.load_state_dict(best_state)
     model.eval()
     best.seconds = time.perf_counter() - started
@@ -784,6 +787,8 @@ def train_reranker(
         base_model=BASE_MODEL_NAME if warm_from is None else f"{BASE_MODEL_NAME} via {started_from}",
         max_length=cfg.max_length,
         context_template=text_cfg.context_template,
+        context_items=text_cfg.context_items,
+        profile_categories=text_cfg.profile_categories,
         user_template=text_cfg.user_template,
         item_template=text_cfg.item_template,
         item_attributes=text_cfg.item_attributes,

@@ -10,7 +10,7 @@ from tiny_reranker import TINY_VERSION, tiny_artifact
 
 from llmrank_spark.config import RerankConfig
 from llmrank_spark.model import MANIFEST_FILE, ZERO_SHOT_VERSION, ArtifactError
-from llmrank_spark.ranking import rank_request, rerank_candidates
+from llmrank_spark.ranking import model_for, rank_request, rerank_candidates
 from llmrank_spark.tables import check_schema, frame_from_pandas
 from llmrank_spark.text import NEW_SHOPPER_CONTEXT, item_text_frame, user_context_frame
 
@@ -169,6 +169,27 @@ def test_a_model_trained_with_a_user_template_is_served_with_its_users_text(spar
     # The user text moves the scores: without it, u1's and u3's items score otherwise.
     plain = merged.merge(expected_scores(tiny_config()), on=["request_id", "item_id"])["score_y"]
     assert not np.allclose(merged["score"], plain, atol=1e-4)
+
+
+def test_a_model_is_served_with_the_history_settings_it_was_trained_with(tmp_path):
+    """How many recent items and profile categories the context states are part of the text the model
+    learned; an artifact written before they were recorded serves with the config's recent items."""
+    artifact = shutil.copytree(tiny_artifact(), tmp_path / "recorded")
+    manifest = json.loads((artifact / MANIFEST_FILE).read_text())
+    for key in ("context_items", "profile_categories"):
+        manifest.pop(key)
+    (artifact / MANIFEST_FILE).write_text(json.dumps(manifest))
+    cfg = tiny_config().model_copy(
+        update={"model_path": str(artifact), "context_items": 5, "profile_categories": 3}
+    )
+    _, served = model_for(cfg)
+    assert (served.context_items, served.profile_categories) == (5, 0)
+
+    (artifact / MANIFEST_FILE).write_text(
+        json.dumps({**manifest, "context_items": 0, "profile_categories": 2})
+    )
+    _, served = model_for(cfg)
+    assert (served.context_items, served.profile_categories) == (0, 2)
 
 
 def test_query_requests_are_scored_against_the_query_text_and_need_the_queries_table(spark):

@@ -8,6 +8,7 @@ from llmrank_spark.tables import frame_from_pandas
 from llmrank_spark.text import (
     HISTORY_PREFIX,
     NEW_SHOPPER_CONTEXT,
+    PROFILE_PREFIX,
     budget_split,
     contexts_with_user_texts,
     format_attributes,
@@ -74,6 +75,37 @@ def test_equal_event_times_are_ordered_by_item_id():
     contexts = user_context_frame(history(rows), CFG)
     assert (
         contexts["context_text"].iloc[0] == HISTORY_PREFIX + "Red Shoe (Shoes, Acme); Blue Hat (unknown, Zed)"
+    )
+
+
+def test_profile_states_each_top_category_values_chosen_on_two_items_or_more_before_the_history():
+    items = pd.DataFrame(
+        [
+            ("s1", "Shoe 1", "shoes", "Acme", {"colour": "red", "fit": "wide"}),
+            ("s2", "Shoe 2", "shoes", "Acme", {"colour": "red", "fit": "narrow"}),
+            ("s3", "Shoe 3", "shoes", "Bolt", {"colour": "blue", "fit": "slim"}),
+            ("h1", "Hat 1", "hats", "Zed", {"colour": "red"}),
+            ("h2", "Hat 2", "hats", "Zed", {"colour": "blue"}),
+            ("b1", "Bag 1", "bags", "Acme", {"colour": "red"}),
+        ],
+        columns=["item_id", "title", "category", "brand", "attributes"],
+    )
+    rows = [("u1", i, f"2026-01-0{day}") for day, i in enumerate(["s1", "s2", "s3", "h1", "h2", "b1"], 1)]
+    rows += [("u1", "s1", "2026-01-08"), ("u2", "s1", "2026-01-01")]  # s1 counts once; u2: one item
+    events = pd.DataFrame(rows, columns=["user_id", "item_id", "event_ts"])
+    events = events.assign(event_ts=pd.to_datetime(events["event_ts"])).merge(items, on="item_id")
+    cfg = RerankConfig(context_items=1, context_template="{title}", profile_categories=2)
+
+    contexts = dict(user_context_frame(events, cfg).itertuples(index=False))
+
+    # Shoes (3 items) then hats (2); bags (1) is past the 2 categories. The fits and the hats' colours
+    # were each chosen once: no preference to state.
+    profile = PROFILE_PREFIX + "shoes: brand: Acme, colour: red; hats: brand: Zed"
+    assert contexts == {"u1": profile + ". " + HISTORY_PREFIX + "Shoe 1", "u2": HISTORY_PREFIX + "Shoe 1"}
+    no_profile = cfg.model_copy(update={"profile_categories": 0})
+    assert (
+        dict(user_context_frame(events, no_profile).itertuples(index=False))["u1"]
+        == HISTORY_PREFIX + "Shoe 1"
     )
 
 

@@ -317,6 +317,20 @@ def test_fit_learns_and_keeps_the_best_validated_weights(tmp_path):
     assert model.head_spec().feature_weights[0] > 0  # the ALS feature earned a positive weight
 
 
+def test_fit_validates_the_steps_after_its_last_scheduled_evaluation(tmp_path):
+    """24 lists of 4 per step make 6 steps; evaluated every 4, the last 2 steps are validated at the end
+    rather than discarded with the weights they trained."""
+    artifact = load_artifact(tiny_with_head(tmp_path / "start", None))
+    model = FusionRanker(artifact.model, ["als", "popularity"])
+    scorer = cpu_scorer(model, artifact.tokenizer)
+    cfg = TrainConfig(loss="ranknet", batch_lists=4, eval_every_steps=4, patience=5, head_learning_rate=0.2)
+
+    result = fit(model, scorer, _lists(24, seed=1), _lists(8, seed=2), cfg)
+
+    assert [s for s, _ in result.evaluations] == [0, 4, 6]
+    assert result.best_ndcg == max(v for _, v in result.evaluations)
+
+
 def test_torch_distributor_on_two_cpu_processes_trains_as_one_process_on_their_joint_batches(spark, tmp_path):
     """train.distributor_processes=2 runs `fit` in two gloo processes under Spark's TorchDistributor (local
     mode, CPU), each on half of every step's lists. DistributedDataParallel averages their gradients, so
