@@ -82,8 +82,8 @@ class ArtifactManifest(BaseModel):
     # user text or profile.
     context_items: int | None = Field(None, ge=0)
     profile_categories: int = Field(0, ge=0)
-    item_template: str
     user_template: str = ""
+    item_template: str
     item_attributes: int = Field(ge=0)
     loss: str
     data_snapshot: str

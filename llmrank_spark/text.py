@@ -34,8 +34,8 @@ MISSING_VALUE = "unknown"
 ITEM_FIELDS = ("item_id", "title", "category", "brand", "description", "price")
 # Item text keeps all its tokens unless that would leave the context less than this share of the budget.
 CONTEXT_MIN_SHARE = 0.25
-# Between a user's text (`rerank.user_template`) and their history in the context.
-USER_TEXT_SEPARATOR = ". "
+# Between the parts of a user's context: their text (`rerank.user_template`), profile and recent items.
+CONTEXT_PART_SEPARATOR = ". "
 
 IntOrArray = TypeVar("IntOrArray", int, np.ndarray)
 
@@ -119,7 +119,7 @@ def contexts_with_user_texts(frame: pd.DataFrame) -> pd.DataFrame:
     user's text, then their history context, or `NEW_SHOPPER_CONTEXT` when they have none."""
     history = frame["context_text"].where(frame["context_text"].notna(), NEW_SHOPPER_CONTEXT)
     stated = frame["user_text"].notna() & frame["user_text"].astype(str).ne("")
-    context = (frame["user_text"].astype(str) + USER_TEXT_SEPARATOR + history).where(stated, history)
+    context = (frame["user_text"].astype(str) + CONTEXT_PART_SEPARATOR + history).where(stated, history)
     return pd.DataFrame({"request_id": frame["request_id"].to_numpy(), "context_text": context.to_numpy()})
 
 
@@ -139,7 +139,7 @@ def history_context(snippets: list[str], profile: str = "") -> str:
     parts = [PROFILE_PREFIX + profile] if profile else []
     if snippets:
         parts.append(HISTORY_PREFIX + HISTORY_SEPARATOR.join(snippets))
-    return USER_TEXT_SEPARATOR.join(parts) or NEW_SHOPPER_CONTEXT
+    return CONTEXT_PART_SEPARATOR.join(parts) or NEW_SHOPPER_CONTEXT
 
 
 def preference_profiles(engaged: pd.DataFrame, categories: int, attribute_limit: int) -> pd.Series:
