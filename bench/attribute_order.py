@@ -10,9 +10,12 @@ lakehouse) on a bounded sample, then measures:
                 choice model as the scorer (occlusion of a driver that matches the shopper's preferred
                 value drops its utility by the driver's weight), over the same ranked items: what the
                 aggregation recovers with a perfect model, so the gap between the two is the reranker's;
-                and with a scorer that knows each segment's drivers and how its shoppers' preferred
-                values spread, but not the shopper's own (`segment_only_importances`): what a model
-                that learned nothing from a shopper's history could reach
+                with the values the served context's profile states in place of the generator's
+                preferences (when the model is served a profile): what a model that reads its context
+                perfectly could reach; and with a scorer that knows each segment's drivers and how its
+                shoppers' preferred values spread, but not the shopper's own
+                (`segment_only_importances`): what a model that learned nothing from a shopper's
+                history could reach
   faithfulness  for every ranked item with at least 3 scored attributes: the score drop when its top-2
                 attributes are removed together against the drop when 2 attributes drawn at random
                 (seeded, uniformly among its scored attributes) are removed; the mean of both and the
@@ -28,6 +31,7 @@ lakehouse) on a bounded sample, then measures:
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import sys
 import tempfile
@@ -53,7 +57,7 @@ from llmrank_spark.sample_data import simulate
 from llmrank_spark.scoring import PairScorer, ScoringSettings
 from llmrank_spark.session import get_spark
 from llmrank_spark.tables import read_table
-from llmrank_spark.text import render_item_texts
+from llmrank_spark.text import preferred_values, render_item_texts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -111,18 +115,22 @@ def _driver_rows(orders: pd.DataFrame, items: pd.DataFrame, truth: pd.DataFrame)
     )
 
 
-def generator_importances(
-    orders: pd.DataFrame, items: pd.DataFrame, world_preferences: pd.DataFrame, truth: pd.DataFrame
+def matching_importances(
+    orders: pd.DataFrame, items: pd.DataFrame, truth: pd.DataFrame, wanted: pd.DataFrame
 ) -> pd.DataFrame:
-    """`orders` with each importance replaced by what occlusion gives when the scorer is the generator's
-    utility: the driver's weight where the item's value is the shopper's preferred one in its category
-    (removing it loses the match), else 0 (a non-driver, or a value the shopper does not prefer)."""
-    preferred = world_preferences.rename(columns={"user_id": "request_id", "value": "preferred"})
-    rows = _driver_rows(orders, items, truth).merge(
-        preferred, on=["request_id", "segment", "category", "attribute"], how="left"
-    )
-    matches = rows["value"].eq(rows["preferred"])
-    return rows.assign(importance=rows["weight"].fillna(0.0).where(matches, 0.0))
+    """`orders` with each importance replaced by what occlusion gives when the scorer's utility is the
+    generator's, with `wanted` (user_id, category, attribute, value) as each shopper's preferred values:
+    the driver's weight where the item's value is the wanted one in its category (removing it loses the
+    match), else 0 (a non-driver, or another value).
+
+    With the generator's own preferences: what the aggregation recovers with a perfect model. With the
+    values the served context's profile states (`text.preferred_values`): what a model that reads its
+    context perfectly, and knows each segment's drivers, could reach.
+    """
+    wanted = wanted.rename(columns={"user_id": "request_id", "value": "wanted"})
+    keys = ["request_id", "category", "attribute"]
+    rows = _driver_rows(orders, items, truth).merge(wanted[[*keys, "wanted"]], on=keys, how="left")
+    return rows.assign(importance=rows["weight"].fillna(0.0).where(rows["value"].eq(rows["wanted"]), 0.0))
 
 
 def segment_only_importances(
@@ -288,6 +296,15 @@ def main(argv: list[str] | None = None) -> int:
             .select("request_id", "request_type", "context_text")
             .toPandas()
         )
+        as_of = F.col("event_ts") < F.lit(config.run.run_date + dt.timedelta(days=1))
+        engaged = (
+            read_table(spark, config, "interactions")
+            .where(as_of)
+            .select("user_id", "item_id")
+            .distinct()
+            .join(read_table(spark, config, "items"), "item_id")
+            .toPandas()
+        )
         ranked_items = top.count()
         spark.stop()
 
@@ -303,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
             "generate, so the generator's preferences do not describe it; pass the --set sample.* "
             "overrides the lakehouse was generated with"
         )
-    ceiling = segment_agreement(generator_importances(user_orders, items, world.preferences, truth), truth)
+    ceiling = segment_agreement(matching_importances(user_orders, items, truth, world.preferences), truth)
+    stated = preferred_values(engaged, rerank.profile_categories, rerank.item_attributes)
+    readable = segment_agreement(matching_importances(user_orders, items, truth, stated), truth)
     segment_only = segment_agreement(
         segment_only_importances(user_orders, items, world.preferences, truth), truth
     )
@@ -317,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\nThe same measure with the generator's choice model as the scorer, over the same ranked items")
     print(markdown_table(ceiling))
     print(f"mean Kendall tau over {len(ceiling)} segments: {ceiling['tau'].mean():+.3f}")
+    if rerank.profile_categories:
+        print("\nThe same with the values the context's profile states as the shopper's preferred ones")
+        print(markdown_table(readable))
+        print(f"mean Kendall tau over {len(readable)} segments: {readable['tau'].mean():+.3f}")
     print("\nThe same with a scorer that knows the shopper's segment, not their own preferred values")
     print(markdown_table(segment_only))
     print(f"mean Kendall tau over {len(segment_only)} segments: {segment_only['tau'].mean():+.3f}")

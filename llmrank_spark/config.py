@@ -287,6 +287,10 @@ class TrainConfig(_Section):
     # Negatives of a list drawn from the target item's category: they differ from it in attributes, so
     # the model must learn which attributes the shopper chose by, not only which category (docs/training.md).
     category_negatives: int = Field(0, ge=0)
+    # Category and random negatives are drawn with probability proportional to (1 + the item's events
+    # before the split)^power: 0 draws uniformly; 1 makes them about as popular as what shoppers chose,
+    # so popularity no longer tells the target apart and what is left is preference (docs/training.md).
+    negative_popularity_power: float = Field(0.0, ge=0.0)
     # Subsampling caps that keep a CPU run within its budget (seeded): lists trained on and validated on.
     max_train_lists: int = Field(600, ge=1)
     max_validation_lists: int = Field(150, ge=1)
@@ -295,6 +299,10 @@ class TrainConfig(_Section):
     epochs: int = Field(1, ge=1)
     learning_rate: float = Field(3e-5, gt=0)
     head_learning_rate: float = Field(1e-2, gt=0)
+    # The cross-encoder's 1-logit classifier: freshly initialised on the base model (weights ~0.02), at
+    # the encoder's rate it barely moves in a CPU run, and every gradient into the encoder passes
+    # through it (docs/training.md). None: learning_rate.
+    classifier_learning_rate: float | None = Field(None, gt=0)
     # Top encoder layers fine-tuned (MiniLM has 6); the frozen rest need no backward pass, for CPU cost.
     trainable_layers: int = Field(2, ge=0, le=12)
     max_length: int = Field(64, ge=16, le=512)

@@ -142,16 +142,12 @@ def history_context(snippets: list[str], profile: str = "") -> str:
     return CONTEXT_PART_SEPARATOR.join(parts) or NEW_SHOPPER_CONTEXT
 
 
-def preference_profiles(engaged: pd.DataFrame, categories: int, attribute_limit: int) -> pd.Series:
-    """Profile text per user_id from rows (user_id, item_id, category, brand, attributes), one per item the
-    user engaged with: for each of their `categories` categories with the most items, the value of each
-    attribute (brand, then those an item text shows) they chose most often, when at least
-    `MIN_PROFILE_SUPPORT` items have it: "hiking boots: brand: Ridgeline, colour: brown; t-shirts: ...".
-
-    Why: a shopper's taste in a category (a colour, a fit, a brand) shows in what they chose repeatedly,
-    which a few recent items rarely state; said in the item text's own "name: value" words, the model
-    can relate it to a candidate directly. Ties go to the category or value first by name.
-    """
+def preferred_values(engaged: pd.DataFrame, categories: int, attribute_limit: int) -> pd.DataFrame:
+    """(user_id, category, attribute, value) that `preference_profiles` states, in its order, from rows
+    (user_id, item_id, category, brand, attributes), one per item the user engaged with: for each of
+    their `categories` categories with the most items, the value of each attribute (brand, then those an
+    item text shows) they chose most often, when at least `MIN_PROFILE_SUPPORT` items have it. Ties go
+    to the category or value first by name."""
     values = pd.DataFrame(
         [
             (row.user_id, row.category, name, value)
@@ -183,6 +179,18 @@ def preference_profiles(engaged: pd.DataFrame, categories: int, attribute_limit:
         ["user_id", "category_items", "category", "brand_last", "attribute"],
         ascending=[True, False, True, True, True],
     )
+    return stated[["user_id", "category", "attribute", "value"]].reset_index(drop=True)
+
+
+def preference_profiles(engaged: pd.DataFrame, categories: int, attribute_limit: int) -> pd.Series:
+    """Profile text per user_id of their `preferred_values`, in the item text's "name: value" words:
+    "hiking boots: brand: Ridgeline, colour: brown; t-shirts: ...".
+
+    Why: a shopper's taste in a category (a colour, a fit, a brand) shows in what they chose repeatedly,
+    which a few recent items rarely state; said in the item text's own words, the model can relate it
+    to a candidate directly.
+    """
+    stated = preferred_values(engaged, categories, attribute_limit)
     stated["pair"] = stated["attribute"] + ": " + stated["value"]
     per_category = stated.groupby(["user_id", "category"], sort=False)["pair"].agg(", ".join)
     texts = per_category.index.get_level_values("category") + ": " + per_category

@@ -47,7 +47,7 @@ from llmrank_spark.model import (
     save_artifact,
     untrained_cross_encoder,
 )
-from llmrank_spark.ranking import fused_scores, item_event_counts, retrieval_features
+from llmrank_spark.ranking import ITEM_EVENTS, fused_scores, item_event_counts, retrieval_features
 from llmrank_spark.scoring import PairScorer, ScoringSettings
 from llmrank_spark.text import (
     ITEM_FIELDS,
@@ -151,6 +151,7 @@ def sample_lists(
     categories: pd.Series,
     cfg: TrainConfig,
     rng: np.random.Generator,
+    item_events: pd.Series | None = None,
 ) -> pd.DataFrame:
     """(list_id, item_id, label) rows, `cfg.list_size` per target: its item, then negatives.
 
@@ -158,22 +159,29 @@ def sample_lists(
     items the user never interacted with: up to `hard_negatives` drawn from the user's candidate list
     (what the reranker will have to sort out), up to `category_negatives` from the target's category
     (the choice the shopper made there: they differ from the target in attributes, not in kind), the
-    rest at random from the catalogue.
+    rest at random from the catalogue. With `negative_popularity_power` p > 0, the category and
+    catalogue draws take an item with probability proportional to (1 + its `item_events`)^p (missing:
+    0 events) rather than uniformly.
     """
     seen = interacted.groupby("user_id")["item_id"].agg(set)
     proposed = candidates.groupby("request_id")["item_id"].agg(list)
     catalogue = categories.index.to_numpy()
     by_category = {c: group.index.to_numpy() for c, group in categories.groupby(categories)}
+    draw_from_catalogue = _unseen_sampler(catalogue, item_events, cfg.negative_popularity_power)
+    draw_from_category = {
+        c: _unseen_sampler(pool, item_events, cfg.negative_popularity_power)
+        for c, pool in by_category.items()
+    }
     rows = []
     for target in targets.itertuples(index=False):
         excluded = seen.get(target.user_id, set()) | {target.item_id}
         hard = [item for item in proposed.get(target.user_id, []) if item not in excluded]
         n_hard = min(cfg.hard_negatives, len(hard), cfg.list_size - 1)
         chosen = [target.item_id, *rng.choice(np.array(hard, dtype=object), n_hard, replace=False)]
-        same_category = by_category.get(categories.get(target.item_id), catalogue[:0])
-        with_category = min(len(chosen) + cfg.category_negatives, cfg.list_size)
-        _draw_unseen(same_category, chosen, excluded, with_category, rng)
-        _draw_unseen(catalogue, chosen, excluded, cfg.list_size, rng)
+        same_category = draw_from_category.get(categories.get(target.item_id))
+        if same_category:
+            same_category(chosen, excluded, min(len(chosen) + cfg.category_negatives, cfg.list_size), rng)
+        draw_from_catalogue(chosen, excluded, cfg.list_size, rng)
         if len(chosen) < cfg.list_size:
             raise ValueError(
                 f"items: too few items user '{target.user_id}' has not interacted with to fill a list of "
@@ -184,16 +192,43 @@ def sample_lists(
     return pd.DataFrame(rows, columns=[LIST, ITEM, LABEL])
 
 
-def _draw_unseen(
-    pool: np.ndarray, chosen: list, excluded: set, wanted: int, rng: np.random.Generator
-) -> None:
-    """Append random items of `pool` outside `excluded` and `chosen` until `chosen` holds `wanted`."""
-    attempts = 100 * wanted  # rejection sampling: the pool can be large; a small one may run dry
-    while len(chosen) < wanted and attempts and len(pool):
-        item = pool[rng.integers(len(pool))]
-        attempts -= 1
-        if item not in excluded and item not in chosen:
-            chosen.append(item)
+def _unseen_sampler(
+    pool: np.ndarray, item_events: pd.Series | None, power: float
+) -> Callable[[list, set, int, np.random.Generator], None]:
+    """A sampler that appends items of `pool` outside `excluded` and `chosen` until `chosen` holds
+    `wanted` (or the pool has no more): uniformly, or (power > 0) in proportion to (1 + the item's
+    events)^power.
+
+    Popularity-proportional negatives are the sampled-softmax correction word2vec and two-tower
+    recommenders use: the positive was chosen partly for being popular, so negatives as popular as the
+    shoppers' choices leave the model the preferences to learn, not the popularity. Draws are by
+    rejection, as the pool can be large; when that runs dry (the shopper touched most of the pool's
+    weight), the rest are drawn from what is left.
+    """
+    weights = None
+    if power > 0 and len(pool):
+        events = (item_events if item_events is not None else pd.Series(dtype=float)).reindex(pool)
+        weights = (1.0 + events.fillna(0.0).to_numpy(dtype=float)) ** power
+        cumulative = np.cumsum(weights)
+
+    def draw(chosen: list, excluded: set, wanted: int, rng: np.random.Generator) -> None:
+        attempts = 100 * wanted
+        while len(chosen) < wanted and attempts and len(pool):
+            if weights is None:
+                item = pool[rng.integers(len(pool))]
+            else:
+                item = pool[np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")]
+            attempts -= 1
+            if item not in excluded and item not in chosen:
+                chosen.append(item)
+        if len(chosen) >= wanted:
+            return
+        left = np.array([item not in excluded and item not in chosen for item in pool], dtype=bool)
+        if left.any():
+            p = None if weights is None else weights[left] / weights[left].sum()
+            chosen.extend(rng.choice(pool[left], min(wanted - len(chosen), left.sum()), False, p))
+
+    return draw
 
 
 def rank_by_score(lists: pd.DataFrame, score: np.ndarray) -> pd.DataFrame:
@@ -375,6 +410,23 @@ def initial_model(warm_from: str | None, features: list[str]) -> tuple[FusionRan
     return FusionRanker(artifact.model, features, artifact.manifest.fusion_head), artifact.manifest.version
 
 
+def optimizer_for(model: FusionRanker, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable weights, at three rates: the encoder's layers (`learning_rate`), its
+    1-logit classifier (`classifier_learning_rate`, default the same) and the fusion head
+    (`head_learning_rate`, no weight decay)."""
+    classifier = list(model.encoder.classifier.parameters())
+    in_classifier = {id(p) for p in classifier}
+    layers = [p for p in model.encoder.parameters() if p.requires_grad and id(p) not in in_classifier]
+    head = list(model.head.parameters()) if model.head is not None else []
+    return torch.optim.AdamW(
+        [
+            {"params": layers, "lr": cfg.learning_rate},
+            {"params": classifier, "lr": cfg.classifier_learning_rate or cfg.learning_rate},
+            {"params": head, "lr": cfg.head_learning_rate, "weight_decay": 0.0},
+        ]
+    )
+
+
 # ---- training loop -----------------------------------------------------------------------------------
 
 
@@ -433,14 +485,7 @@ def fit(
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     loss_fn = ranking_loss(cfg.loss)
     freeze_lower_layers(model.encoder, cfg.trainable_layers)
-    head_parameters = list(model.head.parameters()) if model.head is not None else []
-    encoder_parameters = [p for p in model.encoder.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": encoder_parameters, "lr": cfg.learning_rate},
-            {"params": head_parameters, "lr": cfg.head_learning_rate, "weight_decay": 0.0},
-        ]
-    )
+    optimizer = optimizer_for(model, cfg)
     list_ids = train[LIST].drop_duplicates().to_numpy()
     features = torch.from_numpy(feature_matrix(train, model.features))
     model.scale_features(features.numpy())
@@ -676,9 +721,9 @@ def _assemble_lists(
 
 # TrainConfig fields that change how a model learns from the lists, not which lists are built.
 FIT_ONLY_FIELDS = {
-    "loss", "batch_lists", "epochs", "learning_rate", "head_learning_rate", "trainable_layers",
-    "eval_every_steps", "patience", "fusion_features", "warm_start", "model_root", "threads",
-    "distributor_processes",
+    "loss", "batch_lists", "epochs", "learning_rate", "head_learning_rate", "classifier_learning_rate",
+    "trainable_layers", "eval_every_steps", "patience", "fusion_features", "warm_start", "model_root",
+    "threads", "distributor_processes",
 }  # fmt: skip
 # Lists built in this process, by data snapshot and list settings: training several losses on one
 # snapshot (bench/heldout_eval.py) runs the retrievers once, not once per loss.
@@ -747,9 +792,10 @@ def training_lists(
     }
     texts = item_text_frame(items_pd, text_cfg)
     categories = items_pd.set_index(ITEM)["category"]
+    popularity = item_events.set_index(ITEM)[ITEM_EVENTS]
     built = {}
     for name, part in chosen.items():
-        lists = sample_lists(part, candidates_pd, events, categories, cfg, rng)
+        lists = sample_lists(part, candidates_pd, events, categories, cfg, rng, popularity)
         contexts = target_contexts(events, items_pd, part, text_cfg, users_pd).set_axis(part[LIST])
         user_of = part.set_index(LIST)["user_id"]
         built[name] = _assemble_lists(lists, contexts, texts, candidates_pd, user_of, item_events)

@@ -29,10 +29,12 @@ from llmrank_spark.training import (
     event_grades,
     fit,
     fit_with_distributor,
+    freeze_lower_layers,
     history_before,
     initial_model,
     latest_registered,
     list_ndcg,
+    optimizer_for,
     ranking_loss,
     registry_row,
     sample_lists,
@@ -149,6 +151,29 @@ def test_category_negatives_come_from_the_target_category_then_the_catalogue():
     negatives = lists[lists["label"] == 0].groupby("list_id")["item_id"].agg(set)
     assert len(negatives["c"]) == 2 and negatives["c"] <= {"i2", "i4", "i7"}
     assert negatives["a"] == {"i6", "i7"} and negatives["b"] == {"i6", "i7"}
+
+
+@pytest.mark.parametrize("power", [0.0, 1.0, 2.0])
+def test_negatives_are_drawn_in_proportion_to_their_events_to_the_popularity_power(power):
+    # One category: the target t, and n0 (no events row: 0 events), n1 (1 event), n3 (3 events).
+    categories = pd.Series("Home", index=["t", "n0", "n1", "n3"])
+    item_events = pd.Series({"t": 50.0, "n1": 1.0, "n3": 3.0})
+    n_lists = 4000
+    targets = pd.DataFrame(
+        {"user_id": "u", "item_id": "t", "list_id": [f"l{k}" for k in range(n_lists)], "label": 1.0}
+    )
+    cfg = TrainConfig(list_size=2, hard_negatives=0, category_negatives=1, negative_popularity_power=power)
+    no_candidates = pd.DataFrame(columns=["request_id", "item_id"])
+    touched = pd.DataFrame({"user_id": ["u"], "item_id": ["t"]})
+    lists = sample_lists(
+        targets, no_candidates, touched, categories, cfg, np.random.default_rng(0), item_events
+    )
+
+    shares = lists.loc[lists["label"] == 0, "item_id"].value_counts(normalize=True)
+    weights = np.array([1.0, 2.0, 4.0]) ** power  # (1 + events)^power
+    expected = pd.Series(weights / weights.sum(), index=["n0", "n1", "n3"])
+    # Binomial standard error at 4,000 draws is below 0.008; 0.03 is about four of them.
+    assert np.allclose(shares.reindex(expected.index), expected, atol=0.03)
 
 
 # ---- losses against straightforward references ---------------------------------------------------------
@@ -296,6 +321,31 @@ def _lists(n_lists: int, seed: int) -> pd.DataFrame:
 def cpu_scorer(model: FusionRanker, tokenizer) -> PairScorer:
     """The engine the tests train and score with: the model's encoder on CPU, default settings."""
     return PairScorer(model.encoder, tokenizer, "cross_encoder", torch.device("cpu"), ScoringSettings())
+
+
+def test_optimizer_moves_layers_classifier_and_head_each_at_its_rate_and_frozen_layers_not(tmp_path):
+    """Adam's first step moves every weight that has a gradient by its group's rate (the bias-corrected
+    m / sqrt(v) is the gradient's sign), plus AdamW's decay of lr x 0.01 x the weight."""
+    artifact = load_artifact(tiny_with_head(tmp_path / "start", None))
+    model = FusionRanker(artifact.model, ["als"])
+    freeze_lower_layers(model.encoder, 1)
+    cfg = TrainConfig(learning_rate=1e-4, classifier_learning_rate=1e-2, head_learning_rate=1e-1)
+    optimizer = optimizer_for(model, cfg)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    tokens = artifact.tokenizer(
+        ["a shopper"] * 2, ["blue boots", "red mug"], return_tensors="pt", padding=True
+    )
+    model(dict(tokens), torch.tensor([[1.0], [3.0]])).sum().backward()
+    optimizer.step()
+
+    moved = {name: (p.detach() - before[name]).abs().max().item() for name, p in model.named_parameters()}
+    assert moved["encoder.classifier.weight"] == pytest.approx(1e-2, rel=0.05)
+    assert moved["encoder.bert.encoder.layer.1.output.dense.weight"] == pytest.approx(1e-4, rel=0.05)
+    assert moved["head.weight"] == pytest.approx(1e-1, rel=0.05)
+    assert moved["encoder.bert.encoder.layer.0.output.dense.weight"] == 0.0
+    assert moved["encoder.bert.embeddings.word_embeddings.weight"] == 0.0
+    # Unset, the classifier learns at the encoder's rate, as it did before it had its own.
+    assert optimizer_for(model, TrainConfig(learning_rate=3e-5)).param_groups[1]["lr"] == 3e-5
 
 
 def test_fit_learns_and_keeps_the_best_validated_weights(tmp_path):
