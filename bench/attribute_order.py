@@ -321,8 +321,6 @@ def main(argv: list[str] | None = None) -> int:
             "overrides the lakehouse was generated with"
         )
     ceiling = segment_agreement(matching_importances(user_orders, items, truth, world.preferences), truth)
-    stated = preferred_values(engaged, rerank.profile_categories, rerank.item_attributes)
-    readable = segment_agreement(matching_importances(user_orders, items, truth, stated), truth)
     segment_only = segment_agreement(
         segment_only_importances(user_orders, items, world.preferences, truth), truth
     )
@@ -337,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(ceiling))
     print(f"mean Kendall tau over {len(ceiling)} segments: {ceiling['tau'].mean():+.3f}")
     if rerank.profile_categories:
+        stated = preferred_values(engaged, rerank.profile_categories, rerank.item_attributes)
+        readable = segment_agreement(matching_importances(user_orders, items, truth, stated), truth)
         print("\nThe same with the values the context's profile states as the shopper's preferred ones")
         print(markdown_table(readable))
         print(f"mean Kendall tau over {len(readable)} segments: {readable['tau'].mean():+.3f}")

@@ -226,7 +226,8 @@ def _unseen_sampler(
         left = np.array([item not in excluded and item not in chosen for item in pool], dtype=bool)
         if left.any():
             p = None if weights is None else weights[left] / weights[left].sum()
-            chosen.extend(rng.choice(pool[left], min(wanted - len(chosen), left.sum()), False, p))
+            size = min(wanted - len(chosen), int(left.sum()))
+            chosen.extend(rng.choice(pool[left], size, replace=False, p=p))
 
     return draw
 
