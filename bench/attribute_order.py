@@ -31,7 +31,6 @@ lakehouse) on a bounded sample, then measures:
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import sys
 import tempfile
@@ -57,7 +56,7 @@ from llmrank_spark.sample_data import simulate
 from llmrank_spark.scoring import PairScorer, ScoringSettings
 from llmrank_spark.session import get_spark
 from llmrank_spark.tables import read_table
-from llmrank_spark.text import preferred_values, render_item_texts
+from llmrank_spark.text import preferred_values, render_item_texts, user_history
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -296,15 +295,9 @@ def main(argv: list[str] | None = None) -> int:
             .select("request_id", "request_type", "context_text")
             .toPandas()
         )
-        as_of = F.col("event_ts") < F.lit(config.run.run_date + dt.timedelta(days=1))
-        engaged = (
-            read_table(spark, config, "interactions")
-            .where(as_of)
-            .select("user_id", "item_id")
-            .distinct()
-            .join(read_table(spark, config, "items"), "item_id")
-            .toPandas()
-        )
+        engaged = user_history(
+            read_table(spark, config, "interactions"), read_table(spark, config, "items"), config.run.run_date
+        ).toPandas()
         ranked_items = top.count()
         spark.stop()
 

@@ -250,6 +250,16 @@ def item_texts(items: DataFrame, cfg: RerankConfig) -> DataFrame:
     return items.select(*columns).mapInPandas(render, "item_id string, item_text string")
 
 
+def user_history(interactions: DataFrame, items: DataFrame, as_of: dt.date | None = None) -> DataFrame:
+    """(user_id, item_id, event_ts, item fields): each item a user engaged with, once, at its latest
+    event up to the end of `as_of` (all events without it): what a user's context is built from."""
+    if as_of is not None:
+        interactions = interactions.where(F.col("event_ts") < F.lit(as_of + dt.timedelta(days=1)))
+    latest = interactions.groupBy("user_id", "item_id").agg(F.max("event_ts").alias("event_ts"))
+    item_columns = [c for c in (*ITEM_FIELDS, "attributes") if c in items.columns]
+    return latest.join(items.select(*item_columns), "item_id")
+
+
 def user_contexts(
     interactions: DataFrame,
     items: DataFrame,
@@ -264,11 +274,7 @@ def user_contexts(
     context `contexts_with_user_texts` builds. Users absent from both have no context: callers give
     them `NEW_SHOPPER_CONTEXT`.
     """
-    if as_of is not None:
-        interactions = interactions.where(F.col("event_ts") < F.lit(as_of + dt.timedelta(days=1)))
-    latest = interactions.groupBy("user_id", "item_id").agg(F.max("event_ts").alias("event_ts"))
-    item_columns = [c for c in (*ITEM_FIELDS, "attributes") if c in items.columns]
-    history = latest.join(items.select(*item_columns), "item_id")
+    history = user_history(interactions, items, as_of)
     schema = "request_id string, context_text string"
     contexts = history.groupBy("user_id").applyInPandas(lambda pdf: user_context_frame(pdf, cfg), schema)
     if not cfg.user_template or users is None:

@@ -207,8 +207,8 @@ def _unseen_sampler(
     """
     weights = None
     if power > 0 and len(pool):
-        events = (item_events if item_events is not None else pd.Series(dtype=float)).reindex(pool)
-        weights = (1.0 + events.fillna(0.0).to_numpy(dtype=float)) ** power
+        events = pd.Series(item_events, dtype=float).reindex(pool).fillna(0.0).to_numpy()
+        weights = (1.0 + events) ** power
         cumulative = np.cumsum(weights)
 
     def draw(chosen: list, excluded: set, wanted: int, rng: np.random.Generator) -> None:
