@@ -423,17 +423,23 @@ def covisit_neighbours(inputs: RetrievalInputs) -> DataFrame:
     )
 
 
-def covisit_candidates(inputs: RetrievalInputs, depth: int) -> DataFrame:
-    """Items co-visited with the user's `recent_items` newest items, summed over seeds by seed weight."""
+def covisit_scores(inputs: RetrievalInputs) -> DataFrame:
+    """(request_id, item_id, source_score): every item co-visited with the user's `recent_items` newest
+    items, summed over seeds by seed weight. The retriever keeps each user's best; the ranking features
+    read the score of any candidate."""
     seeds = inputs.history.where(F.col("position") <= inputs.cfg.recent_items).select(
         F.col("user_id").alias("request_id"), "item_id", F.col("weight").alias("seed_weight")
     )
-    scored = (
+    return (
         seeds.join(covisit_neighbours(inputs), "item_id")
         .groupBy("request_id", F.col("neighbour_id").alias("item_id"))
         .agg(F.sum(F.col("seed_weight") * F.col("weight")).alias("source_score"))
     )
-    return _top_per_request(scored, inputs, "covisit", depth)
+
+
+def covisit_candidates(inputs: RetrievalInputs, depth: int) -> DataFrame:
+    """Items co-visited with the user's `recent_items` newest items, summed over seeds by seed weight."""
+    return _top_per_request(covisit_scores(inputs), inputs, "covisit", depth)
 
 
 def _dense_index(frame: DataFrame, column: str) -> DataFrame:
@@ -443,16 +449,21 @@ def _dense_index(frame: DataFrame, column: str) -> DataFrame:
     return indexed.toDF(f"{column} string, index long").withColumn("index", F.col("index").cast("int"))
 
 
-def als_candidates(inputs: RetrievalInputs, depth: int) -> DataFrame:
-    """Implicit-feedback ALS (MLlib) on history confidences; items ranked by predicted preference.
+@dataclass(frozen=True)
+class AlsFactors:
+    """The fitted implicit ALS model's factors by id: the dot product of a user's and an item's is ALS's
+    predicted preference."""
 
-    MLlib's recommendForAllUsers cannot skip already-purchased items, so the item factors are broadcast and
-    scored with the exclusion mask instead (`rank_against`).
-    """
+    users: DataFrame  # user_id, features
+    items: DataFrame  # item_id, features
+
+
+def als_factors(inputs: RetrievalInputs) -> AlsFactors | None:
+    """Implicit-feedback ALS (MLlib) fitted on the history confidences; None when there are no events."""
     from pyspark.ml.recommendation import ALS
 
     if not inputs.has_events:
-        return _empty(inputs, "als")
+        return None
     cfg = inputs.cfg
     users = _dense_index(inputs.history, "user_id").withColumnRenamed("index", "user_index")
     items = _dense_index(inputs.history, "item_id").withColumnRenamed("index", "item_index")
@@ -469,13 +480,23 @@ def als_candidates(inputs: RetrievalInputs, depth: int) -> DataFrame:
         ratingCol="weight",
         coldStartStrategy="drop",
     ).fit(ratings)
-    item_factors = model.itemFactors.join(items, F.col("id") == F.col("item_index")).select(
-        "item_id", "features"
+    return AlsFactors(
+        users=model.userFactors.join(users, F.col("id") == F.col("user_index")).select("user_id", "features"),
+        items=model.itemFactors.join(items, F.col("id") == F.col("item_index")).select("item_id", "features"),
     )
-    item_ids, matrix = _collect_matrix(item_factors, "features", cfg, "ALS item factors")
-    user_factors = model.userFactors.join(users, F.col("id") == F.col("user_index")).select(
-        F.col("user_id").alias("request_id"), "features"
-    )
+
+
+def als_candidates(inputs: RetrievalInputs, depth: int) -> DataFrame:
+    """Items ranked by implicit ALS's predicted preference (`als_factors`).
+
+    MLlib's recommendForAllUsers cannot skip already-purchased items, so the item factors are broadcast and
+    scored with the exclusion mask instead (`rank_against`).
+    """
+    factors = als_factors(inputs)
+    if factors is None:
+        return _empty(inputs, "als")
+    item_ids, matrix = _collect_matrix(factors.items, "features", inputs.cfg, "ALS item factors")
+    user_factors = factors.users.withColumnRenamed("user_id", "request_id")
     return _broadcast_top_k(inputs, user_factors, item_ids, matrix, depth, "als", factor_queries)
 
 

@@ -181,9 +181,12 @@ class CandidatesConfig(_Section):
 
 
 class RerankConfig(_Section):
-    # "cross_encoder" needs a fine-tuned artifact (model_path or the latest registry version);
-    # "zero_shot_bi_encoder" scores by cosine of MiniLM sentence embeddings and says so in model_version.
-    mode: Literal["cross_encoder", "zero_shot_bi_encoder"] = "zero_shot_bi_encoder"
+    # "champion": the registry's champion (a version that beat the retrieval order and the previous
+    # champion on a later time slice); with none, the retrieval order itself, stated as the model version.
+    # "cross_encoder": the artifact at model_path (or the newest registered version), validated or not.
+    # "retrieval": the candidates' own order. "zero_shot_bi_encoder": cosine of MiniLM sentence
+    # embeddings, an unfine-tuned baseline that ranks below the retrieval order (docs/benchmarks.md).
+    mode: Literal["champion", "cross_encoder", "retrieval", "zero_shot_bi_encoder"] = "champion"
     model_path: str | None = None
     top_k: int = Field(50, ge=1)
     max_length: int = Field(128, ge=16, le=512)
@@ -309,7 +312,27 @@ class TrainConfig(_Section):
     eval_every_steps: int = Field(25, ge=1)
     # Evaluations without a better validation NDCG@10 before training stops (the best weights are kept).
     patience: int = Field(3, ge=1)
-    # Retrieval features the fusion head weighs with the BERT logit; [] trains and serves the logit alone.
+    # The reranker's last layer. "lambdamart": LightGBM LambdaMART over the ranking features
+    # (llmrank_spark/features.py) and the BERT logit, fitted on lists BERT did not train on.
+    # "linear": the BERT logit and `fusion_features` through the linear head trained with BERT.
+    fusion: Literal["lambdamart", "linear"] = "lambdamart"
+    # Share of the users with lists whose lists train the LambdaMART fusion, not BERT (chosen by hash).
+    fusion_user_share: float = Field(0.5, gt=0, lt=1)
+    # Each fusion list is the user's candidate list, their targets and this many random catalogue items,
+    # so the fusion also learns to rank items no retriever proposed.
+    fusion_random_negatives: int = Field(10, ge=0)
+    # Fusion lists at most (seeded sample; a fifth of them early-stop the trees).
+    max_fusion_lists: int = Field(600, ge=10)
+    fusion_trees: int = Field(300, ge=1)
+    fusion_learning_rate: float = Field(0.05, gt=0)
+    fusion_leaves: int = Field(15, ge=2)
+    # Days at the end of the interactions held out from training to gate promotion: the new version is
+    # measured on a back-dated run at their start against the retrieval order and the champion, and
+    # becomes the champion only if it beats both (docs/training.md). 0: no gate, never promoted.
+    gate_days: int = Field(14, ge=0)
+    # Users measured by the gate at most (a seeded hashed sample of those with label events).
+    gate_max_requests: int = Field(400, ge=10)
+    # Retrieval features the linear head weighs with the BERT logit; [] trains and serves the logit alone.
     fusion_features: list[str] = Field(default_factory=lambda: list(FUSION_FEATURES))
     # Graded relevance of the positive: by event type, or a rating's value / rating_scale.
     event_grades: dict[str, float] = Field(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -31,7 +32,10 @@ ZERO_SHOT_VERSION = "zero-shot-minilm-bi-encoder"
 # Weights are loaded as fp32 whatever dtype they were saved in: GPU precision is autocast's job.
 WEIGHTS_DTYPE = "float32"
 
-ModelKind = Literal["cross_encoder", "bi_encoder"]
+# model_version of lists served in the candidates' own order: no validated reranker to serve yet.
+RETRIEVAL_VERSION = "retrieval-order"
+
+ModelKind = Literal["cross_encoder", "bi_encoder", "retrieval"]
 
 
 def base_model_dir() -> Path:
@@ -69,6 +73,18 @@ class FusionHead(BaseModel):
     bias: float
 
 
+class FusionSpec(BaseModel):
+    """The LambdaMART fusion an artifact holds (`fusion.FusionModel`): its inputs in order and its file,
+    LightGBM's text format (no pickle)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    learner: Literal["lightgbm-lambdarank"] = "lightgbm-lambdarank"
+    inputs: list[str] = Field(min_length=1)  # features.FEATURES names and "bert_score"
+    file: str = "fusion_lgbm.txt"
+    trees: int = Field(ge=1)
+
+
 class ArtifactManifest(BaseModel):
     """The contents of reranker.json: everything needed to serve the model as it was trained."""
 
@@ -90,6 +106,9 @@ class ArtifactManifest(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     # None: the score is the BERT logit alone.
     fusion_head: FusionHead | None = None
+    # When set, the served score is this LambdaMART over the ranking features and the BERT logit (the
+    # raw logit, not fusion_head's score).
+    fusion: FusionSpec | None = None
     created_at: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
 
@@ -105,6 +124,11 @@ class ModelSpec:
 def zero_shot_spec() -> ModelSpec:
     """The packaged MiniLM used as a bi-encoder: the honest scorer until a fine-tuned reranker exists."""
     return ModelSpec("bi_encoder", ZERO_SHOT_VERSION, str(base_model_dir()))
+
+
+def retrieval_spec() -> ModelSpec:
+    """No model: the candidates' own order, served until a version has beaten it (`champion.py`)."""
+    return ModelSpec("retrieval", RETRIEVAL_VERSION, "")
 
 
 class ArtifactError(FileNotFoundError):
@@ -159,14 +183,19 @@ def load_tokenizer(path: str | Path):
     return AutoTokenizer.from_pretrained(str(path), use_fast=True, trust_remote_code=False)
 
 
-def save_artifact(model, tokenizer, path: str | Path, manifest: ArtifactManifest) -> Path:
-    """Write a cross-encoder artifact: safetensors weights, tokenizer and reranker.json."""
+def save_artifact(
+    model, tokenizer, path: str | Path, manifest: ArtifactManifest, extras: Sequence = ()
+) -> Path:
+    """Write a cross-encoder artifact: safetensors weights, tokenizer, each of `extras` (objects with a
+    `save(directory)`, e.g. the fusion model) and reranker.json."""
     if model.config.num_labels != 1:
         raise ValueError(f"a reranker has one output logit; this model has {model.config.num_labels}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    for extra in extras:
+        extra.save(path)
     (path / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
     read_manifest(path)  # fails here, not on an executor, if anything is missing
     return path

@@ -10,14 +10,26 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from llmrank_spark.config import FaultsConfig, RerankConfig
-from llmrank_spark.model import FusionHead, ModelSpec, cross_encoder_spec, read_manifest, zero_shot_spec
+from llmrank_spark.config import CandidatesConfig, FaultsConfig, RerankConfig
+from llmrank_spark.features import FEATURES, ranking_features
+from llmrank_spark.fusion import BERT_SCORE, FusionModel
+from llmrank_spark.model import (
+    FusionHead,
+    FusionSpec,
+    ModelSpec,
+    cross_encoder_spec,
+    read_manifest,
+    retrieval_spec,
+    zero_shot_spec,
+)
 from llmrank_spark.rejects import (
     CHECKED_SCHEMA,
     NON_FINITE_SCORE,
@@ -43,6 +55,8 @@ RANKED_COLUMNS = {
     "sources": "array<string>",
     "model_rank": "int",
 }
+# A request is (request_type, request_id): a user and a query may share an id.
+REQUEST_KEY = ("request_type", "request_id")
 RANKED_SCHEMA = ", ".join(f"{name} {kind}" for name, kind in RANKED_COLUMNS.items())
 
 
@@ -98,6 +112,13 @@ def model_for(cfg: RerankConfig) -> tuple[ModelSpec, RerankConfig]:
     """
     if cfg.mode == "zero_shot_bi_encoder":
         return zero_shot_spec(), cfg
+    if cfg.mode == "retrieval":
+        return retrieval_spec(), cfg
+    if cfg.mode == "champion":
+        raise ValueError(
+            "rerank.mode=champion is resolved to the registry's champion by the rerank step "
+            "(steps.served_model); call model_for with the resolved config"
+        )
     spec = cross_encoder_spec(cfg.model_path)
     manifest = read_manifest(spec.path)
     trained_text = {
@@ -225,6 +246,12 @@ def score_by_request(pairs: DataFrame, score, *order: str) -> DataFrame:
     )
 
 
+@lru_cache(maxsize=4)
+def _fusion_model(text: str, inputs: tuple[str, ...], trees: int) -> FusionModel:
+    """The shipped LambdaMART, parsed once per Python worker (CPython caches a string's hash)."""
+    return FusionModel.from_text(text, FusionSpec(inputs=list(inputs), trees=trees))
+
+
 def rerank_candidates(
     spark: SparkSession,
     candidates: DataFrame,
@@ -235,6 +262,7 @@ def rerank_candidates(
     queries: DataFrame | None = None,
     users: DataFrame | None = None,
     faults: FaultsConfig | None = None,
+    candidates_cfg: CandidatesConfig | None = None,
 ) -> RerankResult:
     """The `ranked` rows for one run, each request's top-K candidates by reranker score, and the `rejects`.
 
@@ -242,12 +270,21 @@ def rerank_candidates(
     model scores NaN or infinite, go to rejects with the reason; so every candidate request is ranked or
     rejected. `ranked` is in model order (`rank` = `model_rank`); the step's fairness pass re-orders it.
     Users without history get `NEW_SHOPPER_CONTEXT`; `users` supplies the fields of `cfg.user_template`.
-    Fails, naming what is missing and how to fix it, when cfg asks for a cross-encoder that does not
-    exist: it never scores with an untrained head. `faults` is test-only fault injection.
+    An artifact with a LambdaMART fusion is served on the ranking features of every pair
+    (`features.ranking_features`, with `candidates_cfg`), after BERT; `rerank.mode=retrieval` keeps the
+    candidates' own order. Fails, naming what is missing and how to fix it, when cfg asks for a
+    cross-encoder that does not exist: it never scores with an untrained head. `faults` is test-only
+    fault injection.
     """
     spec, cfg = model_for(cfg)
-    head = read_manifest(spec.path).fusion_head if spec.kind == "cross_encoder" else None
-    score = scoring_udf(ship_model(spark, spec), ScoringSettings.from_config(cfg), faults)
+    manifest = read_manifest(spec.path) if spec.kind == "cross_encoder" else None
+    fusion = manifest.fusion if manifest is not None else None
+    head = manifest.fusion_head if manifest is not None and fusion is None else None
+    if spec.kind == "retrieval":
+        model_score = F.col("retrieval_score")
+    else:
+        udf = scoring_udf(ship_model(spark, spec), ScoringSettings.from_config(cfg), faults)
+        model_score = udf("context_text", "item_text")
     contexts = request_contexts(candidates, interactions, items, cfg, run_date, queries, users)
     checked = checked_pairs(candidates, items, contexts, cfg)
     rejected = F.col("reason").isNotNull()
@@ -255,7 +292,7 @@ def rerank_candidates(
     ids = [name for name in RANKED_COLUMNS if name not in ("rank", "model_rank", "score")]
     scored = (
         checked.where(~rejected)
-        .withColumn("score", score("context_text", "item_text"))
+        .withColumn("score", model_score)
         .withColumn("reason", F.when(~finite, F.lit(NON_FINITE_SCORE)))
         # Arrow hands a NaN from the UDF to Spark as null (the scorer itself never returns null).
         .withColumn(
@@ -270,25 +307,38 @@ def rerank_candidates(
             *ids, "source_ranks", F.lit(None).cast("double").alias("score"), "reason", "detail"
         )
     )
+    fusion_key = None
+    if fusion is not None:
+        fusion_key = ((Path(spec.path) / fusion.file).read_text(), tuple(fusion.inputs), fusion.trees)
 
     def rank(scored_request: pd.DataFrame) -> pd.DataFrame:
-        if head is not None:
+        if fusion_key is not None:
+            inputs = scored_request.assign(**{BERT_SCORE: scored_request["score"]})
+            scored_request = scored_request.assign(score=_fusion_model(*fusion_key).score(inputs))
+        elif head is not None:
             features = retrieval_features(scored_request, head.features)
             scored_request = scored_request.assign(
                 score=fused_scores(scored_request["score"], features, head)
             )
         return rank_request(scored_request, cfg.top_k)
 
-    # The grouping shuffles again, but only ids, scores and, for a fusion head, its features.
+    # The grouping shuffles again, but only ids, scores and the fusion's inputs.
     kept = [name for name in RANKED_COLUMNS if name not in ("rank", "model_rank")]
     scorable = outcome.where(~rejected)
-    if head is not None:
+    extra: list[str] = []
+    if fusion is not None:
+        if candidates_cfg is None:
+            raise ValueError(f"model {spec.version} fuses ranking features: pass candidates_cfg")
+        pairs = candidates.select(*REQUEST_KEY, "item_id", "retrieval_rank", "source_ranks")
+        features = ranking_features(spark, pairs, items, interactions, None, candidates_cfg, run_date)
+        scorable = scorable.join(
+            features.select(*REQUEST_KEY, "item_id", *FEATURES), [*REQUEST_KEY, "item_id"], "left"
+        )
+        extra = list(FEATURES)
+    elif head is not None:
         scorable = scorable.join(F.broadcast(item_event_counts(interactions, run_date)), "item_id", "left")
-    ranked = (
-        scorable.select(*kept, *(["source_ranks", ITEM_EVENTS] if head else []))
-        .groupBy("request_id", "request_type")
-        .applyInPandas(rank, RANKED_SCHEMA)
-    )
+        extra = ["source_ranks", ITEM_EVENTS]
+    ranked = scorable.select(*kept, *extra).groupBy(*REQUEST_KEY).applyInPandas(rank, RANKED_SCHEMA)
     ranked = ranked.withColumn("model_version", F.lit(spec.version)).withColumn("run_date", F.lit(run_date))
     rejects = as_rejects(outcome.where(rejected), run_date, "rerank", "candidates")
     return RerankResult(outcome, conform(ranked, "ranked"), rejects)

@@ -188,10 +188,11 @@ def candidates(spark: SparkSession, config: Config) -> StepRun:
 
 def rerank(spark: SparkSession, config: Config) -> StepRun:
     """Second stage: score every candidate with the broadcast BERT model and keep each list's top-K."""
+    from llmrank_spark.champion import served_config
     from llmrank_spark.ranking import model_for, rerank_candidates
 
     with StepRun(spark, config, "rerank") as run:
-        config = _with_registered_model(spark, config)
+        config = served_config(spark, _with_registered_model(spark, config))
         todays = run.read("candidates").where(F.col("run_date") == F.lit(config.run.run_date))
         items, interactions = run.read("items"), run.read("interactions")
         # Read only when the served model states user text, so `runs` lists what the step used.
@@ -208,7 +209,9 @@ def rerank(spark: SparkSession, config: Config) -> StepRun:
             queries=run.read_optional("queries"),
             users=users,
             faults=config.faults,
+            candidates_cfg=config.candidates,
         )
+        run.notes.append(f"served model: {model_for(config.rerank)[0].version}")
         with materialised(result.outcome):
             run.write("ranked", fairness_pass(result.ranked, items, known_events, config))
             run.write("rejects", result.rejects)
@@ -275,24 +278,50 @@ def _with_registered_model(spark: SparkSession, config: Config) -> Config:
 
 
 def train(spark: SparkSession, config: Config) -> StepRun:
-    """Fine-tune the reranker on the interactions and register the new version (warm-started from the
-    newest registered one when train.warm_start)."""
+    """Fine-tune the reranker, gate it against the retrieval order and the champion on the last
+    `train.gate_days`, and register it (as the new champion only if it passed; `champion.py`).
+    Warm-started from the newest registered version when train.warm_start."""
+    from llmrank_spark.champion import CHAMPION, REJECTED, champion_path, gate_cutoff, gate_version
     from llmrank_spark.training import latest_registered, train_reranker
 
     with StepRun(spark, config, "train") as run:
         warm_from = latest_registered(spark, config) if config.train.warm_start else None
-        interactions = run.read("interactions")
+        interactions, items = run.read("interactions"), run.read("items")
+        gated = config.train.gate_days > 0
+        # The gate's days stay out of training: the version is judged on days it never saw.
+        seen = (
+            interactions.where(F.col("event_ts") < F.lit(_end_of_day(gate_cutoff(config))))
+            if gated
+            else interactions
+        )
         row, _ = train_reranker(
             spark,
-            run.read("items"),
-            interactions,
+            items,
+            seen,
             run.read_optional("users"),
             config,
             data_snapshot=f"interactions@v{run.inputs['interactions']}",
             warm_from=warm_from,
         )
-        run.write("model_registry", frame_from_pandas(spark, row, "model_registry"))
+        status = "registered"
+        if gated:
+            result = gate_version(
+                spark, items, interactions, config, row["path"].iloc[0], champion_path(spark, config)
+            )
+            status = CHAMPION if result.promoted else REJECTED
+            row.at[0, "metrics"] = {**row["metrics"].iloc[0], **result.metrics()}
+            run.notes.append(
+                f"gate on {result.requests} users after {gate_cutoff(config)}: NDCG@10 retrieval "
+                f"{result.retrieval_ndcg:.4f} -> version {result.version_ndcg:.4f} "
+                f"({result.change:+.1%} [{result.change_low:+.1%}, {result.change_high:+.1%}]): "
+                f"{status}, {result.reason}"
+            )
+        run.write("model_registry", frame_from_pandas(spark, row.assign(status=status), "model_registry"))
     return run
+
+
+def _end_of_day(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time())
 
 
 def attributes(spark: SparkSession, config: Config) -> StepRun:

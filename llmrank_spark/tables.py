@@ -283,8 +283,15 @@ CONTRACTS: dict[str, TableContract] = {
                 Column("base_model", "string", "Encoder the model was fine-tuned from."),
                 Column("loss", "string", "Training loss."),
                 Column("data_snapshot", "string", "Delta version of the interactions it was trained on."),
-                Column("metrics", "map<string,double>", "Validation metrics."),
+                Column("metrics", "map<string,double>", "Validation and gate metrics."),
                 Column("created_at", "timestamp", "When it was registered (UTC)."),
+                Column(
+                    "status",
+                    "string",
+                    "champion (passed the gate; the newest is served), rejected (failed it) or "
+                    "registered (no gate run).",
+                    required=False,
+                ),
             ),
             written_by="`llmrank train`",
             append_only=True,

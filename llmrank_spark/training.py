@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import hashlib
 import io
 import os
 import time
@@ -36,6 +37,8 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from llmrank_spark.config import Config, RerankConfig, TrainConfig
+from llmrank_spark.features import FEATURES, ranking_features
+from llmrank_spark.fusion import BERT_SCORE, FusionModel, FusionSettings, fit_fusion
 from llmrank_spark.metrics import ndcg_at_k
 from llmrank_spark.model import (
     BASE_MODEL_NAME,
@@ -787,9 +790,18 @@ def training_lists(
     targets_pd[LIST] = [f"{u}@{i}" for u, i in zip(targets_pd["user_id"], targets_pd[ITEM], strict=True)]
     is_validation = ~targets_pd.duplicated("user_id", keep="last")
     targets_pd[LABEL] = target_grades(targets_pd, events, cfg).to_numpy()
+    # The LambdaMART fusion learns from users whose lists BERT never sees, so it learns how far to trust
+    # BERT on lists that are new to it, as every served list is.
+    for_fusion = (
+        fusion_users(targets_pd["user_id"], cfg.fusion_user_share)
+        if cfg.fusion == "lambdamart"
+        else pd.Series(False, index=targets_pd.index)
+    )
+    bert_targets = targets_pd[~for_fusion]
+    is_validation = is_validation[~for_fusion]
     chosen = {
-        "train": _subsample(targets_pd[~is_validation], cfg.max_train_lists, rng),
-        "validation": _subsample(targets_pd[is_validation], cfg.max_validation_lists, rng),
+        "train": _subsample(bert_targets[~is_validation], cfg.max_train_lists, rng),
+        "validation": _subsample(bert_targets[is_validation], cfg.max_validation_lists, rng),
     }
     texts = item_text_frame(items_pd, text_cfg)
     categories = items_pd.set_index(ITEM)["category"]
@@ -800,8 +812,65 @@ def training_lists(
         contexts = target_contexts(events, items_pd, part, text_cfg, users_pd).set_axis(part[LIST])
         user_of = part.set_index(LIST)["user_id"]
         built[name] = _assemble_lists(lists, contexts, texts, candidates_pd, user_of, item_events)
+    if cfg.fusion == "lambdamart":
+        fusion_targets = targets_pd[for_fusion]
+        chosen_users = _subsample(fusion_targets[["user_id"]].drop_duplicates(), cfg.max_fusion_lists, rng)[
+            "user_id"
+        ]
+        fusion_targets = fusion_targets[fusion_targets["user_id"].isin(chosen_users)]
+        lists = fusion_lists(fusion_targets, candidates_pd, events, categories.index.to_numpy(), cfg, rng)
+        pairs = spark.createDataFrame(lists[[LIST, ITEM]].rename(columns={LIST: "request_id"})).withColumn(
+            "request_type", F.lit("user")
+        )
+        pairs = pairs.join(
+            candidates.select("request_id", ITEM, "retrieval_rank", "source_ranks"),
+            ["request_id", ITEM],
+            "left",
+        )
+        features = ranking_features(spark, pairs, items, history, users, config.candidates, newest.date())
+        features_pd = features.drop("request_type", "source_ranks", "retrieval_rank").toPandas()
+        lists = lists.merge(features_pd.rename(columns={"request_id": LIST}), on=[LIST, ITEM], how="left")
+        # One context per user, as served on the day after their history: everything before their targets.
+        cutoffs = fusion_targets.groupby("user_id", as_index=False)["event_ts"].min()
+        cutoffs = cutoffs.assign(**{LIST: cutoffs["user_id"], ITEM: ""})
+        contexts = target_contexts(events, items_pd, cutoffs, text_cfg, users_pd).set_axis(cutoffs[LIST])
+        lists = lists.assign(context_text=lists[LIST].map(contexts))
+        built["fusion"] = lists.merge(texts, on=ITEM, how="left")
     _BUILT_LISTS[key] = built
     return built
+
+
+def fusion_users(user_ids: pd.Series, share: float) -> pd.Series:
+    """True for the users (a stable hash-chosen `share` of them) whose lists train the fusion, not BERT."""
+    hashed = user_ids.map(lambda user: int(hashlib.sha256(str(user).encode()).hexdigest()[:8], 16))
+    return hashed < share * 16**8
+
+
+def fusion_lists(
+    targets: pd.DataFrame,
+    candidates: pd.DataFrame,
+    interacted: pd.DataFrame,
+    catalogue: np.ndarray,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+) -> pd.DataFrame:
+    """(list_id, item_id, label): one list per user, as the rerank step would see it on the day after their
+    history, plus the answers: their candidate list, their targets (graded) and `fusion_random_negatives`
+    catalogue items they never touched (so the fusion also ranks items no retriever proposed).
+
+    `targets` holds every target of each user in it, with its label; the list_id is the user_id.
+    """
+    seen = interacted.groupby("user_id")[ITEM].agg(set)
+    proposed = candidates.groupby("request_id")[ITEM].agg(list)
+    draw = _unseen_sampler(catalogue, None, 0.0)
+    rows = []
+    for user, answers in targets.groupby("user_id", sort=True):
+        grades = answers.groupby(ITEM)[LABEL].max()
+        chosen = list(dict.fromkeys([*proposed.get(user, []), *grades.index]))
+        wanted = len(chosen) + cfg.fusion_random_negatives
+        draw(chosen, seen.get(user, set()), wanted, rng)
+        rows += [(user, item, float(grades.get(item, 0.0))) for item in chosen]
+    return pd.DataFrame(rows, columns=[LIST, ITEM, LABEL])
 
 
 def train_reranker(
@@ -828,6 +897,10 @@ def train_reranker(
         scorer = training_scorer(model, tokenizer, cfg, torch.device("cpu"))
         result = fit(model, scorer, built["train"], built["validation"], cfg)
 
+    fusion = None
+    if cfg.fusion == "lambdamart":
+        fusion = train_fusion(model, tokenizer, built["fusion"], cfg)
+        print(f"[train] fusion: {fusion.spec.trees} trees; gain by input {fusion.importance()}", flush=True)
     version = f"{config.run.run_date:%Y%m%d}-{cfg.loss}-{uuid.uuid4().hex[:8]}"
     manifest = ArtifactManifest(
         version=version,
@@ -849,9 +922,30 @@ def train_reranker(
             "train_seconds": result.seconds,
         },
         fusion_head=model.head_spec(),
+        fusion=None if fusion is None else fusion.spec,
     )
-    path = save_artifact(model.encoder, tokenizer, model_root(config) / version, manifest)
+    path = save_artifact(
+        model.encoder, tokenizer, model_root(config) / version, manifest, [fusion] if fusion else []
+    )
     return registry_row(manifest, path), result
+
+
+def train_fusion(model: FusionRanker, tokenizer, lists: pd.DataFrame, cfg: TrainConfig) -> FusionModel:
+    """LambdaMART over the ranking features and the trained BERT logit of the fusion lists; the last fifth
+    of the lists (by list_id) early-stops the trees."""
+    scorer = training_scorer(model, tokenizer, cfg, torch.device("cpu"))
+    model.eval()
+    lists = lists.sort_values([LIST, ITEM], kind="mergesort", ignore_index=True)
+    lists[BERT_SCORE] = scorer.score(lists["context_text"].tolist(), lists["item_text"].tolist())
+    list_ids = lists[LIST].drop_duplicates()
+    held = lists[LIST].isin(list_ids.iloc[int(len(list_ids) * 0.8) :])
+    settings = FusionSettings(
+        trees=cfg.fusion_trees,
+        learning_rate=cfg.fusion_learning_rate,
+        leaves=cfg.fusion_leaves,
+        seed=cfg.seed,
+    )
+    return fit_fusion(lists[~held], lists[held], [*FEATURES, BERT_SCORE], settings)
 
 
 def _subsample(targets: pd.DataFrame, limit: int, rng: np.random.Generator) -> pd.DataFrame:

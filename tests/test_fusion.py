@@ -1,0 +1,170 @@
+"""The learned fusion (LambdaMART) and the champion gate: what is trained is what is served, and a version
+that does not beat the retrieval order is never served."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_ranking import CANDIDATES, EVENTS, ITEMS, RUN_DATE, TOP_K, expected_scores
+from tiny_reranker import build_tiny_artifact
+
+from llmrank_spark import steps
+from llmrank_spark.champion import CHAMPION, REJECTED, decide, served_config
+from llmrank_spark.features import FEATURES, ranking_features
+from llmrank_spark.fusion import BERT_SCORE, FusionModel, FusionSettings, fit_fusion, relevance_levels
+from llmrank_spark.model import MANIFEST_FILE, RETRIEVAL_VERSION, read_manifest
+from llmrank_spark.tables import frame_from_pandas, write_table
+from llmrank_spark.training import registry_row
+
+INPUTS = ["signal", "noise"]
+
+
+def _lists(n_lists: int, seed: int) -> pd.DataFrame:
+    """Lists of 6 whose positive has the largest `signal` (plus noise); `noise` says nothing."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in range(n_lists):
+        signal = rng.normal(size=6)
+        best = int(np.argmax(signal + rng.normal(scale=0.3, size=6)))
+        for j in range(6):
+            rows.append((f"l{seed}-{n:03d}", f"i{j}", 1.0 if j == best else 0.0, signal[j], rng.normal()))
+    return pd.DataFrame(rows, columns=["list_id", "item_id", "label", "signal", "noise"])
+
+
+def _ndcg_of_first(lists: pd.DataFrame, scores: np.ndarray) -> float:
+    """Share of lists whose positive scores highest."""
+    scored = lists.assign(score=scores)
+    top = scored.loc[scored.groupby("list_id")["score"].idxmax()]
+    return float(top["label"].mean())
+
+
+def test_lambdamart_learns_the_predictive_input_and_round_trips_through_its_text(tmp_path):
+    train, validation = _lists(300, 0), _lists(80, 1)
+    model = fit_fusion(train, validation, INPUTS, FusionSettings(trees=60, min_rows_in_leaf=5))
+    test = _lists(100, 2)
+    assert _ndcg_of_first(test, model.score(test)) > 0.6  # chance is 1/6
+    assert model.importance()["signal"] > 0.8
+    model.save(tmp_path)
+    again = FusionModel.load(tmp_path, model.spec)
+    np.testing.assert_array_equal(again.score(test), model.score(test))
+    # A missing value is LightGBM's missing, never an error and never a NaN score.
+    holes = test.assign(signal=np.where(np.arange(len(test)) % 3 == 0, np.nan, test["signal"]))
+    assert np.isfinite(again.score(holes)).all()
+    assert np.isfinite(again.score(test.assign(signal=np.nan, noise=np.nan))).all()
+
+
+def test_graded_labels_become_lambdarank_levels():
+    assert relevance_levels(np.array([0.0, 0.25, 0.5, 1.0, 1.7])).tolist() == [0, 1, 2, 4, 4]
+
+
+@pytest.fixture(scope="module")
+def fused_artifact(spark, tmp_path_factory):
+    """The tiny BERT with a LambdaMART fusion fitted on the test lakehouse's features and its logits."""
+    from llmrank_spark.config import CandidatesConfig
+
+    path = build_tiny_artifact(tmp_path_factory.mktemp("fused") / "fused-v1", version="fused-v1")
+    cfg = CandidatesConfig(als_rank=2, als_max_iter=2)
+    candidates = frame_from_pandas(spark, CANDIDATES, "candidates")
+    features = ranking_features(
+        spark,
+        candidates.select("request_type", "request_id", "item_id", "retrieval_rank", "source_ranks"),
+        frame_from_pandas(spark, ITEMS, "items"),
+        frame_from_pandas(spark, EVENTS, "interactions"),
+        None,
+        cfg,
+        RUN_DATE,
+    ).toPandas()
+    from test_ranking import tiny_config
+
+    direct = expected_scores(tiny_config().model_copy(update={"model_path": str(path)}))
+    lists = features.merge(direct[["request_id", "item_id", "score"]], on=["request_id", "item_id"])
+    lists = lists.rename(columns={"score": BERT_SCORE}).sort_values(["request_id", "item_id"])
+    # A made-up label: the candidate the retrieval ranked first, so the trees have something to learn.
+    lists["label"] = (lists["retrieval_rank"] == 1).astype(float)
+    model = fit_fusion(
+        lists,
+        lists,
+        [*FEATURES, BERT_SCORE],
+        FusionSettings(trees=5, min_rows_in_leaf=1),
+        list_column="request_id",
+    )
+    manifest = read_manifest(path).model_copy(update={"fusion": model.save(path)})
+    (path / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
+    return path, model, lists, cfg
+
+
+def test_the_rerank_step_serves_the_fusion_exactly_as_it_scores_in_process(spark, config, fused_artifact):
+    path, model, lists, cfg = fused_artifact
+    for table, frame in (("candidates", CANDIDATES), ("items", ITEMS), ("interactions", EVENTS)):
+        write_table(frame_from_pandas(spark, frame, table), config, table, RUN_DATE)
+    served = config.model_copy(
+        update={
+            "candidates": cfg,
+            "fairness": config.fairness.model_copy(update={"mode": "off"}),
+            "rerank": config.rerank.model_copy(
+                update={
+                    "mode": "cross_encoder",
+                    "model_path": str(path),
+                    "top_k": TOP_K,
+                    "micro_batch_size": 4,
+                }
+            ),
+        }
+    )
+    run = steps.rerank(spark, served)
+    assert "served model: fused-v1" in run.notes
+    ranked = spark.read.format("delta").load(config.table_path("ranked")).toPandas()
+    expected = lists.assign(expected=model.score(lists))
+    merged = ranked.merge(expected, on=["request_id", "item_id"])
+    assert len(merged) == TOP_K * 3 and set(ranked["model_version"]) == {"fused-v1"}
+    np.testing.assert_allclose(merged["score"], merged["expected"], atol=1e-4)
+    assert np.isfinite(ranked["score"]).all()
+
+
+def test_the_gate_promotes_only_a_version_that_beats_retrieval_and_the_champion():
+    requests = pd.Index([f"u{n}" for n in range(60)])
+    rng = np.random.default_rng(0)
+    retrieval = pd.Series(rng.uniform(0.2, 0.4, 60), index=requests)
+    better = retrieval + 0.2
+    assert decide(better, retrieval, None).promoted
+    same = decide(retrieval + rng.normal(scale=0.01, size=60), retrieval, None)
+    assert not same.promoted and "retrieval order" in same.reason
+    below_champion = decide(better, retrieval, better + 0.05)
+    assert not below_champion.promoted and "champion" in below_champion.reason
+    assert decide(better + 0.1, retrieval, better).promoted
+
+
+def _register(spark, config, path, status: str, minute: int) -> None:
+    manifest = read_manifest(path).model_copy(
+        update={"created_at": dt.datetime(2026, 11, 20, 1, minute, tzinfo=dt.UTC)}
+    )
+    row = registry_row(manifest, path).assign(status=status)
+    write_table(frame_from_pandas(spark, row, "model_registry"), config, "model_registry")
+
+
+def test_rerank_serves_the_newest_champion_never_a_rejected_version_and_else_the_retrieval_order(
+    spark, config, tmp_path
+):
+    assert served_config(spark, config).rerank.mode == "retrieval"
+    for table, frame in (("candidates", CANDIDATES), ("items", ITEMS), ("interactions", EVENTS)):
+        write_table(frame_from_pandas(spark, frame, table), config, table, RUN_DATE)
+    quiet = config.model_copy(
+        update={
+            "fairness": config.fairness.model_copy(update={"mode": "off"}),
+            "rerank": config.rerank.model_copy(update={"top_k": TOP_K}),
+        }
+    )
+    steps.rerank(spark, quiet)
+    ranked = spark.read.format("delta").load(config.table_path("ranked")).toPandas()
+    assert set(ranked["model_version"]) == {RETRIEVAL_VERSION}
+    assert (ranked["rank"] == ranked["retrieval_rank"]).all()
+
+    champion = build_tiny_artifact(tmp_path / "v1", version="v1")
+    rejected = build_tiny_artifact(tmp_path / "v2", version="v2")
+    _register(spark, config, champion, CHAMPION, 0)
+    _register(spark, config, rejected, REJECTED, 5)
+    resolved = served_config(spark, config).rerank
+    assert (resolved.mode, resolved.model_path) == ("cross_encoder", str(champion.resolve()))
