@@ -22,6 +22,7 @@ from pyspark.sql import functions as F
 
 from llmrank_spark.config import Config
 from llmrank_spark.tables import (
+    REQUEST_KEY,
     contract,
     frame_from_pandas,
     latest_version,
@@ -224,7 +225,7 @@ def fairness_pass(ranked: DataFrame, items: DataFrame, interactions: DataFrame, 
     """
     if config.fairness.mode == "off":
         return ranked
-    from llmrank_spark.evaluate import catalogue_frame, item_counts_until
+    from llmrank_spark.evaluate import catalogue_frame, item_counts_until, one_request_column
     from llmrank_spark.fairness import provider_policy, run_reorderer, with_providers
 
     catalogue = with_providers(catalogue_frame(items), config.fairness.provider_attribute)
@@ -232,16 +233,16 @@ def fairness_pass(ranked: DataFrame, items: DataFrame, interactions: DataFrame, 
     policy = provider_policy(catalogue, counts, config.fairness.long_tail_head_share)
     model_order = None
     if config.fairness.strategy == "run":
-        requests = ranked.select("request_id").distinct().count()
+        requests = ranked.select(*REQUEST_KEY).distinct().count()
         share = min(1.0, config.fairness.fit_requests / max(requests, 1))
         # A request is in the sample when its hash falls in the first `share` of the hash range: whole
         # lists, the same ones on every rerun.
-        in_sample = F.abs(F.xxhash64("request_id") % 1_000_000) < F.lit(int(share * 1_000_000))
-        model_order = ranked.where(in_sample).toPandas()
+        in_sample = F.abs(F.xxhash64(*REQUEST_KEY) % 1_000_000) < F.lit(int(share * 1_000_000))
+        model_order = one_request_column(ranked.where(in_sample)).toPandas()
     category = catalogue.set_index("item_id")["category"]
     reorder = run_reorderer(policy, config.fairness, category, model_order=model_order)
     columns = ranked.columns
-    return ranked.groupBy("request_id").applyInPandas(lambda one: reorder(one)[columns], ranked.schema)
+    return ranked.groupBy(*REQUEST_KEY).applyInPandas(lambda one: reorder(one)[columns], ranked.schema)
 
 
 def evaluate(spark: SparkSession, config: Config) -> StepRun:

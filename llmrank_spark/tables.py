@@ -52,6 +52,9 @@ class TableContract:
         return ", ".join(f"{c.name} {c.type}" for c in self.columns)
 
 
+# The full key of a request: a user and a query may share an id, so request_id alone never identifies one.
+REQUEST_KEY = ("request_type", "request_id")
+
 RUN_DATE = Column("run_date", "date", "The nightly run that wrote the row; the partition column.", key=True)
 
 CONTRACTS: dict[str, TableContract] = {
@@ -137,7 +140,7 @@ CONTRACTS: dict[str, TableContract] = {
             (
                 RUN_DATE,
                 Column("request_id", "string", "User id (request_type user) or query id.", key=True),
-                Column("request_type", "string", "'user' or 'query'."),
+                Column("request_type", "string", "'user' or 'query'.", key=True),
                 Column("item_id", "string", "Candidate item.", key=True),
                 Column("retrieval_rank", "int", "1-based position in the blended candidate list."),
                 Column("retrieval_score", "double", "Blended (fused) retrieval score; higher is better."),
@@ -155,7 +158,7 @@ CONTRACTS: dict[str, TableContract] = {
             (
                 RUN_DATE,
                 Column("request_id", "string", "Request (user or query).", key=True),
-                Column("request_type", "string", "'user' or 'query'."),
+                Column("request_type", "string", "'user' or 'query'.", key=True),
                 Column("item_id", "string", "Ranked item.", key=True),
                 Column("rank", "int", "1-based final position."),
                 Column("score", "double", "Reranker score (higher is better)."),
@@ -181,7 +184,7 @@ CONTRACTS: dict[str, TableContract] = {
                 RUN_DATE,
                 Column("step", "string", "Step that rejected the row: candidates or rerank.", key=True),
                 Column("input_table", "string", "Table the rejected row or request comes from.", key=True),
-                Column("request_type", "string", "'user' or 'query'.", False),
+                Column("request_type", "string", "'user' or 'query'.", False, key=True),
                 Column("request_id", "string", "Request (user or query id) the row belongs to.", key=True),
                 Column("item_id", "string", "Item of a rejected pair; null: the whole request.", False),
                 Column("reason", "string", "Why, one of the reasons in docs/reliability.md.", key=True),
@@ -202,7 +205,7 @@ CONTRACTS: dict[str, TableContract] = {
             (
                 RUN_DATE,
                 Column("request_id", "string", "Request.", key=True),
-                Column("request_type", "string", "'user' or 'query'."),
+                Column("request_type", "string", "'user' or 'query'.", key=True),
                 Column(
                     "item_id",
                     "string",
