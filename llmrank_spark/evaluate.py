@@ -104,10 +104,16 @@ def measure_run(
     popularity buckets and the long-tail providers. `labels` (request_id, item_id, relevance) switch on
     the quality metrics, `users` the per-group quality, `embeddings` the embedding diversity.
     """
-    catalogue = with_providers(items, fairness.provider_attribute)
+    catalogue = _catalogue_with_providers(items, fairness)
     max_k = max(evaluate.ks)
     retrieval = retrieval[retrieval["retrieval_rank"] <= max_k]
-    policy = provider_policy(catalogue, item_counts, fairness.long_tail_head_share)
+    # Without events or providers (the step warns) popularity buckets and long-tail shares are not measured.
+    popular = item_counts.sum() > 0
+    policy = (
+        provider_policy(catalogue, item_counts, fairness.long_tail_head_share)
+        if popular and catalogue["brand"].notna().any()
+        else None
+    )
     groups = _request_groups(users, evaluate) if users is not None and labels is not None else None
     model_version = ranked["model_version"].dropna().unique()
     orders = orders_of_run(ranked, retrieval, catalogue, item_counts, fairness)
@@ -121,9 +127,9 @@ def measure_run(
             catalogue,
             ks=evaluate.ks,
             labels=labels if judged else None,
-            item_popularity=item_counts,
+            item_popularity=item_counts if popular else None,
             popularity_split=(evaluate.popularity_head_share, evaluate.popularity_tail_share),
-            long_tail_providers=policy.long_tail,
+            long_tail_providers=None if policy is None else policy.long_tail,
             embeddings=embeddings,
             request_groups=groups,
         )
@@ -132,6 +138,15 @@ def measure_run(
         version = None if step == RETRIEVAL else ", ".join(sorted(model_version)) or None
         frames.append(rows.assign(step=step, model_version=version))
     return pd.concat(frames, ignore_index=True)[METRICS_COLUMNS]
+
+
+def _catalogue_with_providers(items: pd.DataFrame, fairness: FairnessConfig) -> pd.DataFrame:
+    """The catalogue with providers in `brand` (`with_providers`), or with none when no item names the
+    configured provider attribute: the run is then measured without the provider metrics."""
+    try:
+        return with_providers(items, fairness.provider_attribute)
+    except ValueError:
+        return items.assign(brand=None)
 
 
 def _ndcg_change_rows(

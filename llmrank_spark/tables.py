@@ -308,6 +308,12 @@ CONTRACTS: dict[str, TableContract] = {
                 Column("rows", "map<string,bigint>", "Rows written per output table (this run's partition)."),
                 Column("config", "string", "The step's full configuration as JSON."),
                 Column("error", "string", "The failure message, if the step failed.", False),
+                Column(
+                    "warnings",
+                    "array<string>",
+                    "What the step skipped or degraded, e.g. a fairness pass without providers.",
+                    False,
+                ),
             ),
             partition_by=("run_date",),
             written_by="every step",
@@ -477,7 +483,8 @@ def write_table(
     check_schema(df, table, f"write to {location}")
     df = conform(df, table)
     if spec.append_only:
-        writer = df.write.format("delta").mode("append")
+        # mergeSchema: a column added to an append-only contract (optional, so compatible) joins the table.
+        writer = df.write.format("delta").mode("append").option("mergeSchema", "true")
         if spec.partition_by:
             writer = writer.partitionBy(*spec.partition_by)
     elif "run_date" in spec.partition_by:
