@@ -1,11 +1,16 @@
 """The `llmrank` console command. Each subcommand calls the same step function as `jobs/<step>.py`.
 
-Configuration is parsed and validated before Spark starts, so a bad key fails in milliseconds.
+Configuration is parsed and validated before Spark starts, so a bad key fails in milliseconds. A failing
+command prints one paragraph on stderr, naming what is wrong and the fix, and exits non-zero; the full
+trace goes to a log file (under $LLMRANK_LOG_DIR, default <tmp>/llmrank-logs) whose path the message names.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import logging
+import os
 import sys
 import tempfile
 import time
@@ -14,7 +19,14 @@ from pathlib import Path
 
 from llmrank_spark import steps
 from llmrank_spark.config import Config, ConfigError, load_config
+from llmrank_spark.model import ArtifactError
+from llmrank_spark.preflight import PreflightError
 from llmrank_spark.tables import ContractError
+
+# Failures whose message says what is wrong and what to do: printed as they are. Any other exception is
+# unexpected: its type and first line are printed, and in both cases the full trace is in the log file.
+ANTICIPATED = (ConfigError, ContractError, PreflightError, ArtifactError, FileNotFoundError)
+MESSAGE_LIMIT = 600  # characters of an unexpected error's first line (a JVM error can be pages long)
 
 
 def _add_config_options(parser: argparse.ArgumentParser, default) -> None:
@@ -113,6 +125,23 @@ def run(args: argparse.Namespace, config: Config) -> None:
     )
 
 
+def log_file(command: str) -> Path:
+    """This command's log file: warnings of the run and the full trace of a failure."""
+    directory = Path(os.environ.get("LLMRANK_LOG_DIR") or Path(tempfile.gettempdir()) / "llmrank-logs")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / f"{command}-{dt.datetime.now():%Y%m%dT%H%M%S}-{os.getpid()}.log"
+
+
+def failure_message(error: BaseException) -> str:
+    """One paragraph: an anticipated error's message and notes; an unexpected one's type and first line."""
+    if isinstance(error, ANTICIPATED):
+        text = " ".join([str(error), *getattr(error, "__notes__", [])])
+    else:
+        lines = str(error).strip().splitlines() or [""]
+        text = f"unexpected {type(error).__name__}: {lines[0][:MESSAGE_LIMIT]}"
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -120,11 +149,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"llmrank: {error}", file=sys.stderr)
         return 2
+    path = log_file(args.command)
+    handler = logging.FileHandler(path, encoding="utf-8", delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("llmrank_spark")
+    logger.addHandler(handler)
     try:
         run(args, config)
-    except (ContractError, FileNotFoundError) as error:
-        print(f"llmrank {args.command}: {error}", file=sys.stderr)
+    except Exception as error:
+        logger.error("llmrank %s failed", args.command, exc_info=error)
+        print(f"llmrank {args.command}: {failure_message(error)} (full trace: {path})", file=sys.stderr)
         return 1
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
     return 0
 
 

@@ -266,6 +266,10 @@ class FairnessConfig(_Section):
     # MMR by category before the fairness pass; mmr_trade_off 1 = relevance only.
     diversity: bool = False
     mmr_trade_off: float = Field(0.7, ge=0, le=1)
+    # With mode on or sweep but no provider to be fair to (no item has a brand, or the provider_attribute)
+    # or no event up to the run date to measure providers by: false skips the pass with a warning in the
+    # run log and the step summary (the lists stay in model order); true fails the step in preflight.
+    require_providers: bool = False
 
 
 TRAIN_LOSSES = ("bce", "ranknet", "hinge", "listnet", "lambdaloss")

@@ -29,7 +29,7 @@ import datetime as dt
 from collections.abc import Mapping
 
 import pandas as pd
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from llmrank_spark.config import Config, EvaluateConfig, FairnessConfig
@@ -45,6 +45,7 @@ from llmrank_spark.metrics import (
     relative_change,
     user_groups,
 )
+from llmrank_spark.tables import REQUEST_KEY
 
 RETRIEVAL, MODEL, FAIR = "candidates", "rerank", "fairness"
 METRICS_COLUMNS = ["step", "model_version", "metric", "slice", "value"]
@@ -103,10 +104,16 @@ def measure_run(
     popularity buckets and the long-tail providers. `labels` (request_id, item_id, relevance) switch on
     the quality metrics, `users` the per-group quality, `embeddings` the embedding diversity.
     """
-    catalogue = with_providers(items, fairness.provider_attribute)
+    catalogue = _catalogue_with_providers(items, fairness)
     max_k = max(evaluate.ks)
     retrieval = retrieval[retrieval["retrieval_rank"] <= max_k]
-    policy = provider_policy(catalogue, item_counts, fairness.long_tail_head_share)
+    # Without events or providers (the step warns) popularity buckets and long-tail shares are not measured.
+    popular = item_counts.sum() > 0
+    policy = (
+        provider_policy(catalogue, item_counts, fairness.long_tail_head_share)
+        if popular and catalogue["brand"].notna().any()
+        else None
+    )
     groups = _request_groups(users, evaluate) if users is not None and labels is not None else None
     model_version = ranked["model_version"].dropna().unique()
     orders = orders_of_run(ranked, retrieval, catalogue, item_counts, fairness)
@@ -120,9 +127,9 @@ def measure_run(
             catalogue,
             ks=evaluate.ks,
             labels=labels if judged else None,
-            item_popularity=item_counts,
+            item_popularity=item_counts if popular else None,
             popularity_split=(evaluate.popularity_head_share, evaluate.popularity_tail_share),
-            long_tail_providers=policy.long_tail,
+            long_tail_providers=None if policy is None else policy.long_tail,
             embeddings=embeddings,
             request_groups=groups,
         )
@@ -131,6 +138,15 @@ def measure_run(
         version = None if step == RETRIEVAL else ", ".join(sorted(model_version)) or None
         frames.append(rows.assign(step=step, model_version=version))
     return pd.concat(frames, ignore_index=True)[METRICS_COLUMNS]
+
+
+def _catalogue_with_providers(items: pd.DataFrame, fairness: FairnessConfig) -> pd.DataFrame:
+    """The catalogue with providers in `brand` (`with_providers`), or with none when no item names the
+    configured provider attribute: the run is then measured without the provider metrics."""
+    try:
+        return with_providers(items, fairness.provider_attribute)
+    except ValueError:
+        return items.assign(brand=None)
 
 
 def _ndcg_change_rows(
@@ -201,6 +217,21 @@ def query_labels_of(labels: DataFrame, requests: DataFrame) -> DataFrame:
     ).join(requests, "request_id", "left_semi")
 
 
+# The ASCII unit separator: never part of a request type, so "type<US>id" is one string per request key.
+_KEY_SEPARATOR = "\x1f"
+
+
+def request_key(request_type: Column, request_id: Column) -> Column:
+    """One string per full request key (request_type, request_id)."""
+    return F.concat_ws(_KEY_SEPARATOR, request_type, request_id)
+
+
+def one_request_column(frame: DataFrame) -> DataFrame:
+    """`frame` with request_id replaced by its `request_key`: the pure per-request functions (metrics,
+    fairness) group by request_id alone, and a user and a query of the same id must stay two requests."""
+    return frame.withColumn("request_id", request_key(*(F.col(c) for c in REQUEST_KEY)))
+
+
 def evaluate_tables(tables: Mapping[str, DataFrame | None], config: Config) -> pd.DataFrame:
     """The run's metrics rows from its Spark tables (ranked, candidates, items, interactions; optionally
     users, query_labels), each already pinned by the step; see the module doc for what is collected."""
@@ -210,10 +241,11 @@ def evaluate_tables(tables: Mapping[str, DataFrame | None], config: Config) -> p
     candidates = tables["candidates"].where(todays).where(F.col("retrieval_rank") <= max(cfg.ks))
     interactions, items = tables["interactions"], tables["items"]
     user_requests = ranked.where(F.col("request_type") == "user").select("request_id").distinct()
-    labels = user_labels(interactions, user_requests, run_date, cfg)
+    labels = user_labels(interactions, user_requests, run_date, cfg).withColumn("request_type", F.lit("user"))
     if tables.get("query_labels") is not None:
         query_requests = ranked.where(F.col("request_type") == "query").select("request_id").distinct()
-        labels = labels.unionByName(query_labels_of(tables["query_labels"], query_requests))
+        query_judged = query_labels_of(tables["query_labels"], query_requests)
+        labels = labels.unionByName(query_judged.withColumn("request_type", F.lit("query")))
     embeddings = None
     if cfg.embedding_diversity:
         from llmrank_spark.candidates import item_embeddings
@@ -222,14 +254,16 @@ def evaluate_tables(tables: Mapping[str, DataFrame | None], config: Config) -> p
         vectors = item_embeddings(items.join(listed, "item_id", "left_semi"), config.candidates).toPandas()
         embeddings = vectors.set_index("item_id")["embedding"]
     users = tables.get("users")
+    if users is not None:  # groups are looked up by request: a user's key, so no query joins a user group
+        users = users.withColumn("user_id", request_key(F.lit("user"), F.col("user_id"))).toPandas()
     return measure_run(
-        ranked.toPandas(),
-        candidates.select("request_id", "item_id", "retrieval_rank").toPandas(),
+        one_request_column(ranked).toPandas(),
+        one_request_column(candidates).select("request_id", "item_id", "retrieval_rank").toPandas(),
         catalogue_frame(items),
         item_counts_until(interactions, run_date),
         cfg,
         config.fairness,
-        labels=labels.toPandas(),
-        users=None if users is None else users.toPandas(),
+        labels=one_request_column(labels).select("request_id", "item_id", "relevance").toPandas(),
+        users=users,
         embeddings=embeddings,
     )

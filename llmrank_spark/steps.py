@@ -9,6 +9,8 @@ wrote to the `runs` table, so any output row can be traced to its inputs and mod
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,7 +23,16 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from llmrank_spark.config import Config
+from llmrank_spark.preflight import (
+    PreflightError,
+    check_partition,
+    check_run_date,
+    check_unique_keys,
+    check_writable,
+    fairness_runs,
+)
 from llmrank_spark.tables import (
+    REQUEST_KEY,
     contract,
     frame_from_pandas,
     latest_version,
@@ -30,6 +41,8 @@ from llmrank_spark.tables import (
     table_exists,
     write_table,
 )
+
+LOG = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -58,6 +71,7 @@ class StepRun:
         self.rows: dict[str, int] = {}
         self.seconds = 0.0
         self.notes: list[str] = []  # lines a person should read after the step (e.g. the run report)
+        self.warnings: list[str] = []  # what the step skipped or degraded: in `runs` and the summary
 
     def __enter__(self) -> StepRun:
         self._started_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -65,8 +79,18 @@ class StepRun:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
+        """Write the `runs` row. When the step failed and the row cannot be written either (say, a
+        read-only lakehouse), the step's own error is what propagates; the row's failure is logged and
+        noted on it, never put in its place."""
         self.seconds = time.perf_counter() - self._clock
-        self._log(status="failed" if error else "succeeded", error=str(error) if error else None)
+        try:
+            self._log(status="failed" if error else "succeeded", error=str(error) if error else None)
+        except Exception as log_error:
+            if error is None:
+                raise
+            LOG.warning("step %s: could not write its runs row", self.step, exc_info=log_error)
+            first_line = (str(log_error).strip().splitlines() or [type(log_error).__name__])[0][:300]
+            error.add_note(f"(the failed run could not be logged to table 'runs' either: {first_line})")
 
     def read(self, table: str) -> DataFrame:
         """The table at its current version, pinned, so what was read is exactly what is logged."""
@@ -77,6 +101,15 @@ class StepRun:
 
     def read_optional(self, table: str) -> DataFrame | None:
         return self.read(table) if self._exists(table) else None
+
+    def check_outputs(self, *tables: str) -> None:
+        """Preflight: fail now, naming the table and path, if any output of the step (or `runs`) cannot be
+        written, instead of after the expensive work."""
+        check_writable(self.spark, self.config, [*tables, "runs"])
+
+    def warn(self, warning: str) -> None:
+        self.warnings.append(warning)
+        LOG.warning("step %s: %s", self.step, warning)
 
     def write(self, table: str, frame: DataFrame) -> None:
         write_table(frame, self.config, table, self.config.run.run_date, self.step)
@@ -95,7 +128,8 @@ class StepRun:
             f"{t}: {self.rows[t]:,} rows (Delta v{self.outputs[t]}) at {self.config.table_path(t)}"
             for t in self.outputs
         ]
-        return f"[{self.step}] {self.seconds:.1f}s\n  " + "\n  ".join(lines + self.notes)
+        warnings = [f"WARNING: {warning}" for warning in self.warnings]
+        return f"[{self.step}] {self.seconds:.1f}s\n  " + "\n  ".join(lines + warnings + self.notes)
 
     def _exists(self, table: str) -> bool:
         return table_exists(self.spark, self.config, table)
@@ -115,6 +149,7 @@ class StepRun:
                     "rows": self.rows,
                     "config": self.config.model_dump_json(),
                     "error": error,
+                    "warnings": self.warnings or None,
                 }
             ]
         )
@@ -172,14 +207,10 @@ def candidates(spark: SparkSession, config: Config) -> StepRun:
     from llmrank_spark.candidates import build_candidates
 
     with StepRun(spark, config, "candidates") as run:
-        lists = build_candidates(
-            spark,
-            run.read("items"),
-            run.read("interactions"),
-            run.read_optional("users"),
-            config.candidates,
-            config.run.run_date,
-        )
+        run.check_outputs("candidates", "rejects")
+        items, interactions, users = run.read("items"), run.read("interactions"), run.read_optional("users")
+        _check_inputs(config, items=items, interactions=interactions, users=users)
+        lists = build_candidates(spark, items, interactions, users, config.candidates, config.run.run_date)
         with materialised(lists.candidates):
             run.write("candidates", lists.candidates)
             run.write("rejects", lists.rejects)
@@ -193,27 +224,37 @@ def rerank(spark: SparkSession, config: Config) -> StepRun:
 
     with StepRun(spark, config, "rerank") as run:
         config = served_config(spark, _with_registered_model(spark, config))
-        todays = run.read("candidates").where(F.col("run_date") == F.lit(config.run.run_date))
-        items, interactions = run.read("items"), run.read("interactions")
+        served = model_for(config.rerank)[1]  # preflight: the model artifact exists and is complete
+        run.check_outputs("ranked", "rejects")
+        candidates = run.read("candidates")
+        check_partition(candidates, "candidates", config.run.run_date, "candidates")
+        items, interactions, queries = (
+            run.read("items"),
+            run.read("interactions"),
+            run.read_optional("queries"),
+        )
         # Read only when the served model states user text, so `runs` lists what the step used.
-        users = run.read_optional("users") if model_for(config.rerank)[1].user_template else None
+        users = run.read_optional("users") if served.user_template else None
+        _check_inputs(config, items=items, interactions=interactions, users=users, queries=queries)
         # Events of a type the candidates step rejected (no weight) are not history here either.
         known_events = interactions.where(F.col("event_type").isin(list(config.candidates.event_weights)))
+        fair = fairness_runs(items, known_events, config, run.warn)
         result = rerank_candidates(
             spark,
-            todays,
+            candidates.where(F.col("run_date") == F.lit(config.run.run_date)),
             items,
             known_events,
             config.rerank,
             config.run.run_date,
-            queries=run.read_optional("queries"),
+            queries=queries,
             users=users,
             faults=config.faults,
             candidates_cfg=config.candidates,
         )
         run.notes.append(f"served model: {model_for(config.rerank)[0].version}")
         with materialised(result.outcome):
-            run.write("ranked", fairness_pass(result.ranked, items, known_events, config))
+            ranked = fairness_pass(result.ranked, items, known_events, config) if fair else result.ranked
+            run.write("ranked", ranked)
             run.write("rejects", result.rejects)
     return run
 
@@ -227,7 +268,7 @@ def fairness_pass(ranked: DataFrame, items: DataFrame, interactions: DataFrame, 
     """
     if config.fairness.mode == "off":
         return ranked
-    from llmrank_spark.evaluate import catalogue_frame, item_counts_until
+    from llmrank_spark.evaluate import catalogue_frame, item_counts_until, one_request_column
     from llmrank_spark.fairness import provider_policy, run_reorderer, with_providers
 
     catalogue = with_providers(catalogue_frame(items), config.fairness.provider_attribute)
@@ -235,16 +276,16 @@ def fairness_pass(ranked: DataFrame, items: DataFrame, interactions: DataFrame, 
     policy = provider_policy(catalogue, counts, config.fairness.long_tail_head_share)
     model_order = None
     if config.fairness.strategy == "run":
-        requests = ranked.select("request_id").distinct().count()
+        requests = ranked.select(*REQUEST_KEY).distinct().count()
         share = min(1.0, config.fairness.fit_requests / max(requests, 1))
         # A request is in the sample when its hash falls in the first `share` of the hash range: whole
         # lists, the same ones on every rerun.
-        in_sample = F.abs(F.xxhash64("request_id") % 1_000_000) < F.lit(int(share * 1_000_000))
-        model_order = ranked.where(in_sample).toPandas()
+        in_sample = F.abs(F.xxhash64(*REQUEST_KEY) % 1_000_000) < F.lit(int(share * 1_000_000))
+        model_order = one_request_column(ranked.where(in_sample)).toPandas()
     category = catalogue.set_index("item_id")["category"]
     reorder = run_reorderer(policy, config.fairness, category, model_order=model_order)
     columns = ranked.columns
-    return ranked.groupBy("request_id").applyInPandas(lambda one: reorder(one)[columns], ranked.schema)
+    return ranked.groupBy(*REQUEST_KEY).applyInPandas(lambda one: reorder(one)[columns], ranked.schema)
 
 
 def evaluate(spark: SparkSession, config: Config) -> StepRun:
@@ -253,15 +294,42 @@ def evaluate(spark: SparkSession, config: Config) -> StepRun:
     from llmrank_spark.report import write_report
 
     with StepRun(spark, config, "evaluate") as run:
+        run.check_outputs("metrics")
+        _check_report_writable(config)
         tables = {table: run.read(table) for table in ("ranked", "candidates", "items", "interactions")} | {
             table: run.read_optional(table) for table in ("users", "query_labels")
         }
+        check_partition(tables["ranked"], "ranked", config.run.run_date, "rerank")
+        _check_inputs(config, **tables)
+        if not fairness_runs(tables["items"], tables["interactions"], config, run.warn):
+            config = config.model_copy(
+                update={"fairness": config.fairness.model_copy(update={"mode": "off"})}
+            )
         rows = evaluate_tables(tables, config).assign(run_date=config.run.run_date)
         run.write("metrics", frame_from_pandas(spark, rows, "metrics"))
         history = read_table(spark, config, "metrics", version=run.outputs["metrics"]).toPandas()
         report = write_report(history, config)
         run.notes += [f"report: {report.index}", *report.summary]
     return run
+
+
+def _check_inputs(config: Config, **tables: DataFrame | None) -> None:
+    """Preflight of the inputs a step read: unique keys where the contract's key names one row, and a
+    run date not before every event."""
+    for table, frame in tables.items():
+        check_unique_keys(frame, table)
+    if tables.get("interactions") is not None:
+        check_run_date(tables["interactions"], config.run.run_date)
+
+
+def _check_report_writable(config: Config) -> None:
+    """Preflight of the evaluate step's report directory, <lakehouse.root>/reports."""
+    reports = Path(config.lakehouse.root) / "reports"
+    parent = next(p for p in (reports, *reports.parents) if p.exists())
+    if not os.access(parent, os.W_OK) or not parent.is_dir():
+        raise PreflightError(
+            f"report directory {reports} is not writable ({parent}); make lakehouse.root writable"
+        )
 
 
 def _with_registered_model(spark: SparkSession, config: Config) -> Config:
@@ -285,8 +353,10 @@ def train(spark: SparkSession, config: Config) -> StepRun:
     from llmrank_spark.training import latest_registered, train_reranker
 
     with StepRun(spark, config, "train") as run:
+        run.check_outputs("model_registry")
         warm_from = latest_registered(spark, config) if config.train.warm_start else None
-        interactions, items = run.read("interactions"), run.read("items")
+        items, interactions, users = run.read("items"), run.read("interactions"), run.read_optional("users")
+        _check_inputs(config, items=items, interactions=interactions, users=users)
         gated = config.train.gate_days > 0
         # The gate's days stay out of training: the version is judged on days it never saw.
         seen = (
@@ -298,7 +368,7 @@ def train(spark: SparkSession, config: Config) -> StepRun:
             spark,
             items,
             seen,
-            run.read_optional("users"),
+            users,
             config,
             data_snapshot=f"interactions@v{run.inputs['interactions']}",
             warm_from=warm_from,
@@ -327,15 +397,21 @@ def _end_of_day(day: dt.date) -> dt.datetime:
 def attributes(spark: SparkSession, config: Config) -> StepRun:
     """Attribute orders: which attributes of each top-ranked item matter most to the request, by occlusion."""
     from llmrank_spark.attributes import attribute_orders, orders_by_segment
+    from llmrank_spark.ranking import model_for
 
     with StepRun(spark, config, "attributes") as run:
-        items = run.read("items")
+        model_for(config.rerank)  # preflight: the model artifact exists and is complete
+        run.check_outputs("attribute_order", "attribute_order_by_segment")
+        items, interactions = run.read("items"), run.read("interactions")
         queries, users = run.read_optional("queries"), run.read_optional("users")
+        ranked = run.read("ranked")
+        check_partition(ranked, "ranked", config.run.run_date, "rerank")
+        _check_inputs(config, items=items, interactions=interactions, users=users, queries=queries)
         orders = attribute_orders(
             spark,
-            run.read("ranked").where(F.col("run_date") == F.lit(config.run.run_date)),
+            ranked.where(F.col("run_date") == F.lit(config.run.run_date)),
             items,
-            run.read("interactions"),
+            interactions,
             config.rerank,
             config.attributes,
             config.run.run_date,

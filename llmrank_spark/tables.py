@@ -52,6 +52,9 @@ class TableContract:
         return ", ".join(f"{c.name} {c.type}" for c in self.columns)
 
 
+# The full key of a request: a user and a query may share an id, so request_id alone never identifies one.
+REQUEST_KEY = ("request_type", "request_id")
+
 RUN_DATE = Column("run_date", "date", "The nightly run that wrote the row; the partition column.", key=True)
 
 CONTRACTS: dict[str, TableContract] = {
@@ -137,7 +140,7 @@ CONTRACTS: dict[str, TableContract] = {
             (
                 RUN_DATE,
                 Column("request_id", "string", "User id (request_type user) or query id.", key=True),
-                Column("request_type", "string", "'user' or 'query'."),
+                Column("request_type", "string", "'user' or 'query'.", key=True),
                 Column("item_id", "string", "Candidate item.", key=True),
                 Column("retrieval_rank", "int", "1-based position in the blended candidate list."),
                 Column("retrieval_score", "double", "Blended (fused) retrieval score; higher is better."),
@@ -155,7 +158,7 @@ CONTRACTS: dict[str, TableContract] = {
             (
                 RUN_DATE,
                 Column("request_id", "string", "Request (user or query).", key=True),
-                Column("request_type", "string", "'user' or 'query'."),
+                Column("request_type", "string", "'user' or 'query'.", key=True),
                 Column("item_id", "string", "Ranked item.", key=True),
                 Column("rank", "int", "1-based final position."),
                 Column("score", "double", "Reranker score (higher is better)."),
@@ -181,7 +184,7 @@ CONTRACTS: dict[str, TableContract] = {
                 RUN_DATE,
                 Column("step", "string", "Step that rejected the row: candidates or rerank.", key=True),
                 Column("input_table", "string", "Table the rejected row or request comes from.", key=True),
-                Column("request_type", "string", "'user' or 'query'.", False),
+                Column("request_type", "string", "'user' or 'query'.", False, key=True),
                 Column("request_id", "string", "Request (user or query id) the row belongs to.", key=True),
                 Column("item_id", "string", "Item of a rejected pair; null: the whole request.", False),
                 Column("reason", "string", "Why, one of the reasons in docs/reliability.md.", key=True),
@@ -202,7 +205,7 @@ CONTRACTS: dict[str, TableContract] = {
             (
                 RUN_DATE,
                 Column("request_id", "string", "Request.", key=True),
-                Column("request_type", "string", "'user' or 'query'."),
+                Column("request_type", "string", "'user' or 'query'.", key=True),
                 Column(
                     "item_id",
                     "string",
@@ -312,6 +315,12 @@ CONTRACTS: dict[str, TableContract] = {
                 Column("rows", "map<string,bigint>", "Rows written per output table (this run's partition)."),
                 Column("config", "string", "The step's full configuration as JSON."),
                 Column("error", "string", "The failure message, if the step failed.", False),
+                Column(
+                    "warnings",
+                    "array<string>",
+                    "What the step skipped or degraded, e.g. a fairness pass without providers.",
+                    False,
+                ),
             ),
             partition_by=("run_date",),
             written_by="every step",
@@ -481,7 +490,8 @@ def write_table(
     check_schema(df, table, f"write to {location}")
     df = conform(df, table)
     if spec.append_only:
-        writer = df.write.format("delta").mode("append")
+        # mergeSchema: a column added to an append-only contract (optional, so compatible) joins the table.
+        writer = df.write.format("delta").mode("append").option("mergeSchema", "true")
         if spec.partition_by:
             writer = writer.partitionBy(*spec.partition_by)
     elif "run_date" in spec.partition_by:
