@@ -527,9 +527,11 @@ def _override_target(dotted_key: str) -> tuple[list[str], Any]:
 
 
 def _override_value(dotted_key: str, raw: str, annotation: Any) -> Any:
-    """The override's text as the field's type reads it: text for a string field (`off` stays "off"), YAML or
-    JSON for a list, mapping or section, null/~/empty for None where None is allowed, and otherwise the text
-    itself for the model to parse strictly (`yes` is no integer, `20261120` no date)."""
+    """The override's text as the field's type reads it: text for a string field (`off` stays "off"; one
+    pair of YAML quotes around it is taken off, as `--set "rerank.user_template='{segment} shopper'"` has
+    always been written), YAML or JSON for a list, mapping or section, null/~/empty for None where None is
+    allowed, and otherwise the text itself for the model to parse strictly (`yes` is no integer, `20261120`
+    no date)."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         allowed = typing.get_args(annotation)
         if type(None) in allowed and raw.strip() in ("", "null", "~"):
@@ -540,7 +542,7 @@ def _override_value(dotted_key: str, raw: str, annotation: Any) -> Any:
         isinstance(annotation, type) and issubclass(annotation, BaseModel)
     )
     if not structured:
-        return raw
+        return _unquoted(raw)
     try:
         return yaml.load(raw, Loader=_YamlLoader)
     except yaml.YAMLError as error:
@@ -548,6 +550,17 @@ def _override_value(dotted_key: str, raw: str, annotation: Any) -> Any:
             f"--set {dotted_key}: {_yaml_problem(error)} in its value; write a YAML or JSON list or mapping, "
             "e.g. --set 'evaluate.ks=[10, 50]'"
         ) from None
+
+
+def _unquoted(raw: str) -> str:
+    """`raw` without its quotes when it is one quoted YAML string, else `raw` as it is."""
+    if len(raw) < 2 or raw[0] != raw[-1] or raw[0] not in "'\"":
+        return raw
+    try:
+        value = yaml.load(raw, Loader=_YamlLoader)
+    except yaml.YAMLError:
+        return raw
+    return value if isinstance(value, str) else raw
 
 
 def _set_path(tree: dict[str, Any], path: list[str], value: Any, dotted_key: str) -> None:

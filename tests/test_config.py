@@ -158,6 +158,8 @@ def test_override_values_are_read_as_the_field_s_type():
         overrides=[
             "fairness.mode=off",
             "rerank.user_template=123",
+            "rerank.context_template='{title} ({brand})'",
+            "rerank.item_template='{title}' and '{brand}'",
             "rerank.model_path=null",
             "faults.fail_scoring_after_batches=3",
             "candidates.quotas.covisit=4",
@@ -168,6 +170,9 @@ def test_override_values_are_read_as_the_field_s_type():
     # Text where text is expected: YAML would have made these False and 123.
     assert config.fairness.mode == "off"
     assert config.rerank.user_template == "123"
+    # One pair of YAML quotes around a text is taken off, as such overrides have always been written.
+    assert config.rerank.context_template == "{title} ({brand})"
+    assert config.rerank.item_template == "'{title}' and '{brand}'"
     assert config.rerank.model_path is None
     assert config.faults.fail_scoring_after_batches == 3
     # A key under a mapping is one entry, dots and all.
