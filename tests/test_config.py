@@ -144,6 +144,8 @@ def test_databricks_config_uses_unity_catalog_names_and_cluster_delta():
 @pytest.mark.parametrize("name", ["demo.yaml", "databricks.yaml", "gpu-cluster.yaml", "gpu-train.yaml"])
 def test_every_shipped_config_file_validates(name):
     config = load_config(CONF_DIR / name)
+    # No credentials in the file: the run log keeps its every value.
+    assert json.loads(config.redacted_json()) == config.model_dump(mode="json")
     # Each file changes only what it names; everything else stays the built-in default.
     changed = yaml.safe_load((CONF_DIR / name).read_text())
     defaults = Config().model_dump(exclude={"run"})
