@@ -510,20 +510,18 @@ def _override_target(dotted_key: str) -> tuple[list[str], Any]:
     """
     parts = dotted_key.split(".")
     model: type[BaseModel] = Config
-    for index, part in enumerate(parts):
+    for index, part in enumerate(parts[:-1]):
         field = model.model_fields.get(part)
         if field is None:
             return parts, None
-        annotation, rest = field.annotation, parts[index + 1 :]
-        if not rest:
-            return parts, annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
-        elif typing.get_origin(annotation) is dict:
-            return [*parts[: index + 1], ".".join(rest)], typing.get_args(annotation)[1]
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            model = field.annotation
+        elif typing.get_origin(field.annotation) is dict:
+            return [*parts[: index + 1], ".".join(parts[index + 1 :])], typing.get_args(field.annotation)[1]
         else:
             raise ConfigError(f"--set {dotted_key}: '{part}' is a value, not a section")
-    return parts, None
+    field = model.model_fields.get(parts[-1])
+    return parts, None if field is None else field.annotation
 
 
 def _override_value(dotted_key: str, raw: str, annotation: Any) -> Any:
