@@ -7,18 +7,50 @@ milliseconds with the offending key named, not an hour later on an executor.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 REPO_CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 class ConfigError(ValueError):
     """A config file or override is wrong; the message names the key and what to do."""
+
+
+REDACTED = "***redacted***"
+# A config key whose value is a credential, matched anywhere in the key, case-insensitively: it catches
+# spark.hadoop.fs.s3a.secret.key, fs.azure.account.key.<account>, ...access.token, a *password*.
+SECRET_KEY = re.compile(r"secret|passw(or)?d|pwd|token|key|credential|private", re.IGNORECASE)
+# Hadoop's filesystem settings (spark.hadoop.*) also carry OAuth client settings, SAS and signatures.
+HADOOP_SECRET_KEY = re.compile(r"auth|sas|signature", re.IGNORECASE)
+# The password of a user:password@host URI in any value.
+URI_PASSWORD = re.compile(r"(://[^/@\s:]*):[^/@\s]+@")
+
+
+def is_secret_key(key: str) -> bool:
+    hadoop = key.lower().startswith("spark.hadoop.") and HADOOP_SECRET_KEY.search(key)
+    return bool(SECRET_KEY.search(key) or hadoop)
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """`value` (a config tree, as from model_dump, or one value under `key`) with every credential replaced
+    by REDACTED. The one place secrets are taken out of anything that is stored, printed or logged."""
+    if key and value is not None and is_secret_key(key):
+        return REDACTED
+    if isinstance(value, dict):
+        return {name: redact(item, str(name)) for name, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(item) for item in value]
+    if isinstance(value, str):
+        return URI_PASSWORD.sub(rf"\1:{REDACTED}@", value)
+    return value
 
 
 class _Section(BaseModel):
@@ -55,17 +87,36 @@ def check_location(location: str, key: str) -> str:
     return location
 
 
+# A location with a URI scheme (s3a://, abfss://, file:/, dbfs:/): an absolute location like /path.
+URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def is_absolute_location(location: str) -> bool:
+    return location.startswith("/") or bool(URI_SCHEME.match(location))
+
+
 class LakehouseConfig(_Section):
     # Directory under which every table lives as <root>/<table name> ...
     root: str = "lakehouse"
     # ... or, when set, the catalog and schema holding them as managed tables (Unity Catalog: "main.ranking").
     catalog_schema: str | None = None
-    # Per-table exceptions: a path or a catalog name.
+    # Per-table exceptions, by table name (docs/tables.md): a catalog name (catalog.schema.table), or a path
+    # under `root` (`gold/ranked` is <root>/gold/ranked; `..` is refused), or an absolute path or URI when
+    # the table is listed in `external_tables`.
     tables: dict[str, str] = Field(default_factory=dict)
+    # Tables whose `tables` entry may be an absolute path or URI outside `root`, e.g. [ranked] with
+    # tables: {ranked: s3a://gold/ranked}. Anything else stays under `root`, so a stray `../..` or a
+    # mistyped absolute path can never write outside the lakehouse.
+    external_tables: list[str] = Field(default_factory=list)
 
     @field_validator("root")
     @classmethod
     def _safe_root(cls, root: str) -> str:
+        if not root.strip() or root.strip("/") == "":
+            raise ValueError(
+                f"root {root!r} would put every table at the filesystem root; name the lakehouse "
+                "directory, e.g. lakehouse or /data/lakehouse"
+            )
         if UNSAFE_PATH_CHARS & set(root):
             raise ValueError(f"path {root!r} holds a quote, backtick, semicolon or control character")
         return root
@@ -80,14 +131,72 @@ class LakehouseConfig(_Section):
     @field_validator("tables")
     @classmethod
     def _table_locations(cls, tables: dict[str, str]) -> dict[str, str]:
+        _check_table_names(tables)
         for table, location in tables.items():
             check_location(location, f"lakehouse.tables.{table}")
+            if not is_catalog_name(location) and not is_absolute_location(location):
+                parts = location.split("/")
+                if ".." in parts or not {part for part in parts if part not in ("", ".")}:
+                    raise ValueError(
+                        f"lakehouse.tables.{table}: {location!r} does not name a directory inside "
+                        "lakehouse.root; give a path under the root without '..' (e.g. gold/ranked)"
+                    )
         return tables
+
+    @field_validator("external_tables")
+    @classmethod
+    def _external_names(cls, external: list[str]) -> list[str]:
+        _check_table_names(external)
+        return external
+
+    @model_validator(mode="after")
+    def _absolute_only_when_external(self) -> LakehouseConfig:
+        for table, location in self.tables.items():
+            if is_absolute_location(location) and table not in self.external_tables:
+                raise ValueError(
+                    f"lakehouse.tables.{table}: {location!r} is outside lakehouse.root; give a path under "
+                    f"the root, or allow this absolute location by adding {table} to "
+                    "lakehouse.external_tables"
+                )
+        return self
+
+    def table_location(self, table: str) -> str:
+        """Where a table lives (a path, or a catalog name): a `tables` entry, else the default."""
+        location = self.tables.get(table)
+        if location is not None and (is_catalog_name(location) or is_absolute_location(location)):
+            return location
+        if location is None and self.catalog_schema:
+            return f"{self.catalog_schema}.{table}"
+        under_root = "/".join(p for p in (location or table).split("/") if p not in ("", "."))
+        return f"{self.root.rstrip('/')}/{under_root}"
+
+
+def _check_table_names(names) -> None:
+    """Names must be tables of the contracts (tables.py): a misspelt one would be silently unused."""
+    from llmrank_spark.tables import CONTRACTS  # tables.py imports this module: imported when used
+
+    unknown = sorted(set(names) - set(CONTRACTS))
+    if unknown:
+        raise ValueError(
+            f"unknown table(s) {unknown}; check the spelling: the tables are {', '.join(CONTRACTS)}"
+        )
+
+
+ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 class RunConfig(_Section):
     # The partition every output of this run is written to; re-running a date replaces it.
     run_date: dt.date = Field(default_factory=lambda: dt.datetime.now(dt.UTC).date())
+
+    @field_validator("run_date", mode="before")
+    @classmethod
+    def _iso_date(cls, value: Any) -> Any:
+        # Only a date or YYYY-MM-DD text: pydantic alone reads a number as a Unix timestamp.
+        text_date = isinstance(value, str) and ISO_DATE.match(value.strip())
+        if not text_date and (isinstance(value, dt.datetime) or not isinstance(value, dt.date)):
+            raise ValueError("not a date; write it as YYYY-MM-DD, e.g. 2026-11-20")
+        return value
 
 
 class SampleConfig(_Section):
@@ -392,32 +501,115 @@ class Config(_Section):
 
     def table_path(self, table: str) -> str:
         """Where a table lives (a path, or a catalog name): a `lakehouse.tables` entry, else the default."""
-        if table in self.lakehouse.tables:
-            return self.lakehouse.tables[table]
-        if self.lakehouse.catalog_schema:
-            return f"{self.lakehouse.catalog_schema}.{table}"
-        return f"{self.lakehouse.root.rstrip('/')}/{table}"
+        return self.lakehouse.table_location(table)
+
+    def redacted_json(self) -> str:
+        """The config as JSON with every credential replaced by REDACTED: what `runs.config` stores."""
+        return json.dumps(redact(self.model_dump(mode="json")))
 
 
-def _set_dotted(tree: dict[str, Any], dotted_key: str, value: Any) -> None:
-    node = tree
+class _YamlLoader(yaml.SafeLoader):
+    """YAML with the 1.2 core schema's booleans and no implicit dates: `mode: off` is the string "off", not
+    False, and a date stays text for RunConfig to check, so a wrong one is a config error, not a traceback."""
+
+
+_YAML_BOOL, _YAML_TIMESTAMP = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp"
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_YAML_BOOL, _YAML_TIMESTAMP)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    _YAML_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
+def _override_target(dotted_key: str) -> tuple[list[str], Any]:
+    """The path of `dotted_key` in the config tree and the type of the value there (None: no such key).
+
+    A key under a mapping field is one entry however many dots it holds: `spark.conf.spark.hadoop.x` sets the
+    entry `spark.hadoop.x` of spark.conf, `lakehouse.tables.ranked` the entry `ranked` of lakehouse.tables.
+    """
     parts = dotted_key.split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
+    model: type[BaseModel] = Config
+    for index, part in enumerate(parts[:-1]):
+        field = model.model_fields.get(part)
+        if field is None:
+            return parts, None
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            model = field.annotation
+        elif typing.get_origin(field.annotation) is dict:
+            return [*parts[: index + 1], ".".join(parts[index + 1 :])], typing.get_args(field.annotation)[1]
+        else:
+            raise ConfigError(f"--set {dotted_key}: '{part}' is a value, not a section")
+    field = model.model_fields.get(parts[-1])
+    return parts, None if field is None else field.annotation
+
+
+def _override_value(dotted_key: str, raw: str, annotation: Any) -> Any:
+    """The override's text as the field's type reads it: text for a string field (`off` stays "off"; one
+    pair of YAML quotes around it is taken off, as `--set "rerank.user_template='{segment} shopper'"` has
+    always been written), YAML or JSON for a list, mapping or section, null/~/empty for None where None is
+    allowed, and otherwise the text itself for the model to parse strictly (`yes` is no integer, `20261120`
+    no date)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        allowed = typing.get_args(annotation)
+        if type(None) in allowed and raw.strip() in ("", "null", "~"):
+            return None
+        others = [kind for kind in allowed if kind is not type(None)]
+        annotation = others[0] if len(others) == 1 else annotation
+    structured = typing.get_origin(annotation) in (list, dict) or (
+        isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    )
+    if not structured:
+        return _unquoted(raw)
+    try:
+        return yaml.load(raw, Loader=_YamlLoader)
+    except yaml.YAMLError as error:
+        raise ConfigError(
+            f"--set {dotted_key}: {_yaml_problem(error)} in its value; write a YAML or JSON list or mapping, "
+            "e.g. --set 'evaluate.ks=[10, 50]'"
+        ) from None
+
+
+def _unquoted(raw: str) -> str:
+    """`raw` without its quotes when it is one quoted YAML string, else `raw` as it is."""
+    if len(raw) < 2 or raw[0] != raw[-1] or raw[0] not in "'\"":
+        return raw
+    try:
+        value = yaml.load(raw, Loader=_YamlLoader)
+    except yaml.YAMLError:
+        return raw
+    return value if isinstance(value, str) else raw
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any, dotted_key: str) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
         if not isinstance(child, dict):
             raise ConfigError(f"--set {dotted_key}: '{part}' is a value, not a section")
         node = child
-    node[parts[-1]] = value
+    node[path[-1]] = value
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """Split ``key=value``; the value is read as YAML so numbers, booleans and lists keep their type."""
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``key=value`` into the key's path in the config tree and the value read as that key's type."""
     key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
+    key = key.strip()
+    if not sep or not key:
         raise ConfigError(
             f"--set expects key=value, got {text!r} (for example --set candidates.n_per_request=50)"
         )
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    path, annotation = _override_target(key)
+    return path, _override_value(key, raw, annotation)
 
 
 def _describe(error: ValidationError) -> str:
@@ -429,27 +621,41 @@ def _describe(error: ValidationError) -> str:
                 f"unknown config key '{key}': remove it or check its spelling against conf/local.yaml"
             )
         else:
-            lines.append(f"config key '{key}': {item['msg']} (got {item.get('input')!r})")
+            got = redact(item.get("input"), str(item["loc"][-1]) if item["loc"] else "")
+            message = item["msg"].removeprefix("Value error, ")
+            lines.append(f"config key '{key}': {message} (got {got!r})")
     return "; ".join(lines)
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist; pass --config conf/local.yaml or another file")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} is not a file; pass a YAML file such as conf/local.yaml")
+    try:
+        loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_YamlLoader) or {}
+    except OSError as error:
+        raise ConfigError(
+            f"config file {path} cannot be read ({error.strerror}); make it readable by this user"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text; save it as UTF-8") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(
+            f"config file {path} is not valid YAML: {_yaml_problem(error)}; fix the file"
+        ) from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(loaded).__name__}")
+    return loaded
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (None: the built-in defaults, as conf/local.yaml spells out) and apply overrides."""
-    tree: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(
-                f"config file {path} does not exist; pass --config conf/local.yaml or another file"
-            )
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(
-                f"config file {path} must hold a mapping of sections, not {type(loaded).__name__}"
-            )
-        tree = loaded
+    path = None if path is None else Path(path)
+    tree = {} if path is None else _read_config_file(path)
     for text in overrides or []:
-        _set_dotted(tree, *parse_override(text))
+        path_in_tree, value = parse_override(text)
+        _set_path(tree, path_in_tree, value, text.partition("=")[0].strip())
     try:
         return Config.model_validate(tree)
     except ValidationError as error:

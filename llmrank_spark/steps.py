@@ -147,7 +147,7 @@ class StepRun:
                     "inputs": self.inputs,
                     "outputs": self.outputs,
                     "rows": self.rows,
-                    "config": self.config.model_dump_json(),
+                    "config": self.config.redacted_json(),
                     "error": error,
                     "warnings": self.warnings or None,
                 }

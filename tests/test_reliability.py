@@ -294,6 +294,7 @@ def test_schema_drift_in_an_input_fails_the_step_before_anything_is_written(
     drifted = str(tmp_path / f"drifted_{table}")
     drift(load(spark, lakehouse.table_path(table))).write.format("delta").save(drifted)
     config = lakehouse.model_copy(deep=True)
+    config.lakehouse.external_tables = [table]
     config.lakehouse.tables = {table: drifted}
     versions = _versions(spark, lakehouse)
     with pytest.raises(ContractError, match=message):
