@@ -25,6 +25,7 @@ features alone, and each feature's weight zeroed (the trained head, not retraine
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import time
 from collections.abc import Callable
 
@@ -33,16 +34,19 @@ import pandas as pd
 from pyspark.sql import functions as F
 
 from llmrank_spark import steps
+from llmrank_spark.champion import gate_cutoff
 from llmrank_spark.config import Config, load_config
+from llmrank_spark.features import FEATURES, feature_matrix, ranking_features
+from llmrank_spark.fusion import BERT_SCORE, FusionModel, FusionSettings, fit_fusion, relevance_levels
 from llmrank_spark.metrics import mrr, ndcg_at_k
 from llmrank_spark.model import FusionHead, ModelSpec, read_manifest, zero_shot_spec
 from llmrank_spark.movielens import load_movielens
 from llmrank_spark.ranking import ITEM_EVENTS, fused_scores, retrieval_features
 from llmrank_spark.scoring import PairScorer, ScoringSettings
 from llmrank_spark.session import get_spark
-from llmrank_spark.tables import frame_from_pandas, read_table, table_exists, write_table
+from llmrank_spark.tables import frame_from_pandas, latest_version, read_table, table_exists, write_table
 from llmrank_spark.text import item_text_frame, user_context_frame
-from llmrank_spark.training import latest_registered, leave_last_out, rank_by_score
+from llmrank_spark.training import latest_registered, leave_last_out, rank_by_score, training_lists
 
 NEGATIVES = 19
 CUTOFFS = (1, 5, 10, 20)
@@ -83,6 +87,32 @@ def texts_for(lists: pd.DataFrame, train: pd.DataFrame, items: pd.DataFrame, cfg
     return lists["user_id"].map(contexts).tolist(), lists["item_id"].map(texts).tolist()
 
 
+def with_ranking_features(spark, lists: pd.DataFrame, config: Config) -> pd.DataFrame:
+    """`lists` with every ranking feature of its (user, item) pairs as of the run date, computed by the
+    same Spark function as in training and serving (`features.ranking_features`)."""
+    pairs = spark.createDataFrame(
+        lists[["user_id", "item_id"]].drop_duplicates().rename(columns={"user_id": "request_id"})
+    ).withColumn("request_type", F.lit("user"))
+    candidates = read_table(spark, config, "candidates")
+    candidates = candidates.where(F.col("run_date") == F.lit(config.run.run_date))
+    pairs = pairs.join(
+        candidates.select("request_id", "item_id", "retrieval_rank", "source_ranks"),
+        ["request_id", "item_id"],
+        "left",
+    )
+    features = ranking_features(
+        spark,
+        pairs,
+        read_table(spark, config, "items"),
+        read_table(spark, config, "interactions"),
+        None,
+        config.candidates,
+        config.run.run_date,
+    )
+    frame = features.select(F.col("request_id").alias("user_id"), "item_id", *FEATURES).toPandas()
+    return lists.merge(frame, on=["user_id", "item_id"], how="left")
+
+
 def reranker_scores(
     lists: pd.DataFrame, train: pd.DataFrame, items: pd.DataFrame, config: Config, path: str
 ) -> tuple[np.ndarray, np.ndarray, FusionHead | None]:
@@ -120,6 +150,61 @@ def ablations(logits: np.ndarray, features: np.ndarray, head: FusionHead) -> dic
             logits, features, head.model_copy(update={"feature_weights": weights})
         )
     return variants
+
+
+def learner_ablations(spark, config: Config, featured: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The same learners fitted on the train step's fusion lists without the BERT score: what the
+    features give alone, by LightGBM LambdaMART and by XGBoost rank:ndcg (the choice of learner)."""
+    import xgboost
+
+    # The lists the train step built: the same interactions, before the gate's days.
+    cutoff = dt.datetime.combine(gate_cutoff(config) + dt.timedelta(days=1), dt.time())
+    lists = training_lists(
+        spark,
+        read_table(spark, config, "items"),
+        read_table(spark, config, "interactions").where(F.col("event_ts") < F.lit(cutoff)),
+        read_table(spark, config, "users"),
+        config,
+        data_snapshot=f"interactions@v{latest_version(spark, config, 'interactions')}",
+    )["fusion"].sort_values(["list_id", "item_id"], kind="mergesort", ignore_index=True)
+    ids = lists["list_id"].drop_duplicates()
+    held = lists["list_id"].isin(ids.iloc[int(len(ids) * 0.8) :])
+    cfg = config.train
+    settings = FusionSettings(
+        trees=cfg.fusion_trees, learning_rate=cfg.fusion_learning_rate, leaves=cfg.fusion_leaves
+    )
+    lightgbm_alone = fit_fusion(lists[~held], lists[held], list(FEATURES), settings)
+    ranker = xgboost.XGBRanker(
+        objective="rank:ndcg",
+        n_estimators=cfg.fusion_trees,
+        learning_rate=cfg.fusion_learning_rate,
+        max_leaves=cfg.fusion_leaves,
+        tree_method="hist",
+        eval_metric="ndcg@10",
+        early_stopping_rounds=30,
+        random_state=cfg.seed,
+        n_jobs=1,
+    )
+
+    def levels(frame: pd.DataFrame) -> np.ndarray:
+        return relevance_levels(frame["label"].to_numpy(dtype=np.float64))
+
+    def qid(frame: pd.DataFrame) -> np.ndarray:
+        return pd.factorize(frame["list_id"])[0]
+
+    train_part, held_part = lists[~held], lists[held]
+    ranker.fit(
+        feature_matrix(train_part, FEATURES),
+        levels(train_part),
+        qid=qid(train_part),
+        eval_set=[(feature_matrix(held_part, FEATURES), levels(held_part))],
+        eval_qid=[qid(held_part)],
+        verbose=False,
+    )
+    return {
+        "features alone, LightGBM LambdaMART": lightgbm_alone.score(featured),
+        "features alone, XGBoost rank:ndcg": ranker.predict(feature_matrix(featured, FEATURES)),
+    }
 
 
 def _cpu():
@@ -196,17 +281,27 @@ def main(argv: list[str] | None = None) -> None:
         scores = ranker()
         add(name, scores, time.perf_counter() - started)
 
+    featured = None
+
     def evaluate(path: str) -> None:
+        nonlocal featured
         manifest = read_manifest(path)
         started = time.perf_counter()
         logits, features, head = reranker_scores(lists, train, items, config, path)
+        if manifest.fusion is not None:
+            if featured is None:
+                featured = with_ranking_features(spark, lists, config)
+            fusion = FusionModel.load(path, manifest.fusion)
+            served = fusion.score(featured.assign(**{BERT_SCORE: logits}))
+        else:
+            served = fused_scores(logits, features, head)
         seconds = time.perf_counter() - started
-        add(
-            f"fine-tuned, {manifest.loss} (`{manifest.version}`)",
-            fused_scores(logits, features, head),
-            seconds,
-        )
-        if args.ablation and head is not None:
+        add(f"fine-tuned, {manifest.loss} (`{manifest.version}`)", served, seconds)
+        if args.ablation and manifest.fusion is not None:
+            add(f"&nbsp;&nbsp;{manifest.loss}: BERT logit alone", logits, 0)
+            for variant, scores in learner_ablations(spark, config, featured).items():
+                add(f"&nbsp;&nbsp;{variant}", scores, 0)
+        elif args.ablation and head is not None:
             for variant, scores in ablations(logits, features, head).items():
                 add(f"&nbsp;&nbsp;{manifest.loss}: {variant}", scores, 0)
 

@@ -256,12 +256,17 @@ def attribute_orders(
     partition was scored by another model than the one `rerank` serves now.
     """
     spec, rerank = model_for(rerank)
+    served_version = spec.version
+    if spec.kind == "retrieval":
+        # No model ranked these lists: the occlusion reads the text relevance of the zero-shot MiniLM,
+        # and its model_version says so.
+        spec, rerank = model_for(rerank.model_copy(update={"mode": "zero_shot_bi_encoder"}))
     served_by = [row.model_version for row in ranked.select("model_version").distinct().collect()]
-    if any(version != spec.version for version in served_by):
+    if any(version != served_version for version in served_by):
         raise ContractError(
             f"table 'ranked' for run_date {run_date} was scored by {sorted(map(str, served_by))} but the "
-            f"rerank config now serves '{spec.version}'; re-run `llmrank rerank` for that date first, so the "
-            f"attribute orders explain the ranking that was published"
+            f"rerank config now serves '{served_version}'; re-run `llmrank rerank` for that date first, so "
+            f"the attribute orders explain the ranking that was published"
         )
     top = ranked.where(F.col("rank") <= cfg.top_k_items).select(*ITEM_KEYS)
     missing = top.join(items, "item_id", "left_anti").select("item_id").limit(1).collect()

@@ -120,6 +120,9 @@ def measure_run(
     judged = labels is not None and not labels.empty
     # Per-request NDCG of the model order: the baseline every other order's change is measured against.
     model_ndcg = {k: ndcg_at_k(orders[MODEL], labels, k) for k in evaluate.ks} if judged else {}
+    # What the run serves (the fair order when the pass ran), and its lift over the retrieval order.
+    served = FAIR if FAIR in orders else MODEL
+    retrieval_ndcg = {k: ndcg_at_k(orders[RETRIEVAL], labels, k) for k in evaluate.ks} if judged else {}
     frames = []
     for step, lists in orders.items():
         rows = evaluate_lists(
@@ -134,7 +137,9 @@ def measure_run(
             request_groups=groups,
         )
         if judged and step != MODEL:
-            rows = pd.concat([rows, _ndcg_change_rows(model_ndcg, lists, labels)])
+            rows = pd.concat([rows, _ndcg_change_rows(model_ndcg, lists, labels, "change")])
+        if judged and step == served:
+            rows = pd.concat([rows, _ndcg_change_rows(retrieval_ndcg, lists, labels, "lift")])
         version = None if step == RETRIEVAL else ", ".join(sorted(model_version)) or None
         frames.append(rows.assign(step=step, model_version=version))
     return pd.concat(frames, ignore_index=True)[METRICS_COLUMNS]
@@ -150,14 +155,16 @@ def _catalogue_with_providers(items: pd.DataFrame, fairness: FairnessConfig) -> 
 
 
 def _ndcg_change_rows(
-    model_ndcg: Mapping[int, pd.Series], lists: pd.DataFrame, labels: pd.DataFrame
+    baseline_ndcg: Mapping[int, pd.Series], lists: pd.DataFrame, labels: pd.DataFrame, what: str
 ) -> pd.DataFrame:
-    """ndcg@k_change against the model order (k -> its per-request NDCG@k) with the 95% paired bootstrap
-    interval over requests, as ndcg@k_change_low and ndcg@k_change_high (`metrics.relative_change`)."""
+    """ndcg@k_<what>: the relative NDCG@k change of `lists` against a baseline order (k -> its per-request
+    NDCG@k), with the 95% paired bootstrap interval over requests as ndcg@k_<what>_low and _high
+    (`metrics.relative_change`). "change" is against the model order, "lift" the served order's against
+    the retrieval order."""
     rows = []
-    for k, baseline in model_ndcg.items():
+    for k, baseline in baseline_ndcg.items():
         change, low, high = relative_change(baseline, ndcg_at_k(lists, labels, k))
-        name = f"ndcg@{k}_change"
+        name = f"ndcg@{k}_{what}"
         rows += [(name, "all", change), (f"{name}_low", "all", low), (f"{name}_high", "all", high)]
     return pd.DataFrame(rows, columns=METRIC_COLUMNS).dropna(subset=["value"])
 

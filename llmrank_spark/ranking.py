@@ -117,7 +117,7 @@ def model_for(cfg: RerankConfig) -> tuple[ModelSpec, RerankConfig]:
     if cfg.mode == "champion":
         raise ValueError(
             "rerank.mode=champion is resolved to the registry's champion by the rerank step "
-            "(steps.served_model); call model_for with the resolved config"
+            "(champion.served_config); call model_for with the resolved config"
         )
     spec = cross_encoder_spec(cfg.model_path)
     manifest = read_manifest(spec.path)

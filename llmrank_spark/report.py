@@ -235,7 +235,16 @@ def summary_lines(metrics: pd.DataFrame, config: Config, k: int) -> list[str]:
     final = FAIR if FAIR in set(metrics.step) else MODEL
     lines = []
     ndcg = [value(metrics, s, f"ndcg@{k}") for s in _steps(metrics)]
-    if not np.isnan(ndcg).all():
+    lift = [value(metrics, final, f"ndcg@{k}_lift{end}") for end in ("", "_low", "_high")]
+    if not np.isnan(lift[0]):
+        served_by = metrics.loc[metrics.step == final, "model_version"].dropna()
+        version = served_by.iloc[0] if len(served_by) else "unknown"
+        lines.append(
+            f"NDCG@{k}: retrieval {value(metrics, RETRIEVAL, f'ndcg@{k}'):.4f} -> served "
+            f"{value(metrics, final, f'ndcg@{k}'):.4f} ({lift[0]:+.1%} [{lift[1]:+.1%}, {lift[2]:+.1%}], "
+            f"model {version})"
+        )
+    elif not np.isnan(ndcg).all():
         parts = [f"{ORDER_NAMES[s]} {v:.4f}" for s, v in zip(_steps(metrics), ndcg, strict=True)]
         lines.append(f"NDCG@{k}: " + ", ".join(parts))
     else:

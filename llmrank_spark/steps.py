@@ -397,9 +397,11 @@ def _end_of_day(day: dt.date) -> dt.datetime:
 def attributes(spark: SparkSession, config: Config) -> StepRun:
     """Attribute orders: which attributes of each top-ranked item matter most to the request, by occlusion."""
     from llmrank_spark.attributes import attribute_orders, orders_by_segment
+    from llmrank_spark.champion import served_config
     from llmrank_spark.ranking import model_for
 
     with StepRun(spark, config, "attributes") as run:
+        config = served_config(spark, _with_registered_model(spark, config))
         model_for(config.rerank)  # preflight: the model artifact exists and is complete
         run.check_outputs("attribute_order", "attribute_order_by_segment")
         items, interactions = run.read("items"), run.read("interactions")

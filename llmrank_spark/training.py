@@ -750,6 +750,7 @@ def training_lists(
     key = "|".join(
         [
             data_snapshot,
+            str(config.run.run_date),
             config.table_path("interactions"),
             config.candidates.model_dump_json(),
             config.rerank.model_dump_json(),
