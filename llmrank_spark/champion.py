@@ -121,7 +121,8 @@ def gate_version(
     # Whole users, the same ones on every rerun: those whose hash falls in the first `share` of the range.
     sample = labelled.where(F.abs(F.xxhash64("request_id") % 1_000_000) < F.lit(int(share * 1_000_000)))
     candidates = build_candidates(spark, items, history, None, config.candidates, cutoff).candidates
-    candidates = candidates.join(sample, "request_id", "left_semi")
+    # Computed once, and its long query plan cut: the rerank below stacks the features' plan on it.
+    candidates = candidates.join(sample, "request_id", "left_semi").localCheckpoint()
     labels_pd = labels.join(sample, "request_id", "left_semi").toPandas()
     requests = pd.Index(sorted(labels_pd["request_id"].unique()), name="request_id")
     top_k = config.rerank.top_k

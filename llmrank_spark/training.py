@@ -777,7 +777,7 @@ def training_lists(
     events = interactions.join(target_users, "user_id", "left_semi").toPandas()
     candidates_pd = (
         candidates.join(target_users.withColumnRenamed("user_id", "request_id"), "request_id", "left_semi")
-        .select("request_id", ITEM, "source_ranks")
+        .select("request_id", ITEM, "retrieval_rank", "source_ranks")
         .toPandas()
     )
     # Spark returns rows in no fixed order; sorted, the seeded sampling draws the same lists every run.
@@ -820,14 +820,16 @@ def training_lists(
         ]
         fusion_targets = fusion_targets[fusion_targets["user_id"].isin(chosen_users)]
         lists = fusion_lists(fusion_targets, candidates_pd, events, categories.index.to_numpy(), cfg, rng)
-        pairs = spark.createDataFrame(lists[[LIST, ITEM]].rename(columns={LIST: "request_id"})).withColumn(
-            "request_type", F.lit("user")
+        # The pairs go to Spark from the driver's copy of the candidates, not as a join with the
+        # candidates' query plan: stacked under the features' plan it outgrows a task's stack.
+        ranked = lists[[LIST, ITEM]].merge(
+            candidates_pd.rename(columns={"request_id": LIST}), on=[LIST, ITEM], how="left"
         )
-        pairs = pairs.join(
-            candidates.select("request_id", ITEM, "retrieval_rank", "source_ranks"),
-            ["request_id", ITEM],
-            "left",
-        )
+        ranked = ranked.astype({"retrieval_rank": object}).where(ranked.notna(), None)
+        pairs = spark.createDataFrame(
+            ranked.rename(columns={LIST: "request_id"}),
+            "request_id string, item_id string, retrieval_rank int, source_ranks map<string,int>",
+        ).withColumn("request_type", F.lit("user"))
         features = ranking_features(spark, pairs, items, history, users, config.candidates, newest.date())
         features_pd = features.drop("request_type", "source_ranks", "retrieval_rank").toPandas()
         lists = lists.merge(features_pd.rename(columns={"request_id": LIST}), on=[LIST, ITEM], how="left")

@@ -149,7 +149,7 @@ def test_evaluate_writes_metrics_for_every_order_and_the_report(spark, tmp_path)
     assert not metrics.duplicated(["step", "metric", "slice"]).any()
     sweep = [sweep_step(w) for w in (0.0, 0.5, 1.0)]
     assert set(metrics.step) == {"candidates", "rerank", "fairness", *sweep}
-    changes = metrics.metric.str.contains("_change")
+    changes = metrics.metric.str.contains("_change|_lift")
     assert metrics[~changes].set_index(["step", "metric", "slice"]).value.between(0, 3).all()
 
     def value(step, metric, slice_="all"):
@@ -184,7 +184,18 @@ def test_evaluate_writes_metrics_for_every_order_and_the_report(spark, tmp_path)
     assert images == ["lambda_curve.png", "provider_exposure.png", "trends.png"]
     for image in images:
         assert (report / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert any(line.startswith("NDCG@3: retrieval order") for line in run.notes)
+    # The served (fair) order's lift over the retrieval order, with its interval, in the summary.
+    lift = value("fairness", "ndcg@3_lift")
+    assert lift == pytest.approx(value("fairness", "ndcg@3") / value("candidates", "ndcg@3") - 1)
+    low, high = value("fairness", "ndcg@3_lift_low"), value("fairness", "ndcg@3_lift_high")
+    assert low - 1e-12 <= lift <= high + 1e-12
+    assert not metrics.metric.str.contains("_lift").loc[metrics.step != "fairness"].any()
+    line = next(line for line in run.notes if line.startswith("NDCG@3: "))
+    assert re.fullmatch(
+        r"NDCG@3: retrieval \d\.\d{4} -> served \d\.\d{4} \([+-]\d+\.\d% \[[+-]\d+\.\d%, [+-]\d+\.\d%\], "
+        r"model tiny-v1\)",
+        line,
+    ), line
     assert "provider Gini@3" in run.summary()
 
 

@@ -100,7 +100,8 @@ def test_empty_interactions_leave_no_popularity_to_be_fair_by(spark, lakehouse, 
     empty = _table(spark, EVENTS.iloc[:0], "interactions", tmp_path / "empty")
     extra = [f"lakehouse.tables.interactions={empty}", "fairness.require_providers=true"]
     items = _table(spark, ITEMS, "items", tmp_path / "branded")  # providers, but no events to weigh them
-    code = llmrank("rerank", lakehouse, *extra, f"lakehouse.tables.items={items}")
+    outside = "lakehouse.external_tables=[interactions, items]"  # tables kept outside the lakehouse root
+    code = llmrank("rerank", lakehouse, *extra, f"lakehouse.tables.items={items}", outside)
     _fails_cleanly(capsys, code, "table 'interactions' has no event up to run.run_date 2026-11-20")
 
 
@@ -120,7 +121,8 @@ def test_a_duplicated_input_key_fails_in_preflight(
     spark, lakehouse, capsys, tmp_path, table, rows, command, words
 ):
     path = _table(spark, rows, table, tmp_path / table)
-    _fails_cleanly(capsys, llmrank(command, lakehouse, f"lakehouse.tables.{table}={path}"), words)
+    outside = f"lakehouse.external_tables=[{table}]"
+    _fails_cleanly(capsys, llmrank(command, lakehouse, f"lakehouse.tables.{table}={path}", outside), words)
 
 
 def test_an_unwritable_lakehouse_fails_before_scoring_and_keeps_the_real_cause(
@@ -129,7 +131,11 @@ def test_an_unwritable_lakehouse_fails_before_scoring_and_keeps_the_real_cause(
     # A file where the output directories should be: no process, root included, can create them.
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
-    extra = [f"lakehouse.tables.ranked={blocker}/ranked", f"lakehouse.tables.runs={blocker}/runs"]
+    extra = [
+        f"lakehouse.tables.ranked={blocker}/ranked",
+        f"lakehouse.tables.runs={blocker}/runs",
+        "lakehouse.external_tables=[ranked, runs]",
+    ]
     message = _fails_cleanly(
         capsys,
         llmrank("rerank", lakehouse, *extra),

@@ -211,7 +211,7 @@ def test_query_requests_are_scored_against_the_query_text_and_need_the_queries_t
 
 @pytest.mark.slow
 def test_zero_shot_mode_says_so_in_model_version(spark):
-    ranked = run_rerank(spark, RerankConfig(top_k=2))
+    ranked = run_rerank(spark, RerankConfig(mode="zero_shot_bi_encoder", top_k=2))
     assert (ranked["model_version"] == ZERO_SHOT_VERSION).all()
     assert len(ranked) == 2 * len(REQUESTS)
     assert ranked["score"].between(-1.0, 1.0).all()
