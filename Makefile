@@ -44,6 +44,7 @@ setup: venv
 # lighter scoring load of conf/demo.yaml; then it prints the run log: what each step read and wrote.
 demo: setup
 	.venv/bin/llmrank generate-sample --config conf/demo.yaml
+	.venv/bin/llmrank train --config conf/demo.yaml
 	rm -rf dist && $(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w dist .
 	$(BIN)/spark-submit --master 'local[*]' --driver-memory 4g \
 	  --driver-java-options '-Dlog4j2.configurationFile=conf/log4j2.properties' \

@@ -8,22 +8,9 @@ is defined for every pair: a retriever that did not propose an item leaves its r
 no ALS factors for a new item, no price, no brand). docs/tables.md lists them beside the candidates
 contract.
 
-What each measures, as of the end of `as_of`, from the events the retrievers read (`prepare_inputs`:
-catalogue items, known event types, weighted by type and recency):
-
-- ``als_score``: the implicit ALS preference, user factors · item factors (0 if either is unknown).
-- ``covisit_score``: co-visitation with the user's `recent_items` newest items (0 if none).
-- ``text_similarity``: cosine of the item's MiniLM text vector and the user's profile, the
-  recency-weighted mean of their recent items' vectors (0 without history).
-- ``popularity``: log(1 + recency-decayed event weight) of the item over all users.
-- ``category_share``: the item's share of its category's decayed popularity.
-- ``category_affinity`` / ``brand_affinity``: the share of the user's decayed history in the item's
-  category / brand (0 without history or brand).
-- ``price_ratio``: log(item price / the median price of the user's history items) (0 if unknown).
-- ``days_since_item_event``: days from the item's newest event to the newest event of the data
-  (`STALE_DAYS` if it has none): freshness.
-- ``blend_rank`` and ``rank_<retriever>``: the item's place in the blended list and in each
-  retriever's list (null where it was not proposed).
+What each measures is in `MEANINGS` (rendered into docs/tables.md beside the candidates contract), as
+of the end of `as_of`, from the events the retrievers read (`prepare_inputs`: catalogue items, known
+event types, weighted by type and recency).
 
 Query requests get the item-only features (popularity, category share, freshness, ranks); the
 user features are 0 for them.
@@ -52,21 +39,29 @@ from llmrank_spark.config import RETRIEVERS, CandidatesConfig
 
 # Freshness of an item no event ever touched: older than any seasonal cycle the data could show.
 STALE_DAYS = 365.0
+# What each feature measures. Defined for every pair, with the fallback stated, except the ranks.
+MEANINGS = {
+    "als_score": "implicit ALS preference: user factors · item factors (0 if either has none)",
+    "covisit_score": "co-visitation with the user's `recent_items` newest items (0 if none)",
+    "text_similarity": "cosine of the item's MiniLM text vector and the user's profile, the "
+    "recency-weighted mean of their recent items' vectors (0 without history)",
+    "popularity": "log(1 + recency-decayed event weight of the item over all users)",
+    "category_share": "the item's share of its category's decayed popularity",
+    "category_affinity": "share of the user's decayed history in the item's category (0 if none)",
+    "brand_affinity": "share of the user's decayed history in the item's brand (0 if none or no brand)",
+    "price_ratio": "log(item price / median price of the user's history items) (0 if either is unknown)",
+    "days_since_item_event": f"days from the item's newest event to the data's newest ({STALE_DAYS:.0f} if "
+    "it has none): freshness",
+    "blend_rank": "the item's place in the blended candidate list (null if it is not in it)",
+    **{
+        f"rank_{source}": f"the item's place in the {source} retriever's list (null if not proposed)"
+        for source in RETRIEVERS
+    },
+}
 RETRIEVER_RANKS = tuple(f"rank_{source}" for source in RETRIEVERS)
-# Defined for every pair (a stated fallback where the input is absent).
-DENSE_FEATURES = (
-    "als_score",
-    "covisit_score",
-    "text_similarity",
-    "popularity",
-    "category_share",
-    "category_affinity",
-    "brand_affinity",
-    "price_ratio",
-    "days_since_item_event",
-)
 # Null where the candidate was not proposed by that list: the learner's "missing", not a number.
 RANK_FEATURES = ("blend_rank", *RETRIEVER_RANKS)
+DENSE_FEATURES = tuple(name for name in MEANINGS if name not in RANK_FEATURES)
 FEATURES = (*DENSE_FEATURES, *RANK_FEATURES)
 PROFILE_SCHEMA = "user_id string, profile array<float>"
 

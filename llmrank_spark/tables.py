@@ -583,7 +583,27 @@ def render_tables_doc() -> str:
         out.append("")
         if spec.extra_doc:
             out += [spec.extra_doc, ""]
+        if spec.name == "candidates":
+            out += _features_doc()
     return "\n".join(out)
+
+
+def _features_doc() -> list[str]:
+    """The ranking features the fusion reads for every (request, candidate) pair (`features.py`)."""
+    from llmrank_spark.features import MEANINGS
+
+    out = [
+        "### Ranking features of every candidate",
+        "",
+        "Not a table: what the rerank step (and the train step, on the history before its split) computes",
+        "for every (request, candidate) pair by Spark joins, whatever proposed the candidate, and feeds",
+        "with the BERT score to the LambdaMART fusion (`llmrank_spark/features.py`). Query requests get",
+        "the item features; their user features are 0.",
+        "",
+        "| feature | meaning |",
+        "| --- | --- |",
+    ]
+    return [*out, *(f"| `{name}` | {meaning} |" for name, meaning in MEANINGS.items()), ""]
 
 
 if __name__ == "__main__":

@@ -168,3 +168,47 @@ def test_rerank_serves_the_newest_champion_never_a_rejected_version_and_else_the
     _register(spark, config, rejected, REJECTED, 5)
     resolved = served_config(spark, config).rerank
     assert (resolved.mode, resolved.model_path) == ("cross_encoder", str(champion.resolve()))
+
+
+def test_train_gates_the_new_version_and_only_a_promoted_one_is_served(spark, tmp_path):
+    """The train step end to end, warm-started from a tiny registered champion: the new version is
+    trained on the days before the gate, carries a LambdaMART fusion, is measured on the gate's days and
+    registered with its status; rerank then serves it only if it was promoted, else the old champion."""
+    from llmrank_spark.config import load_config
+
+    config = load_config(
+        overrides=[
+            f"lakehouse.root={tmp_path / 'lakehouse'}",
+            "run.run_date=2026-10-16",
+            "sample.n_items=300",
+            "sample.n_users=60",
+            "sample.n_events=3000",
+            "candidates.n_per_request=20",
+            "candidates.als_max_iter=2",
+            "train.max_train_lists=16",
+            "train.max_validation_lists=8",
+            "train.max_fusion_lists=30",
+            "train.fusion_random_negatives=3",
+            "train.eval_every_steps=2",
+            "train.gate_max_requests=40",
+            "train.min_history=2",
+            "rerank.micro_batch_size=16",
+        ]
+    )
+    steps.generate_sample(spark, config)
+    old = build_tiny_artifact(tmp_path / "v0", version="v0")
+    _register(spark, config, old, CHAMPION, 0)
+
+    run = steps.train(spark, config)
+    registry = spark.read.format("delta").load(config.table_path("model_registry")).toPandas()
+    new = registry[registry["version"] != "v0"].iloc[0]
+    assert new["status"] in (CHAMPION, REJECTED)
+    assert {"gate_ndcg@10", "gate_retrieval_ndcg@10", "gate_change_low", "gate_champion_ndcg@10"} <= set(
+        new["metrics"]
+    )
+    assert any(line.startswith("gate on ") and new["status"] in line for line in run.notes)
+    manifest = read_manifest(new["path"])
+    assert manifest.fusion is not None and manifest.fusion.inputs[-1] == BERT_SCORE
+    assert manifest.base_model.endswith("via v0")  # warm-started from the registered version
+    served = served_config(spark, config).rerank.model_path
+    assert served == (new["path"] if new["status"] == CHAMPION else str(old.resolve()))
