@@ -434,7 +434,8 @@ class TrainConfig(_Section):
     # Each fusion list is the user's candidate list, their targets and this many random catalogue items,
     # so the fusion also learns to rank items no retriever proposed.
     fusion_random_negatives: int = Field(10, ge=0)
-    # Fusion lists at most (seeded sample; a fifth of them early-stop the trees).
+    # Users whose lists train the fusion at most, two lists each (seeded sample; the last fifth of the
+    # lists early-stop the trees).
     max_fusion_lists: int = Field(600, ge=10)
     fusion_trees: int = Field(300, ge=1)
     fusion_learning_rate: float = Field(0.05, gt=0)

@@ -822,22 +822,22 @@ def training_lists(
         lists = fusion_lists(fusion_targets, candidates_pd, events, categories.index.to_numpy(), cfg, rng)
         # The pairs go to Spark from the driver's copy of the candidates, not as a join with the
         # candidates' query plan: stacked under the features' plan it outgrows a task's stack.
-        ranked = lists[[LIST, ITEM]].merge(
-            candidates_pd.rename(columns={"request_id": LIST}), on=[LIST, ITEM], how="left"
-        )
+        user_pairs = lists[["user_id", ITEM]].drop_duplicates().rename(columns={"user_id": "request_id"})
+        ranked = user_pairs.merge(candidates_pd, on=["request_id", ITEM], how="left")
         ranked = ranked.astype({"retrieval_rank": object}).where(ranked.notna(), None)
         pairs = spark.createDataFrame(
-            ranked.rename(columns={LIST: "request_id"}),
-            "request_id string, item_id string, retrieval_rank int, source_ranks map<string,int>",
+            ranked, "request_id string, item_id string, retrieval_rank int, source_ranks map<string,int>"
         ).withColumn("request_type", F.lit("user"))
         features = ranking_features(spark, pairs, items, history, users, config.candidates, newest.date())
         features_pd = features.drop("request_type", "source_ranks", "retrieval_rank").toPandas()
-        lists = lists.merge(features_pd.rename(columns={"request_id": LIST}), on=[LIST, ITEM], how="left")
+        lists = lists.merge(
+            features_pd.rename(columns={"request_id": "user_id"}), on=["user_id", ITEM], how="left"
+        )
         # One context per user, as served on the day after their history: everything before their targets.
         cutoffs = fusion_targets.groupby("user_id", as_index=False)["event_ts"].min()
         cutoffs = cutoffs.assign(**{LIST: cutoffs["user_id"], ITEM: ""})
         contexts = target_contexts(events, items_pd, cutoffs, text_cfg, users_pd).set_axis(cutoffs[LIST])
-        lists = lists.assign(context_text=lists[LIST].map(contexts))
+        lists = lists.assign(context_text=lists["user_id"].map(contexts))
         built["fusion"] = lists.merge(texts, on=ITEM, how="left")
     _BUILT_LISTS[key] = built
     return built
@@ -857,11 +857,17 @@ def fusion_lists(
     cfg: TrainConfig,
     rng: np.random.Generator,
 ) -> pd.DataFrame:
-    """(list_id, item_id, label): one list per user, as the rerank step would see it on the day after their
-    history, plus the answers: their candidate list, their targets (graded) and `fusion_random_negatives`
-    catalogue items they never touched (so the fusion also ranks items no retriever proposed).
+    """(list_id, user_id, item_id, label): two lists per user, as the reranker meets them on the day after
+    the user's history, labelled by the user's targets (graded; everything else 0):
 
-    `targets` holds every target of each user in it, with its label; the list_id is the user_id.
+    - ``<user>``: their candidate list, as the rerank step serves it: the fusion learns to order what
+      the retrievers proposed;
+    - ``<user>#open``: their targets among `fusion_random_negatives` catalogue items they never touched,
+      as in a list made elsewhere (an upstream team's, a held-out protocol's): the fusion learns to rank
+      items no retriever proposed, and that a proposed item beats one nobody proposed.
+
+    One list holding both would teach the opposite of the truth: targets the retrievers missed are a far
+    larger share of the unproposed items in it than targets are of the proposed ones.
     """
     seen = interacted.groupby("user_id")[ITEM].agg(set)
     proposed = candidates.groupby("request_id")[ITEM].agg(list)
@@ -869,11 +875,13 @@ def fusion_lists(
     rows = []
     for user, answers in targets.groupby("user_id", sort=True):
         grades = answers.groupby(ITEM)[LABEL].max()
-        chosen = list(dict.fromkeys([*proposed.get(user, []), *grades.index]))
-        wanted = len(chosen) + cfg.fusion_random_negatives
-        draw(chosen, seen.get(user, set()), wanted, rng)
-        rows += [(user, item, float(grades.get(item, 0.0))) for item in chosen]
-    return pd.DataFrame(rows, columns=[LIST, ITEM, LABEL])
+        served = proposed.get(user, [])
+        opened = list(grades.index)
+        draw(opened, seen.get(user, set()), len(opened) + cfg.fusion_random_negatives, rng)
+        for list_id, items in ((str(user), served), (f"{user}#open", opened)):
+            if grades.reindex(items).fillna(0).gt(0).any():  # a list with no target teaches nothing
+                rows += [(list_id, user, item, float(grades.get(item, 0.0))) for item in items]
+    return pd.DataFrame(rows, columns=[LIST, "user_id", ITEM, LABEL])
 
 
 def train_reranker(

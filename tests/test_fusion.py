@@ -212,3 +212,28 @@ def test_train_gates_the_new_version_and_only_a_promoted_one_is_served(spark, tm
     assert manifest.base_model.endswith("via v0")  # warm-started from the registered version
     served = served_config(spark, config).rerank.model_path
     assert served == (new["path"] if new["status"] == CHAMPION else str(old.resolve()))
+
+
+def test_fusion_lists_keep_the_served_list_and_the_open_list_of_each_user_apart():
+    from llmrank_spark.config import TrainConfig
+    from llmrank_spark.training import fusion_lists
+
+    targets = pd.DataFrame(
+        {"user_id": ["u1", "u1", "u2"], "item_id": ["a", "x", "b"], "label": [1.0, 0.5, 1.0]}
+    )
+    candidates = pd.DataFrame({"request_id": ["u1", "u1", "u2"], "item_id": ["a", "c", "c"]})
+    seen = pd.DataFrame({"user_id": ["u1", "u2"], "item_id": ["d", "e"]})
+    catalogue = np.array(list("abcdefghxy"), dtype=object)
+    cfg = TrainConfig(fusion_random_negatives=3)
+    lists = fusion_lists(targets, candidates, seen, catalogue, cfg, np.random.default_rng(0))
+    by_list = {
+        name: group.set_index("item_id")["label"].to_dict() for name, group in lists.groupby("list_id")
+    }
+    # u1's served list is its candidates, labelled by its targets; u2's has no target in it, so none.
+    assert by_list["u1"] == {"a": 1.0, "c": 0.0}
+    assert "u2" not in by_list
+    # The open lists: every target among random items the user never touched.
+    assert {k: v for k, v in by_list["u1#open"].items() if v > 0} == {"a": 1.0, "x": 0.5}
+    assert len(by_list["u1#open"]) == 5 and "d" not in by_list["u1#open"]
+    assert len(by_list["u2#open"]) == 4 and "e" not in by_list["u2#open"]
+    assert set(lists.loc[lists["list_id"].str.startswith("u1"), "user_id"]) == {"u1"}
