@@ -19,6 +19,7 @@ user features are 0 for them.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -120,7 +121,14 @@ def _usual_price(inputs: RetrievalInputs) -> DataFrame:
 
 def ranking_features_from(pairs: DataFrame, inputs: RetrievalInputs) -> DataFrame:
     """`pairs` (request_type, request_id, item_id, optional retrieval_rank and source_ranks) with every
-    column of `FEATURES`, computed from prepared retrieval inputs (`prepare_inputs`)."""
+    column of `FEATURES`, computed from prepared retrieval inputs (`prepare_inputs`).
+
+    The events, the histories and the pairs are computed once and their query plans cut
+    (`localCheckpoint`): every feature below is a branch over them, and with their full plans under each
+    branch a task of the joined plan grows too deep for the executor to deserialize.
+    """
+    inputs = replace(inputs, events=inputs.events.localCheckpoint(), history=inputs.history.localCheckpoint())
+    pairs = pairs.localCheckpoint()
     items = inputs.items
     user = F.when(F.col("request_type") == "user", F.col("request_id"))
     frame = pairs.withColumn("_user", user)
