@@ -25,7 +25,6 @@ features alone, and each feature's weight zeroed (the trained head, not retraine
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import time
 from collections.abc import Callable
 
@@ -34,7 +33,7 @@ import pandas as pd
 from pyspark.sql import functions as F
 
 from llmrank_spark import steps
-from llmrank_spark.champion import gate_cutoff
+from llmrank_spark.champion import training_end
 from llmrank_spark.config import Config, load_config
 from llmrank_spark.features import FEATURES, feature_matrix, ranking_features
 from llmrank_spark.fusion import BERT_SCORE, FusionModel, FusionSettings, fit_fusion, relevance_levels
@@ -158,11 +157,10 @@ def learner_ablations(spark, config: Config, featured: pd.DataFrame) -> dict[str
     import xgboost
 
     # The lists the train step built: the same interactions, before the gate's days.
-    cutoff = dt.datetime.combine(gate_cutoff(config) + dt.timedelta(days=1), dt.time())
     lists = training_lists(
         spark,
         read_table(spark, config, "items"),
-        read_table(spark, config, "interactions").where(F.col("event_ts") < F.lit(cutoff)),
+        read_table(spark, config, "interactions").where(F.col("event_ts") < F.lit(training_end(config))),
         read_table(spark, config, "users"),
         config,
         data_snapshot=f"interactions@v{latest_version(spark, config, 'interactions')}",

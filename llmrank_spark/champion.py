@@ -91,6 +91,11 @@ def _day_end(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day + dt.timedelta(days=1), dt.time())
 
 
+def training_end(config: Config) -> dt.datetime:
+    """The instant a gated version's training data stops: the end of `gate_cutoff`'s day."""
+    return _day_end(gate_cutoff(config))
+
+
 def per_request_ndcg(ranked: pd.DataFrame, labels: pd.DataFrame, requests: pd.Index) -> pd.Series:
     """NDCG@GATE_K of each request in `requests` (0 where none of its labelled items was ranked)."""
     ndcg = ndcg_at_k(ranked, labels, GATE_K)
@@ -111,7 +116,7 @@ def gate_version(
     from llmrank_spark.ranking import rerank_candidates
 
     cutoff = gate_cutoff(config)
-    history = interactions.where(F.col("event_ts") < F.lit(_day_end(cutoff)))
+    history = interactions.where(F.col("event_ts") < F.lit(training_end(config)))
     everyone = history.select(F.col("user_id").alias("request_id")).distinct()
     # Labels stop at the run date: the gate never reads what a run dated after it will be judged on.
     known = interactions.where(F.col("event_ts") < F.lit(_day_end(config.run.run_date)))

@@ -349,7 +349,14 @@ def train(spark: SparkSession, config: Config) -> StepRun:
     """Fine-tune the reranker, gate it against the retrieval order and the champion on the last
     `train.gate_days`, and register it (as the new champion only if it passed; `champion.py`).
     Warm-started from the newest registered version when train.warm_start."""
-    from llmrank_spark.champion import CHAMPION, REJECTED, champion_path, gate_cutoff, gate_version
+    from llmrank_spark.champion import (
+        CHAMPION,
+        REJECTED,
+        champion_path,
+        gate_cutoff,
+        gate_version,
+        training_end,
+    )
     from llmrank_spark.training import latest_registered, train_reranker
 
     with StepRun(spark, config, "train") as run:
@@ -359,11 +366,7 @@ def train(spark: SparkSession, config: Config) -> StepRun:
         _check_inputs(config, items=items, interactions=interactions, users=users)
         gated = config.train.gate_days > 0
         # The gate's days stay out of training: the version is judged on days it never saw.
-        seen = (
-            interactions.where(F.col("event_ts") < F.lit(_end_of_day(gate_cutoff(config))))
-            if gated
-            else interactions
-        )
+        seen = interactions.where(F.col("event_ts") < F.lit(training_end(config))) if gated else interactions
         row, _ = train_reranker(
             spark,
             items,
@@ -388,10 +391,6 @@ def train(spark: SparkSession, config: Config) -> StepRun:
             )
         run.write("model_registry", frame_from_pandas(spark, row.assign(status=status), "model_registry"))
     return run
-
-
-def _end_of_day(day: dt.date) -> dt.datetime:
-    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time())
 
 
 def attributes(spark: SparkSession, config: Config) -> StepRun:
