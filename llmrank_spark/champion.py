@@ -21,6 +21,7 @@ from pyspark.sql import functions as F
 
 from llmrank_spark.config import Config
 from llmrank_spark.metrics import ndcg_at_k, relative_change
+from llmrank_spark.tables import in_hashed_share, read_table, table_exists
 
 CHAMPION, REJECTED = "champion", "rejected"
 GATE_K = 10
@@ -123,8 +124,7 @@ def gate_version(
     labels = user_labels(known, everyone, cutoff, config.evaluate)
     labelled = labels.select("request_id").distinct()
     share = min(1.0, config.train.gate_max_requests / max(labelled.count(), 1))
-    # Whole users, the same ones on every rerun: those whose hash falls in the first `share` of the range.
-    sample = labelled.where(F.abs(F.xxhash64("request_id") % 1_000_000) < F.lit(int(share * 1_000_000)))
+    sample = labelled.where(in_hashed_share(share, "request_id"))
     candidates = build_candidates(spark, items, history, None, config.candidates, cutoff).candidates
     # Computed once, and its long query plan cut: the rerank below stacks the features' plan on it.
     candidates = candidates.join(sample, "request_id", "left_semi").localCheckpoint()
@@ -154,8 +154,6 @@ def gate_version(
 
 def champion_path(spark: SparkSession, config: Config) -> str | None:
     """Artifact path of the newest champion in model_registry; None when there is none."""
-    from llmrank_spark.tables import read_table, table_exists
-
     if not table_exists(spark, config, "model_registry"):
         return None
     registry = read_table(spark, config, "model_registry")

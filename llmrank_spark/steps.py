@@ -35,6 +35,7 @@ from llmrank_spark.tables import (
     REQUEST_KEY,
     contract,
     frame_from_pandas,
+    in_hashed_share,
     latest_version,
     load,
     read_table,
@@ -224,7 +225,7 @@ def rerank(spark: SparkSession, config: Config) -> StepRun:
 
     with StepRun(spark, config, "rerank") as run:
         config = served_config(spark, _with_registered_model(spark, config))
-        served = model_for(config.rerank)[1]  # preflight: the model artifact exists and is complete
+        spec, served = model_for(config.rerank)  # preflight: the model artifact exists and is complete
         run.check_outputs("ranked", "rejects")
         candidates = run.read("candidates")
         check_partition(candidates, "candidates", config.run.run_date, "candidates")
@@ -251,7 +252,7 @@ def rerank(spark: SparkSession, config: Config) -> StepRun:
             faults=config.faults,
             candidates_cfg=config.candidates,
         )
-        run.notes.append(f"served model: {model_for(config.rerank)[0].version}")
+        run.notes.append(f"served model: {spec.version}")
         with materialised(result.outcome):
             ranked = fairness_pass(result.ranked, items, known_events, config) if fair else result.ranked
             run.write("ranked", ranked)
@@ -278,10 +279,7 @@ def fairness_pass(ranked: DataFrame, items: DataFrame, interactions: DataFrame, 
     if config.fairness.strategy == "run":
         requests = ranked.select(*REQUEST_KEY).distinct().count()
         share = min(1.0, config.fairness.fit_requests / max(requests, 1))
-        # A request is in the sample when its hash falls in the first `share` of the hash range: whole
-        # lists, the same ones on every rerun.
-        in_sample = F.abs(F.xxhash64(*REQUEST_KEY) % 1_000_000) < F.lit(int(share * 1_000_000))
-        model_order = one_request_column(ranked.where(in_sample)).toPandas()
+        model_order = one_request_column(ranked.where(in_hashed_share(share, *REQUEST_KEY))).toPandas()
     category = catalogue.set_index("item_id")["category"]
     reorder = run_reorderer(policy, config.fairness, category, model_order=model_order)
     columns = ranked.columns

@@ -55,6 +55,13 @@ class TableContract:
 # The full key of a request: a user and a query may share an id, so request_id alone never identifies one.
 REQUEST_KEY = ("request_type", "request_id")
 
+
+def in_hashed_share(share: float, *columns: str):
+    """True for the rows whose hash of `columns` falls in the first `share` of the hash range: a sample of
+    whole requests (every row of a request alike), the same one on every rerun."""
+    return F.abs(F.xxhash64(*columns) % 1_000_000) < F.lit(int(share * 1_000_000))
+
+
 RUN_DATE = Column("run_date", "date", "The nightly run that wrote the row; the partition column.", key=True)
 
 CONTRACTS: dict[str, TableContract] = {
