@@ -64,7 +64,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 docs: setup
-	$(PY) -m llmrank_spark.tables > docs/tables.md
+	$(PY) -m llmrank_spark.lakehouse.tables_doc > docs/tables.md
 	$(PY) -m llmrank_spark.config > conf/local.yaml
 
 clean:

@@ -43,19 +43,17 @@ from pyspark.sql import functions as F
 from scipy.stats import kendalltau  # scipy comes with sentence-transformers, a runtime dependency
 
 from llmrank_spark import steps
-from llmrank_spark.attributes import (
+from llmrank_spark.config import load_config
+from llmrank_spark.data import simulate
+from llmrank_spark.explain import (
     ITEM_KEYS,
     item_attributes,
     occluded_item,
     rank_attributes,
     served_score_scale,
 )
-from llmrank_spark.config import load_config
-from llmrank_spark.ranking import model_for, with_contexts
-from llmrank_spark.sample_data import simulate
-from llmrank_spark.scoring import PairScorer, ScoringSettings
-from llmrank_spark.session import get_spark
-from llmrank_spark.tables import read_table
+from llmrank_spark.lakehouse import get_spark, read_table
+from llmrank_spark.rerank import PairScorer, ScoringSettings, model_for, with_contexts
 from llmrank_spark.text import preferred_values, render_item_texts, user_history
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

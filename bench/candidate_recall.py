@@ -22,11 +22,10 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from llmrank_spark.candidates import blend, prepare_inputs, retrieve_all
 from llmrank_spark.config import SampleConfig, load_config
+from llmrank_spark.lakehouse import frame_from_pandas, get_spark
 from llmrank_spark.metrics import recall_at_k
-from llmrank_spark.session import get_spark
-from llmrank_spark.tables import frame_from_pandas
+from llmrank_spark.retrieval import blend, prepare_inputs, retrieve_all
 from llmrank_spark.training import leave_last_out
 
 CUTOFFS = (10, 50, 100)
@@ -34,12 +33,12 @@ CUTOFFS = (10, 50, 100)
 
 def input_tables(dataset: str, path: str | None, sample: SampleConfig) -> dict[str, pd.DataFrame]:
     if dataset == "movielens":
-        from llmrank_spark.movielens import load_movielens
+        from llmrank_spark.data import load_movielens
 
         if path is None:
             raise SystemExit("--dataset movielens needs --path, the directory holding u.data, u.item, u.user")
         return load_movielens(path)
-    from llmrank_spark.sample_data import generate_sample
+    from llmrank_spark.data import generate_sample
 
     return generate_sample(sample)
 

@@ -14,8 +14,7 @@ import warnings
 import numpy as np
 import torch
 
-from llmrank_spark.model import zero_shot_spec
-from llmrank_spark.scoring import PairScorer, ScoringSettings
+from llmrank_spark.rerank import PairScorer, ScoringSettings, zero_shot_spec
 
 PAIRS = 30_000
 WORDS = [

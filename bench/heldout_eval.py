@@ -33,19 +33,44 @@ import pandas as pd
 from pyspark.sql import functions as F
 
 from llmrank_spark import steps
-from llmrank_spark.champion import training_end
 from llmrank_spark.config import Config, load_config
-from llmrank_spark.features import FEATURES, feature_matrix, ranking_features
-from llmrank_spark.fusion import BERT_SCORE, FusionModel, FusionSettings, fit_fusion, relevance_levels
+from llmrank_spark.data import load_movielens
+from llmrank_spark.lakehouse import (
+    ITEM_EVENTS,
+    frame_from_pandas,
+    get_spark,
+    latest_version,
+    read_table,
+    table_exists,
+    write_table,
+)
 from llmrank_spark.metrics import mrr, ndcg_at_k
-from llmrank_spark.model import FusionHead, ModelSpec, read_manifest, zero_shot_spec
-from llmrank_spark.movielens import load_movielens
-from llmrank_spark.ranking import ITEM_EVENTS, fused_scores, retrieval_features
-from llmrank_spark.scoring import PairScorer, ScoringSettings
-from llmrank_spark.session import get_spark
-from llmrank_spark.tables import frame_from_pandas, latest_version, read_table, table_exists, write_table
+from llmrank_spark.rerank import (
+    BERT_SCORE,
+    FEATURES,
+    FusionHead,
+    FusionModel,
+    FusionSettings,
+    ModelSpec,
+    PairScorer,
+    ScoringSettings,
+    feature_matrix,
+    fit_fusion,
+    fused_scores,
+    ranking_features,
+    read_manifest,
+    relevance_levels,
+    retrieval_features,
+    zero_shot_spec,
+)
 from llmrank_spark.text import item_text_frame, user_context_frame
-from llmrank_spark.training import latest_registered, leave_last_out, rank_by_score, training_lists
+from llmrank_spark.training import (
+    latest_registered,
+    leave_last_out,
+    rank_by_score,
+    training_end,
+    training_lists,
+)
 
 NEGATIVES = 19
 CUTOFFS = (1, 5, 10, 20)

@@ -34,8 +34,11 @@ import pandas as pd
 import torch
 
 from llmrank_spark.config import RerankConfig
-from llmrank_spark.model import (
+from llmrank_spark.rerank import (
     ArtifactManifest,
+    PairScorer,
+    ScoringSettings,
+    autocast_dtype,
     base_model_dir,
     cross_encoder_spec,
     load_artifact,
@@ -43,7 +46,6 @@ from llmrank_spark.model import (
     save_artifact,
     untrained_cross_encoder,
 )
-from llmrank_spark.scoring import PairScorer, ScoringSettings, autocast_dtype
 from llmrank_spark.text import history_context, render_item_texts
 
 ADJECTIVES = [
@@ -172,8 +174,8 @@ def spark_paths(args, artifact: Path, settings: ScoringSettings) -> dict[str, Ca
     from pyspark.sql.types import DoubleType
 
     from llmrank_spark.config import load_config
-    from llmrank_spark.scoring import cached_scorer, scoring_udf, ship_model, task_device
-    from llmrank_spark.session import get_spark
+    from llmrank_spark.lakehouse import get_spark
+    from llmrank_spark.rerank import cached_scorer, scoring_udf, ship_model, task_device
 
     spark = get_spark(
         load_config(

@@ -2,7 +2,7 @@
 
 import sys
 
-from llmrank_spark.cli import main
+from llmrank_spark.pipeline import main
 
 if __name__ == "__main__":
     sys.exit(main(["train", *sys.argv[1:]]))

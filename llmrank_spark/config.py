@@ -173,7 +173,7 @@ class LakehouseConfig(_Section):
 
 def _check_table_names(names) -> None:
     """Names must be tables of the contracts (tables.py): a misspelt one would be silently unused."""
-    from llmrank_spark.tables import CONTRACTS  # tables.py imports this module: imported when used
+    from llmrank_spark.lakehouse import CONTRACTS
 
     unknown = sorted(set(names) - set(CONTRACTS))
     if unknown:

@@ -9,9 +9,8 @@
 
 from pyspark.sql import functions as F
 
-from llmrank_spark.notebook import notebook_config, widget_values
-from llmrank_spark.session import get_spark
-from llmrank_spark.tables import read_table
+from llmrank_spark.lakehouse import get_spark, read_table
+from llmrank_spark.pipeline import notebook_config, widget_values
 
 config = notebook_config(globals().get("dbutils"))
 spark = get_spark(config)

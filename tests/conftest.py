@@ -18,7 +18,7 @@ ML100K_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
 
 @pytest.fixture(scope="session")
 def spark():
-    from llmrank_spark.session import get_spark
+    from llmrank_spark.lakehouse import get_spark
 
     config = load_config(
         overrides=[

@@ -7,7 +7,8 @@ from test_scoring import direct_scores
 from test_training import tiny_with_head
 from tiny_reranker import TINY_VERSION, tiny_artifact
 
-from llmrank_spark.attributes import (
+from llmrank_spark.config import AttributesConfig, RerankConfig
+from llmrank_spark.explain import (
     attribute_orders,
     item_attributes,
     occluded_item,
@@ -15,9 +16,8 @@ from llmrank_spark.attributes import (
     order_attributes,
     orders_by_segment,
 )
-from llmrank_spark.config import AttributesConfig, RerankConfig
-from llmrank_spark.model import FusionHead
-from llmrank_spark.tables import ContractError, check_schema, frame_from_pandas
+from llmrank_spark.lakehouse import ContractError, check_schema, frame_from_pandas
+from llmrank_spark.rerank import FusionHead
 from llmrank_spark.text import item_text_frame, render_item_texts, user_context_frame
 
 RUN_DATE = dt.date(2026, 11, 20)

@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmrank_spark.candidates import (
+from llmrank_spark.config import CandidatesConfig, ConfigError, load_config
+from llmrank_spark.lakehouse import check_schema, contract, frame_from_pandas
+from llmrank_spark.retrieval import (
     blend,
     build_candidates,
     popularity_candidates,
@@ -19,8 +21,6 @@ from llmrank_spark.candidates import (
     semantic_candidates,
     top_k,
 )
-from llmrank_spark.config import CandidatesConfig, ConfigError, load_config
-from llmrank_spark.tables import check_schema, contract, frame_from_pandas
 
 N = 10
 RUN_DATE = dt.date(2026, 11, 20)

@@ -4,9 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmrank_spark.cli import main
 from llmrank_spark.config import REDACTED, Config, ConfigError, load_config, redact
-from llmrank_spark.steps import StepRun
+from llmrank_spark.pipeline import StepRun, main
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 

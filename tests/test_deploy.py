@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from llmrank_spark.config import load_config
-from llmrank_spark.steps import NIGHTLY_STEPS
+from llmrank_spark.pipeline import NIGHTLY_STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,10 +11,10 @@ from test_fairness import catalogue, count_floor, random_lists
 
 from llmrank_spark import steps
 from llmrank_spark.config import FairnessConfig, load_config
-from llmrank_spark.evaluate import sweep_step
-from llmrank_spark.fairness import provider_policy, run_reorderer, with_providers
-from llmrank_spark.ranking import rerank_candidates
-from llmrank_spark.tables import frame_from_pandas, read_table, write_table
+from llmrank_spark.evaluation import sweep_step
+from llmrank_spark.lakehouse import frame_from_pandas, read_table, write_table
+from llmrank_spark.postprocess import provider_policy, run_reorderer, with_providers
+from llmrank_spark.rerank import rerank_candidates
 
 RUN_DATE = dt.date(2026, 11, 20)
 

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmrank_spark.fairness import (
+from llmrank_spark.metrics import exposure_shares, gini
+from llmrank_spark.postprocess import (
     ProviderPolicy,
     fair_rerank,
     mmr_rerank,
@@ -16,7 +17,6 @@ from llmrank_spark.fairness import (
     provider_policy,
     within_list_relevance,
 )
-from llmrank_spark.metrics import exposure_shares, gini
 
 N_ITEMS, N_PROVIDERS = 120, 15
 

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmrank_spark.candidates import als_factors, covisit_scores, prepare_inputs
 from llmrank_spark.config import CandidatesConfig
-from llmrank_spark.features import FEATURES, STALE_DAYS, feature_matrix, ranking_features_from
-from llmrank_spark.tables import frame_from_pandas
+from llmrank_spark.lakehouse import frame_from_pandas
+from llmrank_spark.rerank import FEATURES, STALE_DAYS, feature_matrix, ranking_features_from
+from llmrank_spark.retrieval import als_factors, covisit_scores, prepare_inputs
 
 RUN_DATE = dt.date(2026, 11, 20)
 DAY = 86_400.0

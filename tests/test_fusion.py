@@ -12,12 +12,20 @@ from test_ranking import CANDIDATES, EVENTS, ITEMS, RUN_DATE, TOP_K, expected_sc
 from tiny_reranker import build_tiny_artifact
 
 from llmrank_spark import steps
-from llmrank_spark.champion import CHAMPION, REJECTED, decide, served_config
-from llmrank_spark.features import FEATURES, ranking_features
-from llmrank_spark.fusion import BERT_SCORE, FusionModel, FusionSettings, fit_fusion, relevance_levels
-from llmrank_spark.model import MANIFEST_FILE, RETRIEVAL_VERSION, read_manifest
-from llmrank_spark.tables import frame_from_pandas, write_table
-from llmrank_spark.training import registry_row
+from llmrank_spark.lakehouse import frame_from_pandas, write_table
+from llmrank_spark.rerank import (
+    BERT_SCORE,
+    FEATURES,
+    MANIFEST_FILE,
+    RETRIEVAL_VERSION,
+    FusionModel,
+    FusionSettings,
+    fit_fusion,
+    ranking_features,
+    read_manifest,
+    relevance_levels,
+)
+from llmrank_spark.training import CHAMPION, REJECTED, decide, registry_row, served_config
 
 INPUTS = ["signal", "noise"]
 

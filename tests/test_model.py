@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 from tiny_reranker import TINY_VERSION, tiny_artifact
 
 from llmrank_spark.config import RerankConfig
-from llmrank_spark.model import (
+from llmrank_spark.rerank import (
     MANIFEST_FILE,
     ArtifactError,
     ArtifactManifest,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from tiny_reranker import tiny_artifact
 
-from llmrank_spark.model import WEIGHTS_FILE, ArtifactError, load_artifact, load_bi_encoder
+from llmrank_spark.rerank import WEIGHTS_FILE, ArtifactError, load_artifact, load_bi_encoder
 
 
 class RunsCodeWhenUnpickled:

@@ -1,8 +1,8 @@
 import pandas as pd
 import pytest
 
-from llmrank_spark.movielens import load_movielens
-from llmrank_spark.tables import contract, frame_from_pandas, read_table, write_table
+from llmrank_spark.data import load_movielens
+from llmrank_spark.lakehouse import contract, frame_from_pandas, read_table, write_table
 
 GENRES = "unknown|0\nAction|1\nComedy|2\n\n"  # u.genre ends with a blank line, as in the release
 

@@ -7,9 +7,8 @@ import pytest
 from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
-from llmrank_spark.cli import main
 from llmrank_spark.config import load_config
-from llmrank_spark.steps import NIGHTLY_STEPS
+from llmrank_spark.pipeline import NIGHTLY_STEPS, main
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.py"))
 RUN_DATE = "2026-11-20"

@@ -16,9 +16,9 @@ from delta.tables import DeltaTable
 from test_ranking import CANDIDATES, EVENTS, ITEMS
 from tiny_reranker import tiny_artifact
 
-from llmrank_spark.cli import main
 from llmrank_spark.config import load_config
-from llmrank_spark.tables import frame_from_pandas, load, write_table
+from llmrank_spark.lakehouse import frame_from_pandas, load, write_table
+from llmrank_spark.pipeline import main
 
 RUN_DATE = dt.date(2026, 11, 20)
 

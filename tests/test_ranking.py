@@ -9,9 +9,15 @@ from test_scoring import direct_scores
 from tiny_reranker import TINY_VERSION, tiny_artifact
 
 from llmrank_spark.config import RerankConfig
-from llmrank_spark.model import MANIFEST_FILE, ZERO_SHOT_VERSION, ArtifactError
-from llmrank_spark.ranking import model_for, rank_request, rerank_candidates
-from llmrank_spark.tables import check_schema, frame_from_pandas
+from llmrank_spark.lakehouse import check_schema, frame_from_pandas
+from llmrank_spark.rerank import (
+    MANIFEST_FILE,
+    ZERO_SHOT_VERSION,
+    ArtifactError,
+    model_for,
+    rank_request,
+    rerank_candidates,
+)
 from llmrank_spark.text import NEW_SHOPPER_CONTEXT, item_text_frame, user_context_frame
 
 RUN_DATE = dt.date(2026, 11, 20)

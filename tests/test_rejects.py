@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from llmrank_spark.config import RerankConfig
-from llmrank_spark.rejects import CHECKED_COLUMNS, REASONS, check_pairs
+from llmrank_spark.lakehouse import CHECKED_COLUMNS, REASONS, check_pairs
 from llmrank_spark.text import NEW_SHOPPER_CONTEXT, clean_text, item_text_frame
 
 RELIABILITY_DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"

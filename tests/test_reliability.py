@@ -23,9 +23,15 @@ from tiny_reranker import tiny_artifact
 
 from llmrank_spark import steps
 from llmrank_spark.config import load_config
-from llmrank_spark.model import load_artifact, save_artifact
-from llmrank_spark.rejects import REASONS
-from llmrank_spark.tables import ContractError, frame_from_pandas, latest_version, load, write_table
+from llmrank_spark.lakehouse import (
+    REASONS,
+    ContractError,
+    frame_from_pandas,
+    latest_version,
+    load,
+    write_table,
+)
+from llmrank_spark.rerank import load_artifact, save_artifact
 
 RUN_DATE = dt.date(2026, 11, 20)
 POISON = "zeppelin"  # one wordpiece of the MiniLM vocabulary; its embedding is set to NaN

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 
 from llmrank_spark.config import SampleConfig
-from llmrank_spark.sample_data import CATEGORIES, END_OF_LOG, PRICE_BANDS, SEGMENTS, generate_sample, simulate
-from llmrank_spark.tables import contract, frame_from_pandas, read_table, write_table
+from llmrank_spark.data import CATEGORIES, END_OF_LOG, PRICE_BANDS, SEGMENTS, generate_sample, simulate
+from llmrank_spark.lakehouse import contract, frame_from_pandas, read_table, write_table
 
 FUNNEL_ORDER = ["view", "click", "add_to_cart", "purchase"]
 

@@ -10,8 +10,7 @@ import torch
 from test_scoring import CONTEXTS, CPU, ITEMS, direct_scores
 from tiny_reranker import tiny_artifact
 
-from llmrank_spark.model import load_artifact
-from llmrank_spark.scoring import PairScorer, ScoringOutOfMemory, ScoringSettings
+from llmrank_spark.rerank import PairScorer, ScoringOutOfMemory, ScoringSettings, load_artifact
 
 
 class OutOfMemoryAbove(torch.nn.Module):

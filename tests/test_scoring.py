@@ -4,20 +4,18 @@ import pytest
 import torch
 from tiny_reranker import tiny_artifact
 
-from llmrank_spark.model import (
+from llmrank_spark.rerank import (
     ModelSpec,
-    cross_encoder_spec,
-    load_artifact,
-    load_sentence_encoder,
-    zero_shot_spec,
-)
-from llmrank_spark.scoring import (
     PairScorer,
     ScoringSettings,
     cached_scorer,
+    cross_encoder_spec,
+    load_artifact,
+    load_sentence_encoder,
     scoring_udf,
     ship_model,
     task_device,
+    zero_shot_spec,
 )
 
 CONTEXTS = ["Recently viewed: Red Shoe (Shoes, Acme); Blue Hat (Hats, Zed)"] * 5 + [

@@ -5,7 +5,13 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
-from llmrank_spark.tables import ContractError, frame_from_pandas, read_table, render_tables_doc, write_table
+from llmrank_spark.lakehouse import (
+    ContractError,
+    frame_from_pandas,
+    read_table,
+    write_table,
+)
+from llmrank_spark.lakehouse.tables_doc import render_tables_doc
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "tables.md"
 
@@ -121,7 +127,7 @@ def test_outputs_have_the_change_data_feed_enabled(spark, config):
 
 
 def test_pinned_read_sees_the_version_it_asked_for(spark, config):
-    from llmrank_spark.tables import latest_version
+    from llmrank_spark.lakehouse import latest_version
 
     write_table(_items(spark), config, "items")
     write_table(_items(spark).where("item_id = 'I1'"), config, "items")

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from llmrank_spark.config import RerankConfig
-from llmrank_spark.tables import frame_from_pandas
+from llmrank_spark.lakehouse import frame_from_pandas
 from llmrank_spark.text import (
     HISTORY_PREFIX,
     NEW_SHOPPER_CONTEXT,

@@ -13,15 +13,17 @@ from test_ranking import CANDIDATES, EVENTS, ITEMS, RUN_DATE, TOP_K, expected_sc
 from tiny_reranker import build_tiny_artifact
 
 from llmrank_spark.config import Config, RerankConfig, TrainConfig
-from llmrank_spark.model import (
+from llmrank_spark.lakehouse import frame_from_pandas, write_table
+from llmrank_spark.rerank import (
     MANIFEST_FILE,
     FusionHead,
+    PairScorer,
+    ScoringSettings,
+    fused_scores,
     load_artifact,
     read_manifest,
+    retrieval_features,
 )
-from llmrank_spark.ranking import fused_scores, retrieval_features
-from llmrank_spark.scoring import PairScorer, ScoringSettings
-from llmrank_spark.tables import frame_from_pandas, write_table
 from llmrank_spark.text import NEW_SHOPPER_CONTEXT
 from llmrank_spark.training import (
     FusionRanker,

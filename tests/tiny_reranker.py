@@ -21,7 +21,7 @@ def build_tiny_artifact(path: Path, version: str = TINY_VERSION, seed: int = 0) 
     from transformers import BertConfig, BertForSequenceClassification
 
     from llmrank_spark.config import RerankConfig
-    from llmrank_spark.model import ArtifactManifest, base_model_dir, load_tokenizer, save_artifact
+    from llmrank_spark.rerank import ArtifactManifest, base_model_dir, load_tokenizer, save_artifact
 
     tokenizer = load_tokenizer(base_model_dir())
     config = BertConfig(

@@ -17,8 +17,7 @@ from tiny_reranker import tiny_artifact
 
 from llmrank_spark import steps
 from llmrank_spark.config import load_config
-from llmrank_spark.session import get_spark
-from llmrank_spark.tables import frame_from_pandas, load, write_table
+from llmrank_spark.lakehouse import frame_from_pandas, get_spark, load, write_table
 
 
 def ranked_rows(spark, config) -> list[dict]:

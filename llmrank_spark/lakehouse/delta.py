@@ -1,0 +1,132 @@
+"""Delta reads and writes: one run date replaced atomically, UTF-8 checked, versions for rollback."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from llmrank_spark.config import Config, is_catalog_name
+from llmrank_spark.lakehouse.contracts import (
+    ContractError,
+    check_keys_not_null,
+    check_schema,
+    check_single_run_date,
+    check_single_step,
+    conform,
+    contract,
+)
+
+
+def delta_table(spark: SparkSession, location: str):
+    from delta.tables import DeltaTable
+
+    if is_catalog_name(location):
+        return DeltaTable.forName(spark, location)
+    return DeltaTable.forPath(spark, location)
+
+
+def load(spark: SparkSession, location: str, version: int | None = None) -> DataFrame:
+    """Read a Delta table by path or catalog name, optionally pinned to a version (time travel)."""
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.table(location) if is_catalog_name(location) else reader.load(location)
+
+
+def table_exists(spark: SparkSession, config: Config, table: str) -> bool:
+    from delta.tables import DeltaTable
+
+    location = config.table_path(table)
+    if is_catalog_name(location):
+        return spark.catalog.tableExists(location)
+    return DeltaTable.isDeltaTable(spark, location)
+
+
+def latest_version(spark: SparkSession, config: Config, table: str) -> int:
+    """The table's current Delta version: what a reader that starts now sees."""
+    return int(delta_table(spark, config.table_path(table)).history(1).select("version").first()["version"])
+
+
+def read_table(
+    spark: SparkSession, config: Config, table: str, *, version: int | None = None, check_nulls: bool = True
+) -> DataFrame:
+    """Read a Delta table (at `version`, if given), enforce its contract, return the contract's columns."""
+    location = config.table_path(table)
+    if not table_exists(spark, config, table):
+        raise ContractError(
+            f"table '{table}' not found as a Delta table at {location}; "
+            f"create the inputs with `llmrank generate-sample` or `llmrank ingest movielens PATH`, "
+            f"or run the step that writes it"
+        )
+    df = load(spark, location, version)
+    check_schema(df, table, location)
+    if check_nulls:
+        check_keys_not_null(df, table, location)
+    return valid_utf8(conform(df, table), table)
+
+
+def valid_utf8(df: DataFrame, table: str) -> DataFrame:
+    """The contract's text columns with invalid UTF-8 byte sequences replaced by U+FFFD.
+
+    A Spark string may hold any bytes (a cast from binary does not check them), but Arrow, and so every
+    pandas UDF, refuses invalid UTF-8: one bad byte in a title would fail the whole nightly job.
+    """
+    repair = {
+        "string": F.make_valid_utf8,
+        "array<string>": lambda c: F.transform(c, F.make_valid_utf8),
+        "map<string,string>": lambda c: F.transform_values(
+            F.transform_keys(c, lambda k, _: F.make_valid_utf8(k)), lambda _, v: F.make_valid_utf8(v)
+        ),
+    }
+    return df.select(
+        *[
+            repair[c.type](F.col(c.name)).alias(c.name) if c.type in repair else F.col(c.name)
+            for c in contract(table).columns
+        ]
+    )
+
+
+def write_table(
+    df: DataFrame, config: Config, table: str, run_date: dt.date | None = None, step: str | None = None
+) -> str:
+    """Write a table, checked against its contract before a byte is written.
+
+    Tables partitioned by run_date get that partition replaced atomically (Delta ``replaceWhere``), so
+    re-running a date never duplicates rows and readers see either the old or the new partition; tables
+    partitioned by (run_date, step), like `rejects`, get only that step's partition of the date replaced.
+    Append-only tables (the run log, the model registry) get one appending commit; other tables are
+    overwritten whole in one commit. Returns the table's location.
+    """
+    spec = contract(table)
+    location = config.table_path(table)
+    check_schema(df, table, f"write to {location}")
+    df = conform(df, table)
+    if spec.append_only:
+        # mergeSchema: a column added to an append-only contract (optional, so compatible) joins the table.
+        writer = df.write.format("delta").mode("append").option("mergeSchema", "true")
+        if spec.partition_by:
+            writer = writer.partitionBy(*spec.partition_by)
+    elif "run_date" in spec.partition_by:
+        if run_date is None:
+            raise ValueError(f"table '{table}' is partitioned by run_date: pass the run's date")
+        check_single_run_date(df, table, run_date)
+        # run_date is a datetime.date, so the predicate below is a literal we formatted, never user text.
+        replace = f"run_date = DATE'{run_date.isoformat()}'"
+        if "step" in spec.partition_by:
+            check_single_step(df, table, step)
+            replace += f" AND step = '{step}'"  # an identifier, checked by check_single_step
+        writer = (
+            df.write.format("delta")
+            .mode("overwrite")
+            .partitionBy(*spec.partition_by)
+            .option("replaceWhere", replace)
+        )
+    else:
+        writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    if is_catalog_name(location):
+        writer.saveAsTable(location)
+    else:
+        writer.save(location)
+    return location

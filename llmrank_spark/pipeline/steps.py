@@ -1,0 +1,284 @@
+"""The nightly steps: each reads its inputs, checks them, does its work and writes its tables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from llmrank_spark.config import Config
+from llmrank_spark.lakehouse import (
+    REQUEST_KEY,
+    frame_from_pandas,
+    in_hashed_share,
+    read_table,
+)
+from llmrank_spark.pipeline.preflight import (
+    PreflightError,
+    check_partition,
+    check_run_date,
+    check_unique_keys,
+    fairness_runs,
+)
+from llmrank_spark.pipeline.run_log import StepRun, materialised
+
+
+def _write_input_tables(spark: SparkSession, config: Config, step: str, frames: dict) -> StepRun:
+    with StepRun(spark, config, step) as run:
+        for table, frame in frames.items():
+            run.write(table, frame_from_pandas(spark, frame, table))
+    return run
+
+
+def generate_sample(spark: SparkSession, config: Config) -> StepRun:
+    """Write the seeded sample lakehouse (catalogue, behaviour, queries, ground truth) as Delta tables."""
+    from llmrank_spark.data import generate_sample as generate
+
+    return _write_input_tables(spark, config, "generate-sample", generate(config.sample))
+
+
+def ingest_movielens(spark: SparkSession, config: Config, path: str | Path) -> StepRun:
+    """Turn MovieLens 100K files into the items, interactions and users input tables."""
+    from llmrank_spark.data import load_movielens
+
+    return _write_input_tables(spark, config, "ingest-movielens", load_movielens(path))
+
+
+def candidates(spark: SparkSession, config: Config) -> StepRun:
+    """First stage: blended multi-source candidate lists for every active user."""
+    from llmrank_spark.retrieval import build_candidates
+
+    with StepRun(spark, config, "candidates") as run:
+        run.check_outputs("candidates", "rejects")
+        items, interactions, users = run.read("items"), run.read("interactions"), run.read_optional("users")
+        _check_inputs(config, items=items, interactions=interactions, users=users)
+        lists = build_candidates(spark, items, interactions, users, config.candidates, config.run.run_date)
+        with materialised(lists.candidates):
+            run.write("candidates", lists.candidates)
+            run.write("rejects", lists.rejects)
+    return run
+
+
+def rerank(spark: SparkSession, config: Config) -> StepRun:
+    """Second stage: score every candidate with the broadcast BERT model and keep each list's top-K."""
+    from llmrank_spark.rerank import model_for, rerank_candidates
+    from llmrank_spark.training import served_config
+
+    with StepRun(spark, config, "rerank") as run:
+        config = served_config(spark, _with_registered_model(spark, config))
+        spec, served = model_for(config.rerank)  # preflight: the model artifact exists and is complete
+        run.check_outputs("ranked", "rejects")
+        candidates = run.read("candidates")
+        check_partition(candidates, "candidates", config.run.run_date, "candidates")
+        items, interactions, queries = (
+            run.read("items"),
+            run.read("interactions"),
+            run.read_optional("queries"),
+        )
+        # Read only when the served model states user text, so `runs` lists what the step used.
+        users = run.read_optional("users") if served.user_template else None
+        _check_inputs(config, items=items, interactions=interactions, users=users, queries=queries)
+        # Events of a type the candidates step rejected (no weight) are not history here either.
+        known_events = interactions.where(F.col("event_type").isin(list(config.candidates.event_weights)))
+        fair = fairness_runs(items, known_events, config, run.warn)
+        result = rerank_candidates(
+            spark,
+            candidates.where(F.col("run_date") == F.lit(config.run.run_date)),
+            items,
+            known_events,
+            config.rerank,
+            config.run.run_date,
+            queries=queries,
+            users=users,
+            faults=config.faults,
+            candidates_cfg=config.candidates,
+        )
+        run.notes.append(f"served model: {spec.version}")
+        with materialised(result.outcome):
+            ranked = fairness_pass(result.ranked, items, known_events, config) if fair else result.ranked
+            run.write("ranked", ranked)
+            run.write("rejects", result.rejects)
+    return run
+
+
+def fairness_pass(ranked: DataFrame, items: DataFrame, interactions: DataFrame, config: Config) -> DataFrame:
+    """`ranked` (model order) re-ordered by the run's fairness/diversity pass; as it is when that is off.
+
+    With `fairness.strategy` run, the provider boosts are fitted on the driver over a hashed sample of at
+    most `fairness.fit_requests` whole lists (`fairness.run_reorderer`); then every list is re-ordered in
+    its own pandas call.
+    """
+    if config.fairness.mode == "off":
+        return ranked
+    from llmrank_spark.evaluation import catalogue_frame, item_counts_until, one_request_column
+    from llmrank_spark.postprocess import provider_policy, run_reorderer, with_providers
+
+    catalogue = with_providers(catalogue_frame(items), config.fairness.provider_attribute)
+    counts = item_counts_until(interactions, config.run.run_date)
+    policy = provider_policy(catalogue, counts, config.fairness.long_tail_head_share)
+    model_order = None
+    if config.fairness.strategy == "run":
+        requests = ranked.select(*REQUEST_KEY).distinct().count()
+        share = min(1.0, config.fairness.fit_requests / max(requests, 1))
+        model_order = one_request_column(ranked.where(in_hashed_share(share, *REQUEST_KEY))).toPandas()
+    category = catalogue.set_index("item_id")["category"]
+    reorder = run_reorderer(policy, config.fairness, category, model_order=model_order)
+    columns = ranked.columns
+    return ranked.groupBy(*REQUEST_KEY).applyInPandas(lambda one: reorder(one)[columns], ranked.schema)
+
+
+def evaluate(spark: SparkSession, config: Config) -> StepRun:
+    """Measure the run's lists (retrieval, model and fair order) into `metrics` and write the run report."""
+    from llmrank_spark.evaluation import evaluate_tables, write_report
+
+    with StepRun(spark, config, "evaluate") as run:
+        run.check_outputs("metrics")
+        _check_report_writable(config)
+        tables = {table: run.read(table) for table in ("ranked", "candidates", "items", "interactions")} | {
+            table: run.read_optional(table) for table in ("users", "query_labels")
+        }
+        check_partition(tables["ranked"], "ranked", config.run.run_date, "rerank")
+        _check_inputs(config, **tables)
+        if not fairness_runs(tables["items"], tables["interactions"], config, run.warn):
+            config = config.model_copy(
+                update={"fairness": config.fairness.model_copy(update={"mode": "off"})}
+            )
+        rows = evaluate_tables(tables, config).assign(run_date=config.run.run_date)
+        run.write("metrics", frame_from_pandas(spark, rows, "metrics"))
+        history = read_table(spark, config, "metrics", version=run.outputs["metrics"]).toPandas()
+        report = write_report(history, config)
+        run.notes += [f"report: {report.index}", *report.summary]
+    return run
+
+
+def _check_inputs(config: Config, **tables: DataFrame | None) -> None:
+    """Preflight of the inputs a step read: unique keys where the contract's key names one row, and a
+    run date not before every event."""
+    for table, frame in tables.items():
+        check_unique_keys(frame, table)
+    if tables.get("interactions") is not None:
+        check_run_date(tables["interactions"], config.run.run_date)
+
+
+def _check_report_writable(config: Config) -> None:
+    """Preflight of the evaluate step's report directory, <lakehouse.root>/reports."""
+    reports = Path(config.lakehouse.root) / "reports"
+    parent = next(p for p in (reports, *reports.parents) if p.exists())
+    if not os.access(parent, os.W_OK) or not parent.is_dir():
+        raise PreflightError(
+            f"report directory {reports} is not writable ({parent}); make lakehouse.root writable"
+        )
+
+
+def _with_registered_model(spark: SparkSession, config: Config) -> Config:
+    """rerank.mode=cross_encoder without a model_path serves the newest registered version, if any (with
+    none, `cross_encoder_spec` refuses, naming the fix)."""
+    from llmrank_spark.training import latest_registered
+
+    if config.rerank.mode != "cross_encoder" or config.rerank.model_path is not None:
+        return config
+    path = latest_registered(spark, config)
+    if path is None:
+        return config
+    return config.model_copy(update={"rerank": config.rerank.model_copy(update={"model_path": path})})
+
+
+def train(spark: SparkSession, config: Config) -> StepRun:
+    """Fine-tune the reranker, gate it against the retrieval order and the champion on the last
+    `train.gate_days`, and register it (as the new champion only if it passed; `champion.py`).
+    Warm-started from the newest registered version when train.warm_start."""
+    from llmrank_spark.training import (
+        CHAMPION,
+        REJECTED,
+        champion_path,
+        gate_cutoff,
+        gate_version,
+        latest_registered,
+        train_reranker,
+        training_end,
+    )
+
+    with StepRun(spark, config, "train") as run:
+        run.check_outputs("model_registry")
+        warm_from = latest_registered(spark, config) if config.train.warm_start else None
+        items, interactions, users = run.read("items"), run.read("interactions"), run.read_optional("users")
+        _check_inputs(config, items=items, interactions=interactions, users=users)
+        gated = config.train.gate_days > 0
+        # The gate's days stay out of training: the version is judged on days it never saw.
+        seen = interactions.where(F.col("event_ts") < F.lit(training_end(config))) if gated else interactions
+        row, _ = train_reranker(
+            spark,
+            items,
+            seen,
+            users,
+            config,
+            data_snapshot=f"interactions@v{run.inputs['interactions']}",
+            warm_from=warm_from,
+        )
+        status = "registered"
+        if gated:
+            result = gate_version(
+                spark, items, interactions, config, row["path"].iloc[0], champion_path(spark, config)
+            )
+            status = CHAMPION if result.promoted else REJECTED
+            row.at[0, "metrics"] = {**row["metrics"].iloc[0], **result.metrics()}
+            run.notes.append(
+                f"gate on {result.requests} users after {gate_cutoff(config)}: NDCG@10 retrieval "
+                f"{result.retrieval_ndcg:.4f} -> version {result.version_ndcg:.4f} "
+                f"({result.change:+.1%} [{result.change_low:+.1%}, {result.change_high:+.1%}]): "
+                f"{status}, {result.reason}"
+            )
+        run.write("model_registry", frame_from_pandas(spark, row.assign(status=status), "model_registry"))
+    return run
+
+
+def attributes(spark: SparkSession, config: Config) -> StepRun:
+    """Attribute orders: which attributes of each top-ranked item matter most to the request, by occlusion."""
+    from llmrank_spark.explain import attribute_orders, orders_by_segment
+    from llmrank_spark.rerank import model_for
+    from llmrank_spark.training import served_config
+
+    with StepRun(spark, config, "attributes") as run:
+        config = served_config(spark, _with_registered_model(spark, config))
+        model_for(config.rerank)  # preflight: the model artifact exists and is complete
+        run.check_outputs("attribute_order", "attribute_order_by_segment")
+        items, interactions = run.read("items"), run.read("interactions")
+        queries, users = run.read_optional("queries"), run.read_optional("users")
+        ranked = run.read("ranked")
+        check_partition(ranked, "ranked", config.run.run_date, "rerank")
+        _check_inputs(config, items=items, interactions=interactions, users=users, queries=queries)
+        orders = attribute_orders(
+            spark,
+            ranked.where(F.col("run_date") == F.lit(config.run.run_date)),
+            items,
+            interactions,
+            config.rerank,
+            config.attributes,
+            config.run.run_date,
+            queries=queries,
+            users=users,
+        )
+        run.write("attribute_order", orders)
+        # The segment table is aggregated from the partition just written, not from `orders`: that would
+        # score every variant a second time.
+        written = read_table(spark, config, "attribute_order", version=run.outputs["attribute_order"])
+        todays = written.where(F.col("run_date") == F.lit(config.run.run_date))
+        by_segment = orders_by_segment(todays, items, users, queries)
+        run.write("attribute_order_by_segment", by_segment)
+    return run
+
+
+NIGHTLY_STEPS: dict[str, Callable[[SparkSession, Config], StepRun]] = {
+    "candidates": candidates,
+    "rerank": rerank,
+    "attributes": attributes,
+    "evaluate": evaluate,
+}
+
+
+def nightly(spark: SparkSession, config: Config) -> list[StepRun]:
+    """Every nightly step in order, for one run_date."""
+    return [step(spark, config) for step in NIGHTLY_STEPS.values()]

@@ -1,0 +1,338 @@
+"""The rerank stage: score every candidate with the broadcast BERT model, keep each request's top-K.
+
+`rank_request` is the pure listwise step (one request's scored candidates -> its ranked top-K);
+`rerank_candidates` is the Spark layer the pipeline calls: it builds the texts, checks each request's
+pairs (`rejects.check_pairs`), scores the valid ones in the pandas UDF of `scoring`, and applies
+`rank_request` per request with `applyInPandas`; what cannot be ranked goes to `rejects` with a reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from llmrank_spark.config import CandidatesConfig, FaultsConfig, RerankConfig
+from llmrank_spark.lakehouse import (
+    CHECKED_SCHEMA,
+    ITEM_EVENTS,
+    NON_FINITE_SCORE,
+    PAIR_COLUMNS,
+    REQUEST_KEY,
+    as_rejects,
+    check_pairs,
+    conform,
+    item_event_counts,
+)
+from llmrank_spark.rerank.artifact import (
+    FusionHead,
+    FusionSpec,
+    ModelSpec,
+    cross_encoder_spec,
+    read_manifest,
+    retrieval_spec,
+    zero_shot_spec,
+)
+from llmrank_spark.rerank.features import FEATURES, ranking_features
+from llmrank_spark.rerank.fusion import BERT_SCORE, FusionModel
+from llmrank_spark.rerank.scorer import ScoringSettings
+from llmrank_spark.rerank.udf import scoring_udf, ship_model
+from llmrank_spark.text import NEW_SHOPPER_CONTEXT, item_texts, user_contexts
+
+# Best first; equal scores fall back to the retrieval order, then the item id: never to input order.
+RANK_ORDER = (("score", False), ("retrieval_rank", True), ("item_id", True))
+# What the listwise step returns per request; model_version and run_date are added once, in Spark.
+RANKED_COLUMNS = {
+    "request_id": "string",
+    "request_type": "string",
+    "item_id": "string",
+    "rank": "int",
+    "score": "double",
+    "retrieval_rank": "int",
+    "retrieval_score": "double",
+    "sources": "array<string>",
+    "model_rank": "int",
+}
+# A request is (request_type, request_id): a user and a query may share an id.
+RANKED_SCHEMA = ", ".join(f"{name} {kind}" for name, kind in RANKED_COLUMNS.items())
+
+
+def retrieval_features(rows: pd.DataFrame, features: list[str]) -> np.ndarray:
+    """(rows, features) float32 for the fusion head. A retriever's feature is 1 / log2(1 + the item's rank
+    in its list, from `source_ranks`), 0 when it did not propose the item; "item_events" is
+    log(1 + the `item_events` column), the item's popularity."""
+    matrix = np.zeros((len(rows), len(features)), dtype=np.float32)
+    column = {name: j for j, name in enumerate(features)}
+    if ITEM_EVENTS in column:
+        matrix[:, column[ITEM_EVENTS]] = np.log1p(rows[ITEM_EVENTS].fillna(0).to_numpy(dtype=np.float64))
+    for i, ranks in enumerate(rows["source_ranks"]):
+        if ranks is None or (isinstance(ranks, float) and np.isnan(ranks)):
+            continue
+        # A map column arrives from Arrow as a dict or as (key, value) pairs, depending on the path.
+        for source, rank in ranks.items() if isinstance(ranks, dict) else ranks:
+            if source in column and rank is not None:
+                matrix[i, column[source]] = 1.0 / np.log2(1.0 + rank)
+    return matrix
+
+
+def fused_scores(logits: np.ndarray, features: np.ndarray, head: FusionHead | None) -> np.ndarray:
+    """The served score: the BERT logit, or with a fusion head w_logit * logit + w . features + b."""
+    if head is None:
+        return np.asarray(logits, dtype=np.float64)
+    weights = np.asarray(head.feature_weights, dtype=np.float64)
+    return head.logit_weight * np.asarray(logits, dtype=np.float64) + features @ weights + head.bias
+
+
+def rank_request(scored: pd.DataFrame, top_k: int) -> pd.DataFrame:
+    """One request's scored candidates in model order, ties broken deterministically, cut to `top_k`."""
+    columns, ascending = zip(*RANK_ORDER, strict=True)
+    ranked = scored.sort_values(list(columns), ascending=list(ascending), kind="mergesort").head(top_k)
+    positions = np.arange(1, len(ranked) + 1, dtype=np.int32)
+    ranked = ranked.assign(rank=positions, model_rank=positions)
+    return ranked[list(RANKED_COLUMNS)].reset_index(drop=True)
+
+
+def model_for(cfg: RerankConfig) -> tuple[ModelSpec, RerankConfig]:
+    """The model `cfg.mode` asks for, and the text settings to serve it with.
+
+    A fine-tuned artifact brings its own max length and templates (from reranker.json), so it is
+    served on text built exactly as in training.
+    """
+    if cfg.mode == "zero_shot_bi_encoder":
+        return zero_shot_spec(), cfg
+    if cfg.mode == "retrieval":
+        return retrieval_spec(), cfg
+    if cfg.mode == "champion":
+        raise ValueError(
+            "rerank.mode=champion is resolved to the registry's champion by the rerank step "
+            "(champion.served_config); call model_for with the resolved config"
+        )
+    spec = cross_encoder_spec(cfg.model_path)
+    manifest = read_manifest(spec.path)
+    trained_text = {
+        "max_length": manifest.max_length,
+        "context_template": manifest.context_template,
+        "context_items": cfg.context_items if manifest.context_items is None else manifest.context_items,
+        "profile_categories": manifest.profile_categories,
+        "user_template": manifest.user_template,
+        "item_template": manifest.item_template,
+        "item_attributes": manifest.item_attributes,
+    }
+    return spec, cfg.model_copy(update=trained_text)
+
+
+def request_contexts(
+    candidates: DataFrame,
+    interactions: DataFrame,
+    items: DataFrame,
+    cfg: RerankConfig,
+    run_date: dt.date,
+    queries: DataFrame | None,
+    users: DataFrame | None = None,
+) -> DataFrame:
+    """(request_type, request_id, context_text): a user's recent history as of run_date (after their
+    `rerank.user_template` text, when `users` is given), or a query's text."""
+    requested = (
+        candidates.where(F.col("request_type") == "user")
+        .select(F.col("request_id").alias("user_id"))
+        .distinct()
+    )
+    history = interactions.join(requested, "user_id", "left_semi")
+    if users is not None:
+        users = users.join(requested, "user_id", "left_semi")
+    contexts = user_contexts(history, items, cfg, as_of=run_date, users=users).withColumn(
+        "request_type", F.lit("user")
+    )
+    if queries is not None:
+        contexts = contexts.unionByName(
+            queries.select(
+                F.col("query_id").alias("request_id"),
+                F.col("query_text").alias("context_text"),
+                F.lit("query").alias("request_type"),
+            )
+        )
+    return contexts
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    """The rerank step's outputs. Both derive from `outcome`, every candidate pair once, scored or rejected:
+    persist it before writing (`steps.materialised`) so each pair is scored once and a scoring failure
+    happens before either table is written."""
+
+    outcome: DataFrame
+    ranked: DataFrame  # the `ranked` table's rows
+    rejects: DataFrame  # the `rejects` table's rows of the rerank step
+
+
+def checked_pairs(
+    candidates: DataFrame, items: DataFrame, contexts: DataFrame, cfg: RerankConfig
+) -> DataFrame:
+    """Every candidate row with its texts, grouped by request and marked scorable or rejected (`check_pairs`).
+
+    The grouping also places whole requests in one partition in a fixed order, so Arrow batches (and so
+    the scores, bit for bit) are the same on every rerun, and a batch repeats few contexts.
+    """
+    catalogue = item_texts(items, cfg).withColumn("in_catalogue", F.lit(True))
+    pairs = (
+        candidates.select(
+            "request_id",
+            "request_type",
+            "item_id",
+            "retrieval_rank",
+            "retrieval_score",
+            "sources",
+            "source_ranks",
+        )
+        .join(catalogue, "item_id", "left")
+        .join(contexts.withColumn("context_found", F.lit(True)), ["request_type", "request_id"], "left")
+        .select(*PAIR_COLUMNS)
+    )
+    return pairs.groupBy("request_type", "request_id").applyInPandas(check_pairs, CHECKED_SCHEMA)
+
+
+def with_contexts(
+    requests: DataFrame,
+    interactions: DataFrame,
+    items: DataFrame,
+    cfg: RerankConfig,
+    run_date: dt.date,
+    queries: DataFrame | None,
+    users: DataFrame | None = None,
+) -> DataFrame:
+    """`requests` (request_type, request_id, ...) with the context_text the reranker reads for each.
+
+    Users without history get `NEW_SHOPPER_CONTEXT`; a query request without a `queries` row fails.
+    """
+    missing_query = F.raise_error(
+        F.concat(
+            F.lit("query request '"),
+            F.col("request_id"),
+            F.lit("' has no row in the queries table: pass the queries table to the step"),
+        )
+    )
+    contexts = request_contexts(requests, interactions, items, cfg, run_date, queries, users)
+    return requests.join(contexts, ["request_type", "request_id"], "left").withColumn(
+        "context_text",
+        F.coalesce(
+            "context_text",
+            F.when(F.col("request_type") == "user", F.lit(NEW_SHOPPER_CONTEXT)).otherwise(missing_query),
+        ),
+    )
+
+
+def score_by_request(pairs: DataFrame, score, *order: str) -> DataFrame:
+    """`pairs` with a `score` column from the scoring UDF, computed request by request.
+
+    Whole requests per partition in a fixed order (request, then `order`): Arrow batches (and so the
+    scores, bit for bit) are the same on every rerun, and a batch repeats few contexts.
+    """
+    return (
+        pairs.repartition("request_id", "request_type")
+        .sortWithinPartitions("request_id", "request_type", *order)
+        .withColumn("score", score("context_text", "item_text"))
+    )
+
+
+@lru_cache(maxsize=4)
+def _fusion_model(text: str, inputs: tuple[str, ...], trees: int) -> FusionModel:
+    """The shipped LambdaMART, parsed once per Python worker (CPython caches a string's hash)."""
+    return FusionModel.from_text(text, FusionSpec(inputs=list(inputs), trees=trees))
+
+
+def rerank_candidates(
+    spark: SparkSession,
+    candidates: DataFrame,
+    items: DataFrame,
+    interactions: DataFrame,
+    cfg: RerankConfig,
+    run_date: dt.date,
+    queries: DataFrame | None = None,
+    users: DataFrame | None = None,
+    faults: FaultsConfig | None = None,
+    candidates_cfg: CandidatesConfig | None = None,
+) -> RerankResult:
+    """The `ranked` rows for one run, each request's top-K candidates by reranker score, and the `rejects`.
+
+    `candidates` follows the `candidates` contract. Pairs the rules of `check_pairs` reject, and pairs the
+    model scores NaN or infinite, go to rejects with the reason; so every candidate request is ranked or
+    rejected. `ranked` is in model order (`rank` = `model_rank`); the step's fairness pass re-orders it.
+    Users without history get `NEW_SHOPPER_CONTEXT`; `users` supplies the fields of `cfg.user_template`.
+    An artifact with a LambdaMART fusion is served on the ranking features of every pair
+    (`features.ranking_features`, with `candidates_cfg`), after BERT; `rerank.mode=retrieval` keeps the
+    candidates' own order. Fails, naming what is missing and how to fix it, when cfg asks for a
+    cross-encoder that does not exist: it never scores with an untrained head. `faults` is test-only
+    fault injection.
+    """
+    spec, cfg = model_for(cfg)
+    manifest = read_manifest(spec.path) if spec.kind == "cross_encoder" else None
+    fusion = manifest.fusion if manifest is not None else None
+    head = manifest.fusion_head if manifest is not None and fusion is None else None
+    if spec.kind == "retrieval":
+        model_score = F.col("retrieval_score")
+    else:
+        udf = scoring_udf(ship_model(spark, spec), ScoringSettings.from_config(cfg), faults)
+        model_score = udf("context_text", "item_text")
+    contexts = request_contexts(candidates, interactions, items, cfg, run_date, queries, users)
+    checked = checked_pairs(candidates, items, contexts, cfg)
+    rejected = F.col("reason").isNotNull()
+    finite = F.col("score").isNotNull() & ~F.isnan("score") & (F.abs("score") != F.lit(float("inf")))
+    ids = [name for name in RANKED_COLUMNS if name not in ("rank", "model_rank", "score")]
+    scored = (
+        checked.where(~rejected)
+        .withColumn("score", model_score)
+        .withColumn("reason", F.when(~finite, F.lit(NON_FINITE_SCORE)))
+        # Arrow hands a NaN from the UDF to Spark as null (the scorer itself never returns null).
+        .withColumn(
+            "detail",
+            F.when(
+                ~finite, F.concat(F.lit("score "), F.coalesce(F.col("score").cast("string"), F.lit("NaN")))
+            ),
+        )
+    )
+    outcome = scored.select(*ids, "source_ranks", "score", "reason", "detail").unionByName(
+        checked.where(rejected).select(
+            *ids, "source_ranks", F.lit(None).cast("double").alias("score"), "reason", "detail"
+        )
+    )
+    fusion_key = None
+    if fusion is not None:
+        fusion_key = ((Path(spec.path) / fusion.file).read_text(), tuple(fusion.inputs), fusion.trees)
+
+    def rank(scored_request: pd.DataFrame) -> pd.DataFrame:
+        if fusion_key is not None:
+            inputs = scored_request.assign(**{BERT_SCORE: scored_request["score"]})
+            scored_request = scored_request.assign(score=_fusion_model(*fusion_key).score(inputs))
+        elif head is not None:
+            features = retrieval_features(scored_request, head.features)
+            scored_request = scored_request.assign(
+                score=fused_scores(scored_request["score"], features, head)
+            )
+        return rank_request(scored_request, cfg.top_k)
+
+    # The grouping shuffles again, but only ids, scores and the fusion's inputs.
+    kept = [name for name in RANKED_COLUMNS if name not in ("rank", "model_rank")]
+    scorable = outcome.where(~rejected)
+    extra: list[str] = []
+    if fusion is not None:
+        if candidates_cfg is None:
+            raise ValueError(f"model {spec.version} fuses ranking features: pass candidates_cfg")
+        pairs = candidates.select(*REQUEST_KEY, "item_id", "retrieval_rank", "source_ranks")
+        features = ranking_features(spark, pairs, items, interactions, None, candidates_cfg, run_date)
+        scorable = scorable.join(
+            features.select(*REQUEST_KEY, "item_id", *FEATURES), [*REQUEST_KEY, "item_id"], "left"
+        )
+        extra = list(FEATURES)
+    elif head is not None:
+        scorable = scorable.join(F.broadcast(item_event_counts(interactions, run_date)), "item_id", "left")
+        extra = ["source_ranks", ITEM_EVENTS]
+    ranked = scorable.select(*kept, *extra).groupBy(*REQUEST_KEY).applyInPandas(rank, RANKED_SCHEMA)
+    ranked = ranked.withColumn("model_version", F.lit(spec.version)).withColumn("run_date", F.lit(run_date))
+    rejects = as_rejects(outcome.where(rejected), run_date, "rerank", "candidates")
+    return RerankResult(outcome, conform(ranked, "ranked"), rejects)

@@ -1,0 +1,166 @@
+"""The champion: the reranker version `rerank` serves, and the gate a new version must pass to become it.
+
+A trained version is measured on a back-dated run at the start of the last `train.gate_days` days of
+the interactions, days it did not train on: the candidates the retrievers built from what came before,
+re-ranked by the version exactly as the rerank step serves it, judged by NDCG@10 against the events of
+the following `evaluate.label_days`. It becomes the champion only if it beats the retrieval order (the
+95% bootstrap interval of the NDCG@10 change lies above zero) and the current champion (no lower mean
+NDCG@10 on the same requests). `model_registry` records every version with its gate figures and its
+status; `rerank.mode=champion` (the default) serves the newest champion and, with none, the retrieval
+order itself: never an unvalidated model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from llmrank_spark.config import Config
+from llmrank_spark.lakehouse import end_of_day, events_until, in_hashed_share, read_table, table_exists
+from llmrank_spark.metrics import ndcg_at_k, relative_change
+
+CHAMPION, REJECTED = "champion", "rejected"
+GATE_K = 10
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """What the gate measured; `promoted` says whether the version becomes the champion, `reason` why."""
+
+    requests: int
+    version_ndcg: float
+    retrieval_ndcg: float
+    champion_ndcg: float | None
+    change: float  # relative NDCG@10 change of the version against the retrieval order
+    change_low: float
+    change_high: float
+    promoted: bool
+    reason: str
+
+    def metrics(self) -> dict[str, float]:
+        figures = {
+            "gate_requests": float(self.requests),
+            f"gate_ndcg@{GATE_K}": self.version_ndcg,
+            f"gate_retrieval_ndcg@{GATE_K}": self.retrieval_ndcg,
+            "gate_change": self.change,
+            "gate_change_low": self.change_low,
+            "gate_change_high": self.change_high,
+        }
+        if self.champion_ndcg is not None:
+            figures[f"gate_champion_ndcg@{GATE_K}"] = self.champion_ndcg
+        return figures
+
+
+def decide(version: pd.Series, retrieval: pd.Series, champion: pd.Series | None) -> GateResult:
+    """The promotion decision from per-request NDCG@10 of the version, the retrieval order and the champion
+    (indexed by request): beat the retrieval order beyond chance, and do no worse than the champion."""
+    change, low, high = relative_change(retrieval, version)
+    champion_mean = None if champion is None else float(champion.mean())
+    version_mean = float(version.mean())
+    if not version.size:
+        promoted, reason = False, "no request of the gate slice has labels"
+    elif not low > 0:
+        promoted, reason = False, f"does not beat the retrieval order beyond chance ({low:+.1%} at worst)"
+    elif champion_mean is not None and version_mean < champion_mean:
+        promoted, reason = False, f"ranks below the champion ({version_mean:.4f} < {champion_mean:.4f})"
+    else:
+        against = "" if champion is None else " and the champion"
+        promoted, reason = True, f"beats the retrieval order{against}"
+    return GateResult(
+        requests=int(version.size),
+        version_ndcg=version_mean,
+        retrieval_ndcg=float(retrieval.mean()),
+        champion_ndcg=champion_mean,
+        change=change,
+        change_low=low,
+        change_high=high,
+        promoted=promoted,
+        reason=reason,
+    )
+
+
+def gate_cutoff(config: Config) -> dt.date:
+    """The last day a version trains on; the gate's back-dated run is dated on it."""
+    return config.run.run_date - dt.timedelta(days=config.train.gate_days)
+
+
+def training_end(config: Config) -> dt.datetime:
+    """The instant a gated version's training data stops: the end of `gate_cutoff`'s day."""
+    return end_of_day(gate_cutoff(config))
+
+
+def per_request_ndcg(ranked: pd.DataFrame, labels: pd.DataFrame, requests: pd.Index) -> pd.Series:
+    """NDCG@GATE_K of each request in `requests` (0 where none of its labelled items was ranked)."""
+    ndcg = ndcg_at_k(ranked, labels, GATE_K)
+    return ndcg.reindex(requests).fillna(0.0)
+
+
+def gate_version(
+    spark: SparkSession,
+    items: DataFrame,
+    interactions: DataFrame,
+    config: Config,
+    version_path: str,
+    champion_path: str | None,
+) -> GateResult:
+    """Measure `version_path` (and the champion) on the back-dated run at `gate_cutoff` as served."""
+    from llmrank_spark.evaluation import user_labels
+    from llmrank_spark.rerank import rerank_candidates
+    from llmrank_spark.retrieval import build_candidates
+
+    cutoff = gate_cutoff(config)
+    history = interactions.where(F.col("event_ts") < F.lit(training_end(config)))
+    everyone = history.select(F.col("user_id").alias("request_id")).distinct()
+    # Labels stop at the run date: the gate never reads what a run dated after it will be judged on.
+    known = events_until(interactions, config.run.run_date)
+    labels = user_labels(known, everyone, cutoff, config.evaluate)
+    labelled = labels.select("request_id").distinct()
+    share = min(1.0, config.train.gate_max_requests / max(labelled.count(), 1))
+    sample = labelled.where(in_hashed_share(share, "request_id"))
+    candidates = build_candidates(spark, items, history, None, config.candidates, cutoff).candidates
+    # Computed once, and its long query plan cut: the rerank below stacks the features' plan on it.
+    candidates = candidates.join(sample, "request_id", "left_semi").localCheckpoint()
+    labels_pd = labels.join(sample, "request_id", "left_semi").toPandas()
+    requests = pd.Index(sorted(labels_pd["request_id"].unique()), name="request_id")
+    top_k = config.rerank.top_k
+
+    def served(path: str) -> pd.Series:
+        cfg = config.rerank.model_copy(update={"mode": "cross_encoder", "model_path": path})
+        result = rerank_candidates(
+            spark, candidates, items, history, cfg, cutoff, candidates_cfg=config.candidates
+        )
+        ranked = result.ranked.select("request_id", "item_id", "rank").toPandas()
+        return per_request_ndcg(ranked, labels_pd, requests)
+
+    retrieval = (
+        candidates.where(F.col("retrieval_rank") <= top_k)
+        .select("request_id", "item_id", F.col("retrieval_rank").alias("rank"))
+        .toPandas()
+    )
+    return decide(
+        served(version_path),
+        per_request_ndcg(retrieval, labels_pd, requests),
+        None if champion_path is None else served(champion_path),
+    )
+
+
+def champion_path(spark: SparkSession, config: Config) -> str | None:
+    """Artifact path of the newest champion in model_registry; None when there is none."""
+    if not table_exists(spark, config, "model_registry"):
+        return None
+    registry = read_table(spark, config, "model_registry")
+    newest = registry.where(F.col("status") == CHAMPION).orderBy(F.col("created_at").desc()).first()
+    return None if newest is None else newest["path"]
+
+
+def served_config(spark: SparkSession, config: Config) -> Config:
+    """`config` with `rerank.mode=champion` resolved: the champion's artifact, or the retrieval order."""
+    if config.rerank.mode != "champion":
+        return config
+    path = champion_path(spark, config)
+    update = {"mode": "retrieval"} if path is None else {"mode": "cross_encoder", "model_path": path}
+    return config.model_copy(update={"rerank": config.rerank.model_copy(update=update)})

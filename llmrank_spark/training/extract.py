@@ -1,0 +1,188 @@
+"""Spark extraction of training lists: the split in time, the candidate lists and the text joins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from llmrank_spark.config import Config, TrainConfig
+from llmrank_spark.lakehouse import ITEM_EVENTS, item_event_counts
+from llmrank_spark.rerank import (
+    ranking_features,
+)
+from llmrank_spark.text import (
+    item_text_frame,
+)
+from llmrank_spark.training.fusion_training import fusion_lists, fusion_users
+from llmrank_spark.training.lists import (
+    ITEM,
+    LABEL,
+    LIST,
+    sample_lists,
+    subsample,
+    target_contexts,
+    target_grades,
+)
+
+# ---- Spark layer -------------------------------------------------------------------------------------
+
+
+def split_for_training(interactions: DataFrame, cfg: TrainConfig) -> tuple[DataFrame, DataFrame]:
+    """(history, targets): each user's `lists_per_user` newest items (one row per item, at its latest
+    event) are targets; history is every event before the user's first target, what the retrievers see.
+
+    Users with fewer than `min_history` history events give no targets (their events stay in history).
+    """
+    per_item = interactions.groupBy("user_id", "item_id").agg(F.max("event_ts").alias("event_ts"))
+    newest_first = Window.partitionBy("user_id").orderBy(F.col("event_ts").desc(), F.col("item_id"))
+    targets = per_item.withColumn("recency", F.row_number().over(newest_first)).where(
+        F.col("recency") <= cfg.lists_per_user
+    )
+    cutoff = targets.groupBy("user_id").agg(F.min("event_ts").alias("cutoff"))
+    before = interactions.join(cutoff, "user_id").where(F.col("event_ts") < F.col("cutoff"))
+    enough = before.groupBy("user_id").count().where(F.col("count") >= cfg.min_history)
+    cutoff = cutoff.join(enough, "user_id", "left_semi")
+    history = (
+        interactions.join(cutoff, "user_id", "left")
+        .where(F.col("cutoff").isNull() | (F.col("event_ts") < F.col("cutoff")))
+        .drop("cutoff")
+    )
+    return history, targets.join(cutoff, "user_id", "left_semi").drop("recency")
+
+
+def _assemble_lists(
+    lists: pd.DataFrame,
+    contexts: pd.Series,
+    texts: pd.DataFrame,
+    candidates: pd.DataFrame,
+    user_of: pd.Series,
+    item_events: pd.DataFrame,
+) -> pd.DataFrame:
+    """Lists with their context text, item text and the retrieval features of each (user, item)."""
+    ranks = candidates[["request_id", ITEM, "source_ranks"]].rename(columns={"request_id": "user_id"})
+    frame = lists.assign(user_id=lists[LIST].map(user_of), context_text=lists[LIST].map(contexts))
+    # Left merges keep the lists' row order: each list's rows stay together, its positive first.
+    frame = frame.merge(texts, on=ITEM, how="left").merge(ranks, on=["user_id", ITEM], how="left")
+    return frame.merge(item_events, on=ITEM, how="left")
+
+
+# TrainConfig fields that change how a model learns from the lists, not which lists are built.
+FIT_ONLY_FIELDS = {
+    "loss", "batch_lists", "epochs", "learning_rate", "head_learning_rate", "classifier_learning_rate",
+    "trainable_layers", "eval_every_steps", "patience", "fusion_features", "warm_start", "model_root",
+    "threads", "distributor_processes",
+}  # fmt: skip
+# Lists built in this process, by data snapshot and list settings: training several losses on one
+# snapshot (bench/heldout_eval.py) runs the retrievers once, not once per loss.
+BUILT_LISTS: dict[str, dict[str, pd.DataFrame]] = {}
+
+
+def training_lists(
+    spark: SparkSession,
+    items: DataFrame,
+    interactions: DataFrame,
+    users: DataFrame | None,
+    config: Config,
+    data_snapshot: str,
+) -> dict[str, pd.DataFrame]:
+    """{"train": lists, "validation": lists}: rows (list_id, item_id, label, context_text, item_text,
+    source_ranks, item_events), `list_size` per list, from the time split and the candidate retrievers."""
+    from llmrank_spark.retrieval import build_candidates
+
+    cfg = config.train
+    key = "|".join(
+        [
+            data_snapshot,
+            str(config.run.run_date),
+            config.table_path("interactions"),
+            config.candidates.model_dump_json(),
+            config.rerank.model_dump_json(),
+            cfg.model_dump_json(exclude=FIT_ONLY_FIELDS),
+        ]
+    )
+    if key in BUILT_LISTS:
+        return BUILT_LISTS[key]
+    rng = np.random.default_rng(cfg.seed)
+    text_cfg = config.rerank.model_copy(update={"max_length": cfg.max_length})
+
+    history, targets = split_for_training(interactions, cfg)
+    newest = history.agg(F.max("event_ts")).first()[0]
+    if newest is None:
+        raise ValueError("interactions: no events before any user's targets; nothing to train on")
+    candidates = build_candidates(spark, items, history, users, config.candidates, newest.date()).candidates
+    target_users = targets.select("user_id").distinct()
+    targets_pd = targets.toPandas().sort_values(["user_id", "event_ts", "item_id"], ignore_index=True)
+    if targets_pd.empty:
+        raise ValueError(
+            f"interactions: no user has {cfg.min_history} events before their {cfg.lists_per_user} newest "
+            f"items; lower train.min_history or train.lists_per_user"
+        )
+    events = interactions.join(target_users, "user_id", "left_semi").toPandas()
+    candidates_pd = (
+        candidates.join(target_users.withColumnRenamed("user_id", "request_id"), "request_id", "left_semi")
+        .select("request_id", ITEM, "retrieval_rank", "source_ranks")
+        .toPandas()
+    )
+    # Spark returns rows in no fixed order; sorted, the seeded sampling draws the same lists every run.
+    candidates_pd = candidates_pd.sort_values(["request_id", ITEM], ignore_index=True)
+    items_pd = items.toPandas()
+    # Only a user template reads the users table: without one it stays in Spark.
+    users_pd = users.toPandas() if users is not None and text_cfg.user_template else None
+    item_events = item_event_counts(history, newest.date()).toPandas()
+
+    # The newest target of each user is the validation slice; the older ones are training lists.
+    targets_pd[LIST] = [f"{u}@{i}" for u, i in zip(targets_pd["user_id"], targets_pd[ITEM], strict=True)]
+    is_validation = ~targets_pd.duplicated("user_id", keep="last")
+    targets_pd[LABEL] = target_grades(targets_pd, events, cfg).to_numpy()
+    # The LambdaMART fusion learns from users whose lists BERT never sees, so it learns how far to trust
+    # BERT on lists that are new to it, as every served list is.
+    for_fusion = (
+        fusion_users(targets_pd["user_id"], cfg.fusion_user_share)
+        if cfg.fusion == "lambdamart"
+        else pd.Series(False, index=targets_pd.index)
+    )
+    bert_targets = targets_pd[~for_fusion]
+    is_validation = is_validation[~for_fusion]
+    chosen = {
+        "train": subsample(bert_targets[~is_validation], cfg.max_train_lists, rng),
+        "validation": subsample(bert_targets[is_validation], cfg.max_validation_lists, rng),
+    }
+    texts = item_text_frame(items_pd, text_cfg)
+    categories = items_pd.set_index(ITEM)["category"]
+    popularity = item_events.set_index(ITEM)[ITEM_EVENTS]
+    built = {}
+    for name, part in chosen.items():
+        lists = sample_lists(part, candidates_pd, events, categories, cfg, rng, popularity)
+        contexts = target_contexts(events, items_pd, part, text_cfg, users_pd).set_axis(part[LIST])
+        user_of = part.set_index(LIST)["user_id"]
+        built[name] = _assemble_lists(lists, contexts, texts, candidates_pd, user_of, item_events)
+    if cfg.fusion == "lambdamart":
+        fusion_targets = targets_pd[for_fusion]
+        chosen_users = subsample(fusion_targets[["user_id"]].drop_duplicates(), cfg.max_fusion_lists, rng)[
+            "user_id"
+        ]
+        fusion_targets = fusion_targets[fusion_targets["user_id"].isin(chosen_users)]
+        lists = fusion_lists(fusion_targets, candidates_pd, events, categories.index.to_numpy(), cfg, rng)
+        # The pairs go to Spark from the driver's copy of the candidates, not as a join with the
+        # candidates' query plan: stacked under the features' plan it outgrows a task's stack.
+        user_pairs = lists[["user_id", ITEM]].drop_duplicates().rename(columns={"user_id": "request_id"})
+        ranked = user_pairs.merge(candidates_pd, on=["request_id", ITEM], how="left")
+        ranked = ranked.astype({"retrieval_rank": object}).where(ranked.notna(), None)
+        pairs = spark.createDataFrame(
+            ranked, "request_id string, item_id string, retrieval_rank int, source_ranks map<string,int>"
+        ).withColumn("request_type", F.lit("user"))
+        features = ranking_features(spark, pairs, items, history, users, config.candidates, newest.date())
+        features_pd = features.drop("request_type", "source_ranks", "retrieval_rank").toPandas()
+        lists = lists.merge(
+            features_pd.rename(columns={"request_id": "user_id"}), on=["user_id", ITEM], how="left"
+        )
+        # One context per user, as served on the day after their history: everything before their targets.
+        cutoffs = fusion_targets.groupby("user_id", as_index=False)["event_ts"].min()
+        cutoffs = cutoffs.assign(**{LIST: cutoffs["user_id"], ITEM: ""})
+        contexts = target_contexts(events, items_pd, cutoffs, text_cfg, users_pd).set_axis(cutoffs[LIST])
+        lists = lists.assign(context_text=lists["user_id"].map(contexts))
+        built["fusion"] = lists.merge(texts, on=ITEM, how="left")
+    BUILT_LISTS[key] = built
+    return built

@@ -1,0 +1,83 @@
+"""The ranking losses by name: pointwise, pairwise and listwise; adding a loss is one function here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+# ---- losses ------------------------------------------------------------------------------------------
+
+
+class _GivenScores:
+    """Stands in for the CrossEncoder that sentence-transformers' list losses call: it returns scores we
+    computed (the fused BERT logit), so their loss code runs unchanged on them."""
+
+    num_labels = 1
+
+    def __init__(self, scores: torch.Tensor) -> None:
+        self.flat = scores.reshape(-1)
+        self.device = scores.device
+
+    def preprocess(self, pairs, **_) -> dict[str, torch.Tensor]:
+        return {"row": torch.tensor([row for _, row in pairs], dtype=torch.long)}
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"scores": self.flat[batch["row"].to(self.device)]}
+
+
+def _list_loss(loss) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A sentence-transformers list loss as a function of (scores, labels), both (lists, list size)."""
+
+    def compute(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        n_lists, size = scores.shape
+        loss.model = _GivenScores(scores)
+        rows = torch.arange(n_lists * size).reshape(n_lists, size).tolist()
+        return loss((list(range(n_lists)), rows), list(labels.float()))
+
+    return compute
+
+
+def _pairs(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(list, better, worse) index triples of every pair in a list whose labels differ."""
+    better = labels[:, :, None] > labels[:, None, :]
+    return better.nonzero(as_tuple=True)
+
+
+def hinge_loss(scores: torch.Tensor, labels: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    """Pairwise hinge: mean over ordered pairs of max(0, margin - (s_better - s_worse)), torch's
+    margin_ranking_loss; sentence-transformers has no hinge for cross-encoders."""
+    lists, better, worse = _pairs(labels)
+    target = torch.ones(len(lists), device=scores.device)
+    return torch.nn.functional.margin_ranking_loss(
+        scores[lists, better], scores[lists, worse], target, margin=margin
+    )
+
+
+def balanced_bce(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Pointwise BCE on graded labels, positives weighted by negatives per positive (the `pos_weight` of
+    sentence-transformers' BCE reranker recipe). Unweighted, a list's negatives (7 to 1 by default) outvote
+    its target and push every feature weight below 0 (features are >= 0), ranking retrieved items last."""
+    positives = (labels > 0).sum().clamp(min=1)
+    pos_weight = (labels.numel() - positives) / positives
+    return torch.nn.functional.binary_cross_entropy_with_logits(
+        scores.reshape(-1), labels.reshape(-1).float(), pos_weight=pos_weight.float()
+    )
+
+
+def ranking_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The training loss `name` as a function of (scores, labels) of shape (lists, list size)."""
+    from sentence_transformers.cross_encoder import losses
+
+    placeholder = _GivenScores(torch.zeros(1))
+    if name == "bce":
+        return balanced_bce
+    if name == "hinge":
+        return hinge_loss
+    if name == "ranknet":
+        return _list_loss(losses.RankNetLoss(placeholder))
+    if name == "listnet":
+        return _list_loss(losses.ListNetLoss(placeholder))
+    if name == "lambdaloss":
+        return _list_loss(losses.LambdaLoss(placeholder))
+    raise ValueError(f"unknown train.loss {name!r}; use one of bce, ranknet, hinge, listnet, lambdaloss")

@@ -1,0 +1,82 @@
+"""The train step's work: build lists, fine-tune BERT, fit the fusion, save the artifact."""
+
+from __future__ import annotations
+
+import uuid
+
+import pandas as pd
+import torch
+from pyspark.sql import DataFrame, SparkSession
+
+from llmrank_spark.config import Config
+from llmrank_spark.rerank import (
+    BASE_MODEL_NAME,
+    ArtifactManifest,
+    base_model_dir,
+    load_tokenizer,
+    save_artifact,
+)
+from llmrank_spark.training.distributed import fit_with_distributor
+from llmrank_spark.training.extract import training_lists
+from llmrank_spark.training.fusion_training import train_fusion
+from llmrank_spark.training.lists import LIST
+from llmrank_spark.training.network import initial_model
+from llmrank_spark.training.registry import model_root, registry_row
+from llmrank_spark.training.trainer import FitResult, fit, training_scorer
+
+
+def train_reranker(
+    spark: SparkSession,
+    items: DataFrame,
+    interactions: DataFrame,
+    users: DataFrame | None,
+    config: Config,
+    data_snapshot: str,
+    warm_from: str | None,
+) -> tuple[pd.DataFrame, FitResult]:
+    """Fine-tune a reranker version on the interactions, save its artifact; return its registry row."""
+    cfg = config.train
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    text_cfg = config.rerank.model_copy(update={"max_length": cfg.max_length})
+    built = training_lists(spark, items, interactions, users, config, data_snapshot)
+
+    model, started_from = initial_model(warm_from, cfg.fusion_features)
+    tokenizer = load_tokenizer(warm_from or base_model_dir())
+    if cfg.distributor_processes:
+        result = fit_with_distributor(spark, model, tokenizer, built["train"], built["validation"], cfg)
+    else:
+        scorer = training_scorer(model, tokenizer, cfg, torch.device("cpu"))
+        result = fit(model, scorer, built["train"], built["validation"], cfg)
+
+    fusion = None
+    if cfg.fusion == "lambdamart":
+        fusion = train_fusion(model, tokenizer, built["fusion"], cfg)
+        print(f"[train] fusion: {fusion.spec.trees} trees; gain by input {fusion.importance()}", flush=True)
+    version = f"{config.run.run_date:%Y%m%d}-{cfg.loss}-{uuid.uuid4().hex[:8]}"
+    manifest = ArtifactManifest(
+        version=version,
+        base_model=BASE_MODEL_NAME if warm_from is None else f"{BASE_MODEL_NAME} via {started_from}",
+        max_length=cfg.max_length,
+        context_template=text_cfg.context_template,
+        context_items=text_cfg.context_items,
+        profile_categories=text_cfg.profile_categories,
+        user_template=text_cfg.user_template,
+        item_template=text_cfg.item_template,
+        item_attributes=text_cfg.item_attributes,
+        loss=cfg.loss,
+        data_snapshot=data_snapshot,
+        metrics={
+            "val_ndcg@10": result.best_ndcg,
+            "train_lists": float(built["train"][LIST].nunique()),
+            "val_lists": float(built["validation"][LIST].nunique()),
+            "best_step": float(result.steps),
+            "train_seconds": result.seconds,
+        },
+        fusion_head=model.head_spec(),
+        fusion=None if fusion is None else fusion.spec,
+    )
+    path = save_artifact(
+        model.encoder, tokenizer, model_root(config) / version, manifest, [fusion] if fusion else []
+    )
+    return registry_row(manifest, path), result
