@@ -42,7 +42,6 @@ import torch
 from pyspark.sql import functions as F
 from scipy.stats import kendalltau  # scipy comes with sentence-transformers, a runtime dependency
 
-from llmrank_spark import steps
 from llmrank_spark.config import load_config
 from llmrank_spark.data import simulate
 from llmrank_spark.explain import (
@@ -53,6 +52,7 @@ from llmrank_spark.explain import (
     served_score_scale,
 )
 from llmrank_spark.lakehouse import get_spark, read_table
+from llmrank_spark.pipeline import steps
 from llmrank_spark.rerank import PairScorer, ScoringSettings, model_for, with_contexts
 from llmrank_spark.text import preferred_values, render_item_texts, user_history
 

@@ -26,10 +26,10 @@ import tempfile
 import pandas as pd
 from pyspark.sql import functions as F
 
-from llmrank_spark import steps
 from llmrank_spark.config import load_config
 from llmrank_spark.evaluation import MODEL, RETRIEVAL, sweep_points, value
 from llmrank_spark.lakehouse import frame_from_pandas, get_spark, read_table
+from llmrank_spark.pipeline import steps
 
 # Back-dated runs with at least evaluate.label_days of events after them.
 RUN_DATES = {"movielens": "1998-03-21", "sample": "2026-10-01"}

@@ -32,11 +32,10 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import functions as F
 
-from llmrank_spark import steps
 from llmrank_spark.config import Config, load_config
 from llmrank_spark.data import load_movielens
+from llmrank_spark.events import ITEM_EVENTS
 from llmrank_spark.lakehouse import (
-    ITEM_EVENTS,
     frame_from_pandas,
     get_spark,
     latest_version,
@@ -45,6 +44,7 @@ from llmrank_spark.lakehouse import (
     write_table,
 )
 from llmrank_spark.metrics import mrr, ndcg_at_k
+from llmrank_spark.pipeline import steps
 from llmrank_spark.rerank import (
     BERT_SCORE,
     FEATURES,

@@ -9,9 +9,8 @@
 
 # COMMAND ----------
 
-from llmrank_spark import steps
 from llmrank_spark.lakehouse import get_spark
-from llmrank_spark.pipeline import notebook_config
+from llmrank_spark.pipeline import notebook_config, steps
 
 config = notebook_config(globals().get("dbutils"))
 spark = get_spark(config)

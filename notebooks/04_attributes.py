@@ -13,9 +13,8 @@
 
 from pyspark.sql import functions as F
 
-from llmrank_spark import steps
 from llmrank_spark.lakehouse import get_spark, read_table
-from llmrank_spark.pipeline import notebook_config
+from llmrank_spark.pipeline import notebook_config, steps
 
 config = notebook_config(globals().get("dbutils"))
 spark = get_spark(config)

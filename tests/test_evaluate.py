@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from test_fairness import catalogue, count_floor, random_lists
 
-from llmrank_spark import steps
 from llmrank_spark.config import FairnessConfig, load_config
 from llmrank_spark.evaluation import sweep_step
 from llmrank_spark.lakehouse import frame_from_pandas, read_table, write_table
+from llmrank_spark.pipeline import steps
 from llmrank_spark.postprocess import provider_policy, run_reorderer, with_providers
 from llmrank_spark.rerank import rerank_candidates
 

@@ -11,8 +11,8 @@ import pytest
 from test_ranking import CANDIDATES, EVENTS, ITEMS, RUN_DATE, TOP_K, expected_scores
 from tiny_reranker import build_tiny_artifact
 
-from llmrank_spark import steps
 from llmrank_spark.lakehouse import frame_from_pandas, write_table
+from llmrank_spark.pipeline import steps
 from llmrank_spark.rerank import (
     BERT_SCORE,
     FEATURES,

@@ -21,7 +21,6 @@ from delta.exceptions import ConcurrentAppendException
 from pyspark.sql import functions as F
 from tiny_reranker import tiny_artifact
 
-from llmrank_spark import steps
 from llmrank_spark.config import load_config
 from llmrank_spark.lakehouse import (
     REASONS,
@@ -31,6 +30,7 @@ from llmrank_spark.lakehouse import (
     load,
     write_table,
 )
+from llmrank_spark.pipeline import steps
 from llmrank_spark.rerank import load_artifact, save_artifact
 
 RUN_DATE = dt.date(2026, 11, 20)

@@ -16,11 +16,11 @@ from test_ranking import EVENTS as RANKING_EVENTS
 from test_ranking import ITEMS as RANKING_ITEMS
 from tiny_reranker import TINY_VERSION, tiny_artifact
 
-from llmrank_spark import steps
 from llmrank_spark.config import AttributesConfig, RerankConfig, load_config
 from llmrank_spark.evaluation import evaluate_tables
 from llmrank_spark.explain import attribute_orders, orders_by_segment
 from llmrank_spark.lakehouse import frame_from_pandas, read_table, write_table
+from llmrank_spark.pipeline import steps
 
 RUN_DATE = dt.date(2026, 11, 20)
 KEY = ["request_type", "request_id"]

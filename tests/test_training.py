@@ -554,7 +554,7 @@ def test_warm_start_loads_the_newest_registered_version(spark, tmp_path):
 def test_rerank_serves_the_newest_registered_version_with_its_fusion_head(spark, config, tmp_path):
     """rerank.mode=cross_encoder without model_path picks the registry's newest version, and its head
     fuses the logit with the candidate row's features exactly as `fused_scores` does."""
-    from llmrank_spark import steps
+    from llmrank_spark.pipeline import steps
 
     path = tiny_with_head(tmp_path / "registered", HEAD, version="registered-v1")
     row = registry_row(read_manifest(path), path)

@@ -15,9 +15,9 @@ from pyspark.sql import functions as F
 from test_ranking import CANDIDATES, EVENTS, ITEMS, RUN_DATE
 from tiny_reranker import tiny_artifact
 
-from llmrank_spark import steps
 from llmrank_spark.config import load_config
 from llmrank_spark.lakehouse import frame_from_pandas, get_spark, load, write_table
+from llmrank_spark.pipeline import steps
 
 
 def ranked_rows(spark, config) -> list[dict]:

@@ -33,7 +33,8 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from llmrank_spark.config import Config, EvaluateConfig, FairnessConfig
-from llmrank_spark.lakehouse import ITEM_EVENTS, REQUEST_KEY, end_of_day, item_event_counts
+from llmrank_spark.events import ITEM_EVENTS, end_of_day, item_event_counts
+from llmrank_spark.lakehouse import REQUEST_KEY
 from llmrank_spark.metrics import (
     ITEM,
     METRIC_COLUMNS,

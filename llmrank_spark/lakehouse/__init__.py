@@ -11,7 +11,6 @@ from llmrank_spark.lakehouse.contracts import (
     in_hashed_share,
 )
 from llmrank_spark.lakehouse.delta import latest_version, load, read_table, table_exists, write_table
-from llmrank_spark.lakehouse.events import ITEM_EVENTS, end_of_day, events_until, item_event_counts
 from llmrank_spark.lakehouse.rejects import (
     CHECKED_COLUMNS,
     CHECKED_SCHEMA,
@@ -30,7 +29,6 @@ __all__ = [
     "CHECKED_COLUMNS",
     "CHECKED_SCHEMA",
     "CONTRACTS",
-    "ITEM_EVENTS",
     "ITEM_NOT_IN_CATALOGUE",
     "NON_FINITE_SCORE",
     "NO_CANDIDATES",
@@ -44,12 +42,9 @@ __all__ = [
     "check_schema",
     "conform",
     "contract",
-    "end_of_day",
-    "events_until",
     "frame_from_pandas",
     "get_spark",
     "in_hashed_share",
-    "item_event_counts",
     "latest_version",
     "load",
     "read_table",

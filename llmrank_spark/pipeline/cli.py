@@ -17,9 +17,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from llmrank_spark import steps
 from llmrank_spark.config import Config, ConfigError, load_config
 from llmrank_spark.lakehouse import ContractError
+from llmrank_spark.pipeline import steps
 from llmrank_spark.pipeline.preflight import PreflightError
 from llmrank_spark.rerank import ArtifactError
 

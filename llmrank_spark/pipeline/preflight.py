@@ -15,7 +15,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from llmrank_spark.config import Config, is_catalog_name
-from llmrank_spark.lakehouse import contract, end_of_day, events_until
+from llmrank_spark.events import end_of_day, events_until
+from llmrank_spark.lakehouse import contract
 
 # Input tables whose contract key identifies one row: a second row of a key is a second, conflicting
 # version of the same item, user or query. (An interaction repeated is two events, not a conflict.)

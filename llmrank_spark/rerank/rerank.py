@@ -19,16 +19,15 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from llmrank_spark.config import CandidatesConfig, FaultsConfig, RerankConfig
+from llmrank_spark.events import ITEM_EVENTS, item_event_counts
 from llmrank_spark.lakehouse import (
     CHECKED_SCHEMA,
-    ITEM_EVENTS,
     NON_FINITE_SCORE,
     PAIR_COLUMNS,
     REQUEST_KEY,
     as_rejects,
     check_pairs,
     conform,
-    item_event_counts,
 )
 from llmrank_spark.rerank.artifact import (
     FusionHead,

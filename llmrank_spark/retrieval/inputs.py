@@ -9,7 +9,8 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from llmrank_spark.config import CandidatesConfig
-from llmrank_spark.lakehouse import ITEM_NOT_IN_CATALOGUE, UNKNOWN_EVENT_TYPE, end_of_day, events_until
+from llmrank_spark.events import end_of_day, events_until
+from llmrank_spark.lakehouse import ITEM_NOT_IN_CATALOGUE, UNKNOWN_EVENT_TYPE
 
 SECONDS_PER_DAY = 86_400.0
 

@@ -10,7 +10,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from llmrank_spark.config import RerankConfig
-from llmrank_spark.lakehouse import events_until
+from llmrank_spark.events import events_until
 from llmrank_spark.text.clean import clean_text
 from llmrank_spark.text.items import ITEM_FIELDS, _fill, field_value, render_item_texts, shown_attributes
 

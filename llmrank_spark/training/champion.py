@@ -20,7 +20,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from llmrank_spark.config import Config
-from llmrank_spark.lakehouse import end_of_day, events_until, in_hashed_share, read_table, table_exists
+from llmrank_spark.events import end_of_day, events_until
+from llmrank_spark.lakehouse import in_hashed_share, read_table, table_exists
 from llmrank_spark.metrics import ndcg_at_k, relative_change
 
 CHAMPION, REJECTED = "champion", "rejected"

@@ -8,7 +8,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from llmrank_spark.config import Config, TrainConfig
-from llmrank_spark.lakehouse import ITEM_EVENTS, item_event_counts
+from llmrank_spark.events import ITEM_EVENTS, item_event_counts
 from llmrank_spark.rerank import (
     ranking_features,
 )
