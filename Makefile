@@ -63,9 +63,11 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The generated documents: the table contracts (docs/tables.md), and the configuration reference
+# (docs/config.md) with conf/local.yaml, both rendered from the Field descriptions in config.py.
 docs: setup
 	$(PY) -m llmrank_spark.lakehouse.tables_doc > docs/tables.md
-	$(PY) -m llmrank_spark.config > conf/local.yaml
+	$(PY) -m llmrank_spark.config_docs
 
 clean:
 	rm -rf lakehouse spark-warehouse .pytest_cache .venv

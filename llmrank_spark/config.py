@@ -59,12 +59,23 @@ class _Section(BaseModel):
 
 
 class SparkConfig(_Section):
-    master: str = "local[*]"
-    app_name: str = "llmrank-spark"
-    # "maven": resolve the Delta jars from Maven Central through spark.jars.packages (cached by Ivy).
-    # "provided": the platform ships Delta already (Databricks); set no jars.
-    delta_jars: Literal["maven", "provided"] = "maven"
-    conf: dict[str, str] = Field(default_factory=dict)
+    master: str = Field(
+        "local[*]",
+        description="Spark master URL of a session this job starts itself. Under spark-submit its --master "
+        "wins, and an already active session (Databricks, notebooks) is reused as it is.",
+    )
+    app_name: str = Field("llmrank-spark", description="Spark application name (spark.app.name).")
+    delta_jars: Literal["maven", "provided"] = Field(
+        "maven",
+        description='Where the Delta Lake jars come from. "maven": resolved from Maven Central through '
+        'spark.jars.packages (cached by Ivy). "provided": the platform ships Delta already (Databricks), '
+        "so no jars are set.",
+    )
+    conf: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra Spark settings, by Spark key (e.g. spark.sql.shuffle.partitions); they win over "
+        "the built-in local defaults. Credentials here are redacted from the run log.",
+    )
 
 
 # A catalog table name of one to three identifiers (Unity Catalog: catalog.schema.table).
@@ -96,18 +107,29 @@ def is_absolute_location(location: str) -> bool:
 
 
 class LakehouseConfig(_Section):
-    # Directory under which every table lives as <root>/<table name> ...
-    root: str = "lakehouse"
-    # ... or, when set, the catalog and schema holding them as managed tables (Unity Catalog: "main.ranking").
-    catalog_schema: str | None = None
-    # Per-table exceptions, by table name (docs/tables.md): a catalog name (catalog.schema.table), or a path
-    # under `root` (`gold/ranked` is <root>/gold/ranked; `..` is refused), or an absolute path or URI when
-    # the table is listed in `external_tables`.
-    tables: dict[str, str] = Field(default_factory=dict)
-    # Tables whose `tables` entry may be an absolute path or URI outside `root`, e.g. [ranked] with
-    # tables: {ranked: s3a://gold/ranked}. Anything else stays under `root`, so a stray `../..` or a
-    # mistyped absolute path can never write outside the lakehouse.
-    external_tables: list[str] = Field(default_factory=list)
+    root: str = Field(
+        "lakehouse",
+        description="Directory (path or URI) under which every table lives as <root>/<table name>, unless "
+        "catalog_schema or a tables entry says otherwise.",
+    )
+    catalog_schema: str | None = Field(
+        None,
+        description="When set, the catalog and schema holding the tables as managed tables instead of paths "
+        'under root (Unity Catalog: "main.ranking").',
+    )
+    tables: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per-table exceptions, by table name (docs/tables.md): a catalog name "
+        "(catalog.schema.table), a path under root (gold/ranked is <root>/gold/ranked; `..` is refused), "
+        "or an absolute path or URI when the table is listed in external_tables.",
+    )
+    # Anything not listed stays under `root`, so a stray `../..` or a mistyped absolute path can never
+    # write outside the lakehouse.
+    external_tables: list[str] = Field(
+        default_factory=list,
+        description="Tables whose tables entry may be an absolute path or URI outside root, e.g. [ranked] "
+        "with tables: {ranked: s3a://gold/ranked}.",
+    )
 
     @field_validator("root")
     @classmethod
@@ -186,8 +208,11 @@ ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 class RunConfig(_Section):
-    # The partition every output of this run is written to; re-running a date replaces it.
-    run_date: dt.date = Field(default_factory=lambda: dt.datetime.now(dt.UTC).date())
+    run_date: dt.date = Field(
+        default_factory=lambda: dt.datetime.now(dt.UTC).date(),
+        description="The partition every output of this run is written to, as YYYY-MM-DD; re-running a "
+        "date replaces it. Defaults to today (UTC) and is usually set by the scheduler.",
+    )
 
     @field_validator("run_date", mode="before")
     @classmethod
@@ -200,12 +225,14 @@ class RunConfig(_Section):
 
 
 class SampleConfig(_Section):
-    seed: int = 7
-    n_items: int = Field(2400, ge=100)
-    n_users: int = Field(1200, ge=50)
-    n_events: int = Field(60000, ge=1000)
-    n_queries: int = Field(300, ge=10)
-    days: int = Field(60, ge=7)
+    seed: int = Field(7, description="Random seed of the sample: the same seed gives the same tables.")
+    n_items: int = Field(2400, ge=100, description="Catalogue items in the sample.")
+    n_users: int = Field(1200, ge=50, description="Shoppers (users) in the sample.")
+    n_events: int = Field(
+        60000, ge=1000, description="Events in the behaviour log, made of whole sessions of the users."
+    )
+    n_queries: int = Field(300, ge=10, description="Search queries, each with graded relevance labels.")
+    days: int = Field(60, ge=7, description="Days of history the behaviour log spans.")
 
 
 # The first-stage retrievers, by the source name each writes into `candidates.sources`.
@@ -213,9 +240,7 @@ RETRIEVERS = ("covisit", "als", "semantic", "category_popularity", "popularity")
 
 
 class CandidatesConfig(_Section):
-    n_per_request: int = Field(100, ge=1)
-    # Each retriever's top `quota` items are sure of a place in the N; the rest of the places go by fused
-    # score, which also orders the whole list. A retriever left out gets quota 0.
+    n_per_request: int = Field(100, ge=1, description="Candidate items in each user's list (the N).")
     quotas: dict[str, int] = Field(
         default_factory=lambda: {
             "covisit": 10,
@@ -223,11 +248,11 @@ class CandidatesConfig(_Section):
             "semantic": 5,
             "category_popularity": 5,
             "popularity": 5,
-        }
+        },
+        description="Per retriever: its top items that are sure of a place in the list. The rest of the "
+        "places go by fused score, which also orders the whole list; a retriever left out gets quota 0.",
     )
-    # Weighted reciprocal-rank fusion: an item scores sum over sources of weight / (fusion_k + its rank
-    # there). A retriever left out weighs 1. Defaults tuned on validation splits of MovieLens 100K and the
-    # sample (docs/benchmarks.md).
+    # Defaults tuned on validation splits of MovieLens 100K and the sample (docs/benchmarks.md).
     source_weights: dict[str, float] = Field(
         default_factory=lambda: {
             "covisit": 1.0,
@@ -235,38 +260,81 @@ class CandidatesConfig(_Section):
             "semantic": 0.25,
             "category_popularity": 0.25,
             "popularity": 0.25,
-        }
+        },
+        description="Per retriever: its weight in the reciprocal-rank fusion, where an item scores the sum "
+        "over retrievers of weight / (fusion_k + its rank there). A retriever left out weighs 1.",
     )
-    fusion_k: int = Field(30, ge=1)
-    exclude_purchased: bool = True
-    # What counts as "already purchased" when exclude_purchased is on: a purchase in shop data, a rating in
-    # ratings data (a rated film has been watched). Views, clicks and carts never exclude an item.
-    exclude_event_types: list[str] = Field(default_factory=lambda: ["purchase", "rating"])
-    # A user's newest items that seed co-visitation and make the semantic profile.
-    recent_items: int = Field(10, ge=1)
-    covisit_window_hours: float = Field(24.0, gt=0)
-    # Events further apart than this in a user's timeline never pair, however close in time: it bounds the
-    # co-visitation self-join by events x 2 x covisit_max_steps rows.
-    covisit_max_steps: int = Field(10, ge=1)
+    fusion_k: int = Field(
+        30,
+        ge=1,
+        description="The k of reciprocal-rank fusion: larger values flatten the difference between top and "
+        "lower ranks of each retriever.",
+    )
+    exclude_purchased: bool = Field(
+        True,
+        description="Leave out items the user already has an event of a type in exclude_event_types on.",
+    )
+    exclude_event_types: list[str] = Field(
+        default_factory=lambda: ["purchase", "rating"],
+        description='What counts as "already purchased" when exclude_purchased is on: a purchase in shop '
+        "data, a rating in ratings data (a rated film has been watched). Views, clicks and carts never "
+        "exclude an item.",
+    )
+    recent_items: int = Field(
+        10, ge=1, description="A user's newest items that seed co-visitation and make the semantic profile."
+    )
+    covisit_window_hours: float = Field(
+        24.0, gt=0, description="Two events of a user further apart in time than this never co-visit."
+    )
+    covisit_max_steps: int = Field(
+        10,
+        ge=1,
+        description="Events further apart than this many steps in a user's timeline never co-visit, "
+        "however close in time. It bounds the co-visitation self-join at events x 2 x covisit_max_steps "
+        "rows.",
+    )
     # Co-visits age more slowly than popularity: which items go together changes less than what is in vogue.
-    covisit_half_life_days: float = Field(180.0, gt=0)
-    covisit_neighbours: int = Field(100, ge=1)
-    popularity_half_life_days: float = Field(14.0, gt=0)
-    # Categories of a user's history that category popularity draws from, by the user's affinity.
-    top_categories: int = Field(3, ge=1)
-    als_rank: int = Field(32, ge=1)
-    als_max_iter: int = Field(15, ge=1)
-    als_reg_param: float = Field(0.05, ge=0)
-    als_alpha: float = Field(1.0, ge=0)
-    # Half-life of a user's own history, counted back from their latest event: recent items weigh more in
-    # the semantic profile, the co-visitation seeds, the category affinity and the ALS confidence.
-    history_half_life_days: float = Field(30.0, gt=0)
-    semantic_item_template: str = "{title}. Category: {category}. {attributes}"
-    semantic_item_attributes: int = Field(6, ge=0)
-    # Largest catalogue whose item vectors (384 float32 = 1.5 KiB per item for the semantic retriever) are
-    # collected to the driver and broadcast to every executor for the per-partition top-k.
-    broadcast_max_items: int = Field(500_000, ge=1)
-    seed: int = 42
+    covisit_half_life_days: float = Field(
+        180.0, gt=0, description="Half-life in days of a co-visit's weight, by the age of the events."
+    )
+    covisit_neighbours: int = Field(
+        100, ge=1, description="Most strongly co-visited neighbours kept per item."
+    )
+    popularity_half_life_days: float = Field(
+        14.0, gt=0, description="Half-life in days of an event's weight in item popularity."
+    )
+    top_categories: int = Field(
+        3,
+        ge=1,
+        description="Categories of a user's history that category popularity draws from, by the user's "
+        "affinity.",
+    )
+    als_rank: int = Field(32, ge=1, description="Number of latent factors of the implicit ALS model.")
+    als_max_iter: int = Field(15, ge=1, description="ALS iterations (MLlib maxIter).")
+    als_reg_param: float = Field(0.05, ge=0, description="ALS regularisation (MLlib regParam).")
+    als_alpha: float = Field(1.0, ge=0, description="ALS implicit-feedback confidence scale (MLlib alpha).")
+    history_half_life_days: float = Field(
+        30.0,
+        gt=0,
+        description="Half-life of a user's own history, counted back from their latest event: recent items "
+        "weigh more in the semantic profile, the co-visitation seeds, the category affinity and the ALS "
+        "confidence.",
+    )
+    semantic_item_template: str = Field(
+        "{title}. Category: {category}. {attributes}",
+        description="Item text the semantic retriever embeds: a template of item fields ({title}, "
+        "{category}, {brand}, ...) and {attributes}.",
+    )
+    semantic_item_attributes: int = Field(
+        6, ge=0, description="Attributes at most that {attributes} shows in the semantic item text."
+    )
+    broadcast_max_items: int = Field(
+        500_000,
+        ge=1,
+        description="Largest catalogue whose item vectors (384 float32 = 1.5 KiB per item for the semantic "
+        "retriever) are collected to the driver and broadcast to every executor for the top-k search.",
+    )
+    seed: int = Field(42, description="Random seed of the ALS model.")
     event_weights: dict[str, float] = Field(
         default_factory=lambda: {
             "view": 1.0,
@@ -274,7 +342,9 @@ class CandidatesConfig(_Section):
             "add_to_cart": 4.0,
             "purchase": 8.0,
             "rating": 3.0,
-        }
+        },
+        description="Per event type: its weight in co-visitation, popularity, the user profile and ALS. "
+        "Events of a type left out are ignored and listed in the rejects table.",
     )
 
     @field_validator("quotas", "source_weights")
@@ -290,95 +360,214 @@ class CandidatesConfig(_Section):
 
 
 class RerankConfig(_Section):
-    # "champion": the registry's champion (a version that beat the retrieval order and the previous
-    # champion on a later time slice); with none, the retrieval order itself, stated as the model version.
-    # "cross_encoder": the artifact at model_path (or the newest registered version), validated or not.
-    # "retrieval": the candidates' own order. "zero_shot_bi_encoder": cosine of MiniLM sentence
-    # embeddings, an unfine-tuned baseline that ranks below the retrieval order (docs/benchmarks.md).
-    mode: Literal["champion", "cross_encoder", "retrieval", "zero_shot_bi_encoder"] = "champion"
-    model_path: str | None = None
-    top_k: int = Field(50, ge=1)
-    max_length: int = Field(128, ge=16, le=512)
-    micro_batch_size: int = Field(64, ge=1)
-    # On GPU out-of-memory the scorer halves its micro-batch and retries, down to this floor, then fails.
-    min_micro_batch_size: int = Field(1, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    quantize_int8: bool = False
-    context_items: int = Field(5, ge=0)
-    context_template: str = "{title} ({category}, {brand})"
-    # Categories of a user's history whose most chosen attribute values open the context (text.py,
-    # `preference_profiles`); 0 states no profile.
-    profile_categories: int = Field(0, ge=0)
-    # Fields of the users table stated before a user's history, e.g. "{segment} shopper"; "" states none.
-    user_template: str = ""
-    item_template: str = "{title}. Brand: {brand}. Category: {category}. {attributes}"
-    item_attributes: int = Field(6, ge=0)
+    mode: Literal["champion", "cross_encoder", "retrieval", "zero_shot_bi_encoder"] = Field(
+        "champion",
+        description='The model that orders the lists. "champion": the registry\'s champion (a version that '
+        "beat the retrieval order and the previous champion on a later time slice), else the retrieval "
+        'order. "cross_encoder": the artifact at model_path (or the newest registered version), validated '
+        'or not. "retrieval": the candidates\' own order. "zero_shot_bi_encoder": cosine of MiniLM '
+        "sentence embeddings, an unfine-tuned baseline (docs/benchmarks.md).",
+    )
+    model_path: str | None = Field(
+        None,
+        description="Directory of the fine-tuned reranker artifact served with mode cross_encoder; unset: "
+        "the newest registered version.",
+    )
+    top_k: int = Field(50, ge=1, description="Items kept in each ranked list.")
+    max_length: int = Field(
+        128,
+        ge=16,
+        le=512,
+        description="Token budget of a (context, item) pair; a fine-tuned artifact brings its own.",
+    )
+    micro_batch_size: int = Field(64, ge=1, description="Pairs the model scores in one forward pass.")
+    min_micro_batch_size: int = Field(
+        1,
+        ge=1,
+        description="On GPU out-of-memory the scorer halves its micro-batch and retries, down to this "
+        "floor, then fails.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description='Where the model runs. "auto": the GPU Spark assigned to the task, else the CPU; '
+        '"cpu" and "cuda" force one.',
+    )
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto",
+        description='Autocast precision of scoring; "auto": bf16 (else fp16) on GPU, fp32 on CPU.',
+    )
+    quantize_int8: bool = Field(
+        False,
+        description="Score with dynamic int8 quantisation of the linear layers; applies on CPU only.",
+    )
+    context_items: int = Field(
+        5,
+        ge=0,
+        description="A user's newest engaged items stated in their context, newest first.",
+    )
+    context_template: str = Field(
+        "{title} ({category}, {brand})",
+        description="How each history item reads in a user's context: a template of item fields and "
+        "{attributes}; a fine-tuned artifact brings its own.",
+    )
+    profile_categories: int = Field(
+        0,
+        ge=0,
+        description="Categories of a user's history whose most chosen attribute values open the context "
+        "(llmrank_spark/text.py, `preference_profiles`); 0 states no profile.",
+    )
+    user_template: str = Field(
+        "",
+        description='Fields of the users table stated before a user\'s history, e.g. "{segment} shopper"; '
+        '"" states none.',
+    )
+    item_template: str = Field(
+        "{title}. Brand: {brand}. Category: {category}. {attributes}",
+        description="The item text the model reads: a template of item fields ({title}, {brand}, "
+        "{category}, ...) and {attributes}; a fine-tuned artifact brings its own.",
+    )
+    item_attributes: int = Field(
+        6, ge=0, description="Attributes at most that {attributes} shows in an item text, first by name."
+    )
 
 
 class FaultsConfig(_Section):
     """Test-only fault injection (docs/reliability.md): tests set these to prove the job fails or recovers
     cleanly. Every key must stay unset in production."""
 
-    # The scoring UDF raises InjectedFault in every task that has already scored this many Arrow batches.
-    fail_scoring_after_batches: int | None = Field(None, ge=0)
-    # The first scoring task that creates this file (it must not exist yet) kills its Python worker.
-    kill_worker_once_marker: str | None = None
+    fail_scoring_after_batches: int | None = Field(
+        None,
+        ge=0,
+        description="The scoring UDF raises InjectedFault in every task that has already scored this many "
+        "Arrow batches.",
+    )
+    kill_worker_once_marker: str | None = Field(
+        None,
+        description="The first scoring task that creates this file (it must not exist yet) kills its "
+        "Python worker.",
+    )
 
 
 class EvaluateConfig(_Section):
-    # List depths every metric is measured at (each at most rerank.top_k to be meaningful).
-    ks: list[int] = Field(default_factory=lambda: [10, 50])
-    # Items holding the first head_share of interactions are "head", the last tail_share "tail".
-    popularity_head_share: float = Field(0.2, gt=0, lt=1)
-    popularity_tail_share: float = Field(0.2, gt=0, lt=1)
-    # users-table columns whose groups get their own quality figures and gap; "age_band" cuts `age`.
-    user_group_attributes: list[str] = Field(default_factory=lambda: ["gender", "age_band"])
-    age_band_edges: list[int] = Field(default_factory=lambda: [18, 25, 35, 45, 50, 56])
-    # Labels of user requests: the user's events in the label_days after run_date, graded by event type
-    # (the best grade per item counts). Types left out (views by default) are not labels.
-    label_days: int = Field(30, ge=1)
-    label_grades: dict[str, int] = Field(
-        default_factory=lambda: {"click": 1, "add_to_cart": 2, "purchase": 3, "rating": 1}
+    ks: list[int] = Field(
+        default_factory=lambda: [10, 50],
+        description="List depths every metric is measured at (each at most rerank.top_k to be meaningful).",
     )
-    # Intra-list diversity by MiniLM text embedding of the ranked items (loads the packaged encoder).
-    embedding_diversity: bool = True
+    popularity_head_share: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description='Items holding the first this share of interactions are the popularity "head".',
+    )
+    popularity_tail_share: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description='Items holding the last this share of interactions are the popularity "tail".',
+    )
+    user_group_attributes: list[str] = Field(
+        default_factory=lambda: ["gender", "age_band"],
+        description="Columns of the users table whose groups get their own quality figures and gap; "
+        '"age_band" cuts `age` at age_band_edges.',
+    )
+    age_band_edges: list[int] = Field(
+        default_factory=lambda: [18, 25, 35, 45, 50, 56],
+        description="Ascending ages where the age bands start: the defaults give <18, 18-24, ..., 56+.",
+    )
+    label_days: int = Field(
+        30,
+        ge=1,
+        description="Labels of user requests are the user's events in this many days after run_date.",
+    )
+    label_grades: dict[str, int] = Field(
+        default_factory=lambda: {"click": 1, "add_to_cart": 2, "purchase": 3, "rating": 1},
+        description="Per event type: the relevance grade of a label event (the best grade per item counts). "
+        "Types left out (views by default) are not labels.",
+    )
+    embedding_diversity: bool = Field(
+        True,
+        description="Measure intra-list diversity by MiniLM text embedding of the ranked items (loads the "
+        "packaged encoder).",
+    )
 
 
 class FairnessConfig(_Section):
-    # off: ranked holds the model order. on: each ranked list is re-ordered for provider-exposure fairness
-    # (and diversity, if on). sweep: as on, and evaluate also measures every weight in sweep_weights.
-    mode: Literal["off", "on", "sweep"] = "on"
-    # list: each list weighs relevance against its providers' need on its own. run: provider boosts fitted
-    # on the whole run even out its exposure (llmrank_spark/fairness.py). Pick with a sweep on your data.
-    strategy: Literal["list", "run"] = "list"
-    # lambda: 0 = the model order. list: the weight of provider need against relevance. run: the largest
-    # provider boost, as a share of a list's score range. The default is the largest swept weight that kept
-    # NDCG@10 within 2% on MovieLens and the sample with strategy list, on the runs it was picked on; on a
-    # second sample world it cost 3% (docs/benchmarks.md, "Fairness sweep").
-    weight: float = Field(0.2, ge=0, le=1)
-    # run: the list depth whose position-discounted exposure the boosts even out across providers.
-    exposure_k: int = Field(10, ge=1)
-    # run: requests whose lists the boosts are fitted on (a hashed sample of the run's; they reach the
-    # driver).
-    fit_requests: int = Field(20000, ge=1)
-    sweep_weights: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 1.0])
-    # Guarantee: every prefix of p positions holds at least floor(min_long_tail_share * p) long-tail items.
-    min_long_tail_share: float = Field(0.2, ge=0, le=1)
-    # Positions at the top of each list kept in model order; the fairness pass re-orders the rest.
-    keep_top: int = Field(0, ge=0)
-    # Long-tail providers: outside the most popular providers that together hold this share of interactions.
-    long_tail_head_share: float = Field(0.5, gt=0, lt=1)
-    # The provider of an item: its brand, or when set the value of this key in its attributes (MovieLens has
-    # no studio: `year` makes release-year cohorts the providers).
-    provider_attribute: str | None = None
-    # MMR by category before the fairness pass; mmr_trade_off 1 = relevance only.
-    diversity: bool = False
-    mmr_trade_off: float = Field(0.7, ge=0, le=1)
-    # With mode on or sweep but no provider to be fair to (no item has a brand, or the provider_attribute)
-    # or no event up to the run date to measure providers by: false skips the pass with a warning in the
-    # run log and the step summary (the lists stay in model order); true fails the step in preflight.
-    require_providers: bool = False
+    mode: Literal["off", "on", "sweep"] = Field(
+        "on",
+        description='"off": ranked holds the model order. "on": each ranked list is re-ordered for '
+        'provider-exposure fairness (and diversity, if on). "sweep": as on, and evaluate also measures '
+        "every weight in sweep_weights.",
+    )
+    strategy: Literal["list", "run"] = Field(
+        "list",
+        description='"list": each list weighs relevance against its providers\' need on its own. "run": '
+        "provider boosts fitted on the whole run even out its exposure "
+        "(llmrank_spark/postprocess/fairness.py). Pick with a sweep on your data.",
+    )
+    # The default is the largest swept weight that kept NDCG@10 within 2% on MovieLens and the sample with
+    # strategy list, on the runs it was picked on; on a second sample world it cost 3% (docs/benchmarks.md,
+    # "Fairness sweep").
+    weight: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="The fairness weight (lambda); 0 keeps the model order. list: the weight of provider "
+        "need against relevance. run: the largest provider boost, as a share of a list's score range.",
+    )
+    exposure_k: int = Field(
+        10,
+        ge=1,
+        description="Strategy run: the list depth whose position-discounted exposure the boosts even out "
+        "across providers.",
+    )
+    fit_requests: int = Field(
+        20000,
+        ge=1,
+        description="Strategy run: requests whose lists the boosts are fitted on (a hashed sample of the "
+        "run's; they reach the driver).",
+    )
+    sweep_weights: list[float] = Field(
+        default_factory=lambda: [0.0, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 1.0],
+        description="Mode sweep: the fairness weights evaluate measures, each as its own order.",
+    )
+    min_long_tail_share: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="Guarantee: every prefix of p positions holds at least floor(min_long_tail_share * p) "
+        "long-tail items.",
+    )
+    keep_top: int = Field(
+        0,
+        ge=0,
+        description="Positions at the top of each list kept in model order; the fairness pass re-orders "
+        "the rest.",
+    )
+    long_tail_head_share: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Long-tail providers are those outside the most popular providers that together hold "
+        "this share of interactions.",
+    )
+    provider_attribute: str | None = Field(
+        None,
+        description="The provider of an item: its brand, or when set the value of this key in its "
+        "attributes (MovieLens has no studio: `year` makes release-year cohorts the providers).",
+    )
+    diversity: bool = Field(False, description="Re-order by MMR over categories before the fairness pass.")
+    mmr_trade_off: float = Field(
+        0.7,
+        ge=0,
+        le=1,
+        description="Weight of relevance against category diversity in MMR; 1 = relevance only.",
+    )
+    require_providers: bool = Field(
+        False,
+        description="With mode on or sweep but no provider to be fair to, or no event up to the run date to "
+        "measure providers by: false skips the pass with a warning (the lists stay in model order); true "
+        "fails the step in preflight.",
+    )
 
 
 TRAIN_LOSSES = ("bce", "ranknet", "hinge", "listnet", "lambdaloss")
@@ -390,81 +579,167 @@ FUSION_FEATURES = (*RETRIEVERS, "item_events")
 class TrainConfig(_Section):
     """The fine-tuning job (`llmrank train`); docs/training.md explains each knob and the CPU budget."""
 
-    # bce: pointwise; ranknet, hinge: pairwise; listnet, lambdaloss: listwise (docs/training.md).
-    loss: Literal[TRAIN_LOSSES] = "listnet"
-    # Each user's newest events (one per item) that become lists; the newest of them is the validation slice.
-    lists_per_user: int = Field(4, ge=2)
-    # Users with fewer earlier events than this give no lists: their context would say too little.
-    min_history: int = Field(5, ge=1)
-    list_size: int = Field(8, ge=2)
-    # Negatives of a list drawn from the user's candidate list (after these and category_negatives, the
-    # rest are random catalogue items).
-    hard_negatives: int = Field(3, ge=0)
-    # Negatives of a list drawn from the target item's category: they differ from it in attributes, so
-    # the model must learn which attributes the shopper chose by, not only which category (docs/training.md).
-    category_negatives: int = Field(0, ge=0)
-    # Category and random negatives are drawn with probability proportional to (1 + the item's events
-    # before the split)^power: 0 draws uniformly; 1 makes them about as popular as what shoppers chose,
-    # so popularity no longer tells the target apart and what is left is preference (docs/training.md).
-    negative_popularity_power: float = Field(0.0, ge=0.0)
-    # Subsampling caps that keep a CPU run within its budget (seeded): lists trained on and validated on.
-    max_train_lists: int = Field(600, ge=1)
-    max_validation_lists: int = Field(150, ge=1)
-    # Lists per optimiser step; under the distributor, per process (a step trains on processes x this).
-    batch_lists: int = Field(4, ge=1)
-    epochs: int = Field(1, ge=1)
-    learning_rate: float = Field(3e-5, gt=0)
-    head_learning_rate: float = Field(1e-2, gt=0)
-    # The cross-encoder's 1-logit classifier: freshly initialised on the base model (weights ~0.02), at
-    # the encoder's rate it barely moves in a CPU run, and every gradient into the encoder passes
-    # through it (docs/training.md). None: learning_rate.
-    classifier_learning_rate: float | None = Field(None, gt=0)
-    # Top encoder layers fine-tuned (MiniLM has 6); the frozen rest need no backward pass, for CPU cost.
-    trainable_layers: int = Field(2, ge=0, le=12)
-    max_length: int = Field(64, ge=16, le=512)
-    eval_every_steps: int = Field(25, ge=1)
-    # Evaluations without a better validation NDCG@10 before training stops (the best weights are kept).
-    patience: int = Field(3, ge=1)
-    # The reranker's last layer. "lambdamart": LightGBM LambdaMART over the ranking features
-    # (llmrank_spark/features.py) and the BERT logit, fitted on lists BERT did not train on.
-    # "linear": the BERT logit and `fusion_features` through the linear head trained with BERT.
-    fusion: Literal["lambdamart", "linear"] = "lambdamart"
-    # Share of the users with lists whose lists train the LambdaMART fusion, not BERT (chosen by hash).
-    fusion_user_share: float = Field(0.5, gt=0, lt=1)
-    # Each fusion list is the user's candidate list, their targets and this many random catalogue items,
-    # so the fusion also learns to rank items no retriever proposed.
-    fusion_random_negatives: int = Field(10, ge=0)
-    # Users whose lists train the fusion at most, two lists each (seeded sample; the last fifth of the
-    # lists early-stop the trees).
-    max_fusion_lists: int = Field(600, ge=10)
-    fusion_trees: int = Field(300, ge=1)
-    fusion_learning_rate: float = Field(0.05, gt=0)
-    fusion_leaves: int = Field(15, ge=2)
-    # Days at the end of the interactions held out from training to gate promotion: the new version is
-    # measured on a back-dated run at their start against the retrieval order and the champion, and
-    # becomes the champion only if it beats both (docs/training.md). 0: no gate, never promoted.
-    gate_days: int = Field(14, ge=0)
-    # Users measured by the gate at most (a seeded hashed sample of those with label events).
-    gate_max_requests: int = Field(400, ge=10)
-    # Retrieval features the linear head weighs with the BERT logit; [] trains and serves the logit alone.
-    fusion_features: list[str] = Field(default_factory=lambda: list(FUSION_FEATURES))
-    # Graded relevance of the positive: by event type, or a rating's value / rating_scale.
-    event_grades: dict[str, float] = Field(
-        default_factory=lambda: {"view": 0.25, "click": 0.5, "add_to_cart": 0.75, "purchase": 1.0}
+    loss: Literal[TRAIN_LOSSES] = Field(
+        "listnet",
+        description="Training loss. bce: pointwise; ranknet, hinge: pairwise; listnet, lambdaloss: listwise "
+        "(docs/training.md).",
     )
-    rating_scale: float = Field(5.0, gt=0)
-    # Start from the newest version in model_registry when there is one (continual updates).
-    warm_start: bool = True
-    # Where artifacts are written, one directory per version; None: <lakehouse.root>/models.
-    model_root: str | None = None
-    seed: int = 42
-    # torch CPU threads of the training loop (of each process under the distributor).
-    threads: int = Field(2, ge=1)
-    # 0: the training loop runs in the driver's process. N: it runs in N processes under Spark's
-    # TorchDistributor (docs/training.md), each on its share of every step's lists, the gradients averaged:
-    # on the driver with a local master, else in barrier tasks on the executors; one process per GPU when
-    # Spark gives each a GPU (spark.task.resource.gpu.amount 1, spark.driver.resource.gpu.amount locally).
-    distributor_processes: int = Field(0, ge=0)
+    lists_per_user: int = Field(
+        4,
+        ge=2,
+        description="Each user's newest events (one per item) that become lists; the newest of them is the "
+        "validation slice.",
+    )
+    min_history: int = Field(
+        5,
+        ge=1,
+        description="Users with fewer earlier events than this give no lists: their context would say too "
+        "little.",
+    )
+    list_size: int = Field(8, ge=2, description="Items per training list: the target, then negatives.")
+    hard_negatives: int = Field(
+        3,
+        ge=0,
+        description="Negatives of a list drawn from the user's candidate list (after these and "
+        "category_negatives, the rest are random catalogue items).",
+    )
+    category_negatives: int = Field(
+        0,
+        ge=0,
+        description="Negatives of a list drawn from the target item's category: they differ from it in "
+        "attributes, so the model must learn which attributes the shopper chose by (docs/training.md).",
+    )
+    negative_popularity_power: float = Field(
+        0.0,
+        ge=0.0,
+        description="Category and random negatives are drawn with probability proportional to (1 + the "
+        "item's events before the split)^power: 0 draws uniformly; 1 makes them about as popular as what "
+        "shoppers chose, so popularity no longer tells the target apart (docs/training.md).",
+    )
+    max_train_lists: int = Field(
+        600, ge=1, description="Lists trained on at most (a seeded sample), to keep a CPU run within budget."
+    )
+    max_validation_lists: int = Field(
+        150,
+        ge=1,
+        description="Lists validated on at most (a seeded sample), to keep a CPU run within budget.",
+    )
+    batch_lists: int = Field(
+        4,
+        ge=1,
+        description="Lists per optimiser step; under the distributor, per process (a step trains on "
+        "processes x this).",
+    )
+    epochs: int = Field(1, ge=1, description="Passes over the training lists.")
+    learning_rate: float = Field(3e-5, gt=0, description="AdamW learning rate of the encoder's layers.")
+    head_learning_rate: float = Field(
+        1e-2, gt=0, description="Learning rate of the linear fusion head (no weight decay)."
+    )
+    # Freshly initialised on the base model (weights ~0.02), at the encoder's rate the classifier barely moves
+    # in a CPU run, and every gradient into the encoder passes through it (docs/training.md).
+    classifier_learning_rate: float | None = Field(
+        None,
+        gt=0,
+        description="Learning rate of the cross-encoder's 1-logit classifier; unset: learning_rate.",
+    )
+    trainable_layers: int = Field(
+        2,
+        ge=0,
+        le=12,
+        description="Top encoder layers fine-tuned (MiniLM has 6); the frozen rest need no backward pass, "
+        "which saves CPU time.",
+    )
+    max_length: int = Field(
+        64,
+        ge=16,
+        le=512,
+        description="Token budget of a training pair; the artifact records it and is served with it.",
+    )
+    eval_every_steps: int = Field(
+        25, ge=1, description="Optimiser steps between validation NDCG@10 measurements."
+    )
+    patience: int = Field(
+        3,
+        ge=1,
+        description="Evaluations without a better validation NDCG@10 before training stops (the best "
+        "weights are kept).",
+    )
+    fusion: Literal["lambdamart", "linear"] = Field(
+        "lambdamart",
+        description='The reranker\'s last layer. "lambdamart": LightGBM LambdaMART over the ranking features '
+        "(llmrank_spark/rerank/features.py) and the BERT logit, fitted on lists BERT did not train on. "
+        '"linear": the BERT logit and fusion_features through the linear head trained with BERT.',
+    )
+    fusion_user_share: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Share of the users with lists whose lists train the LambdaMART fusion, not BERT "
+        "(chosen by hash).",
+    )
+    fusion_random_negatives: int = Field(
+        10,
+        ge=0,
+        description="Each fusion list is the user's candidate list, their targets and this many random "
+        "catalogue items, so the fusion also learns to rank items no retriever proposed.",
+    )
+    max_fusion_lists: int = Field(
+        600,
+        ge=10,
+        description="Users whose lists train the fusion at most, two lists each (seeded sample; the last "
+        "fifth of the lists early-stop the trees).",
+    )
+    fusion_trees: int = Field(
+        300, ge=1, description="Boosting rounds (trees) of the LambdaMART fusion at most."
+    )
+    fusion_learning_rate: float = Field(0.05, gt=0, description="Learning rate of the LambdaMART fusion.")
+    fusion_leaves: int = Field(15, ge=2, description="Leaves per tree of the LambdaMART fusion.")
+    gate_days: int = Field(
+        14,
+        ge=0,
+        description="Days at the end of the interactions held out to gate promotion: the new version "
+        "becomes the champion only if it beats the retrieval order and the champion on them "
+        "(docs/training.md). 0: no gate, never promoted.",
+    )
+    gate_max_requests: int = Field(
+        400,
+        ge=10,
+        description="Users measured by the gate at most (a seeded hashed sample of those with label events).",
+    )
+    fusion_features: list[str] = Field(
+        default_factory=lambda: list(FUSION_FEATURES),
+        description="Retrieval features the linear head weighs with the BERT logit; [] trains and serves the "
+        "logit alone.",
+    )
+    event_grades: dict[str, float] = Field(
+        default_factory=lambda: {"view": 0.25, "click": 0.5, "add_to_cart": 0.75, "purchase": 1.0},
+        description="Graded relevance of a list's positive by event type; a rating's grade is its value / "
+        "rating_scale.",
+    )
+    rating_scale: float = Field(
+        5.0, gt=0, description="The top rating: a rating's grade is its value / this."
+    )
+    warm_start: bool = Field(
+        True,
+        description="Start from the newest version in model_registry when there is one (continual updates).",
+    )
+    model_root: str | None = Field(
+        None,
+        description="Where artifacts are written, one directory per version; unset: <lakehouse.root>/models.",
+    )
+    seed: int = Field(42, description="Random seed of sampling, initialisation and the fusion trees.")
+    threads: int = Field(
+        2, ge=1, description="torch CPU threads of the training loop (of each process under the distributor)."
+    )
+    distributor_processes: int = Field(
+        0,
+        ge=0,
+        description="0: the training loop runs in the driver's process. N: it runs in N processes under "
+        "Spark's TorchDistributor (docs/training.md), each on its share of every step's lists, the "
+        "gradients averaged. They run on the driver with a local master, else in barrier tasks on the "
+        "executors; one process per GPU when Spark gives each a GPU (spark.task.resource.gpu.amount 1, "
+        "spark.driver.resource.gpu.amount locally).",
+    )
 
     @field_validator("fusion_features")
     @classmethod
@@ -478,27 +753,74 @@ class TrainConfig(_Section):
 
 
 class AttributesConfig(_Section):
-    # Ranked items per request whose attributes are scored; each costs 1 + (its attributes) scored pairs.
-    top_k_items: int = Field(10, ge=1)
-    # Attributes scored per item at most, in item-text order: the item fields below, then the map by name.
-    max_attributes: int = Field(8, ge=1)
-    # Item columns that count as attributes besides the attributes map, when the item template shows
-    # them: brand is what shoppers and merchandisers name first.
-    item_fields: list[Literal["brand", "category", "price"]] = Field(default_factory=lambda: ["brand"])
+    top_k_items: int = Field(
+        10,
+        ge=1,
+        description="Ranked items per request whose attributes are scored; each costs 1 + (its attributes) "
+        "scored pairs.",
+    )
+    max_attributes: int = Field(
+        8,
+        ge=1,
+        description="Attributes scored per item at most, in item-text order: the item_fields, then the "
+        "attributes map by name.",
+    )
+    # Brand is what shoppers and merchandisers name first.
+    item_fields: list[Literal["brand", "category", "price"]] = Field(
+        default_factory=lambda: ["brand"],
+        description="Item columns that count as attributes besides the attributes map, when the item "
+        "template shows them.",
+    )
 
 
 class Config(_Section):
-    spark: SparkConfig = Field(default_factory=SparkConfig)
-    lakehouse: LakehouseConfig = Field(default_factory=LakehouseConfig)
-    run: RunConfig = Field(default_factory=RunConfig)
-    sample: SampleConfig = Field(default_factory=SampleConfig)
-    candidates: CandidatesConfig = Field(default_factory=CandidatesConfig)
-    rerank: RerankConfig = Field(default_factory=RerankConfig)
-    faults: FaultsConfig = Field(default_factory=FaultsConfig)
-    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
-    fairness: FairnessConfig = Field(default_factory=FairnessConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    attributes: AttributesConfig = Field(default_factory=AttributesConfig)
+    spark: SparkConfig = Field(
+        default_factory=SparkConfig, description="The Spark session a job starts when none is active."
+    )
+    lakehouse: LakehouseConfig = Field(
+        default_factory=LakehouseConfig,
+        description="Where the Delta tables live: a directory or a catalog schema, with per-table "
+        "exceptions.",
+    )
+    run: RunConfig = Field(
+        default_factory=RunConfig,
+        description="This run: the date whose partition every step reads and writes.",
+    )
+    sample: SampleConfig = Field(
+        default_factory=SampleConfig,
+        description="The embedded sample lakehouse (`llmrank generate-sample`): its size and seed.",
+    )
+    candidates: CandidatesConfig = Field(
+        default_factory=CandidatesConfig,
+        description="First stage: the retrievers and the blender that give each user N candidate items.",
+    )
+    rerank: RerankConfig = Field(
+        default_factory=RerankConfig,
+        description="Second stage: the model that re-orders each candidate list, the text it reads and how "
+        "it runs.",
+    )
+    faults: FaultsConfig = Field(
+        default_factory=FaultsConfig,
+        description="Test-only fault injection (docs/reliability.md); every key must stay unset in "
+        "production.",
+    )
+    evaluate: EvaluateConfig = Field(
+        default_factory=EvaluateConfig,
+        description="The evaluate step: metric depths, labels and the user groups whose quality is compared.",
+    )
+    fairness: FairnessConfig = Field(
+        default_factory=FairnessConfig,
+        description="Provider-exposure fairness and diversity re-ordering of the ranked lists.",
+    )
+    train: TrainConfig = Field(
+        default_factory=TrainConfig,
+        description="Fine-tuning the reranker (`llmrank train`); docs/training.md explains each knob and the "
+        "CPU budget.",
+    )
+    attributes: AttributesConfig = Field(
+        default_factory=AttributesConfig,
+        description="The attributes step: which attributes of the top ranked items matter, by occlusion.",
+    )
 
     def table_path(self, table: str) -> str:
         """Where a table lives (a path, or a catalog name): a `lakehouse.tables` entry, else the default."""
@@ -662,22 +984,3 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except ValidationError as error:
         where = f" in {path}" if path else ""
         raise ConfigError(_describe(error) + where) from None
-
-
-DEFAULTS_HEADER = """\
-# The embedded default configuration: local[*] Spark, Delta tables under ./lakehouse, the seeded
-# sample. Every value here equals the built-in default (a test checks it; `make docs` rewrites it),
-# so this file is the reference of every key. Override one key with `--set section.key=value`;
-# run.run_date defaults to today (UTC) and is usually set by the scheduler:
-# `--set run.run_date=2026-11-20`.
-"""
-
-
-def render_default_yaml() -> str:
-    """conf/local.yaml: the built-in defaults spelt out (run.* is per run, so it is left out)."""
-    defaults = Config().model_dump(mode="json", exclude={"run"})
-    return DEFAULTS_HEADER + yaml.safe_dump(defaults, sort_keys=False)
-
-
-if __name__ == "__main__":
-    print(render_default_yaml(), end="")
