@@ -252,7 +252,7 @@ class CandidatesConfig(_Section):
         description="Per retriever: its top items that are sure of a place in the list. The rest of the "
         "places go by fused score, which also orders the whole list; a retriever left out gets quota 0.",
     )
-    # Defaults tuned on validation splits of MovieLens 100K and the sample (docs/benchmarks.md).
+    # Defaults tuned on validation splits of MovieLens 100K and the sample (docs/results.md).
     source_weights: dict[str, float] = Field(
         default_factory=lambda: {
             "covisit": 1.0,
@@ -366,7 +366,7 @@ class RerankConfig(_Section):
         "beat the retrieval order and the previous champion on a later time slice), else the retrieval "
         'order. "cross_encoder": the artifact at model_path (or the newest registered version), validated '
         'or not. "retrieval": the candidates\' own order. "zero_shot_bi_encoder": cosine of MiniLM '
-        "sentence embeddings, an unfine-tuned baseline (docs/benchmarks.md).",
+        "sentence embeddings, an unfine-tuned baseline (docs/results.md).",
     )
     model_path: str | None = Field(
         None,
@@ -505,7 +505,7 @@ class FairnessConfig(_Section):
         "(llmrank_spark/postprocess/fairness.py). Pick with a sweep on your data.",
     )
     # The default is the largest swept weight that kept NDCG@10 within 2% on MovieLens and the sample with
-    # strategy list, on the runs it was picked on; on a second sample world it cost 3% (docs/benchmarks.md,
+    # strategy list, on the runs it was picked on; on a second sample world it cost 3% (docs/results.md,
     # "Fairness sweep").
     weight: float = Field(
         0.2,

@@ -57,7 +57,7 @@ def provider_policy(items: pd.DataFrame, item_popularity: pd.Series, head_share:
 
 
 # The boost fit: proportional-control rounds, and each round's step as a fraction of lambda per unit of
-# relative exposure error; the sweeps in docs/benchmarks.md ran with these values.
+# relative exposure error; the sweeps in docs/results.md ran with these values.
 _FIT_ROUNDS = 30
 _FIT_STEP = 0.5
 
