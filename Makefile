@@ -42,18 +42,24 @@ setup: venv
 # The demo runs the nightly pipeline the way a scheduler does: spark-submit of jobs/nightly.py with
 # the package shipped to the executors as a wheel and Delta Lake pulled by --packages, with the
 # lighter scoring load of conf/demo.yaml; then it prints the run log: what each step read and wrote.
+# The console shows one line per step start and end and progress while scoring; Spark's, Ivy's and the
+# libraries' messages go to the log files under logs/ that the last line names.
+demo: export LLMRANK_LOG_DIR := $(CURDIR)/logs
 demo: setup
+	@mkdir -p logs
 	.venv/bin/llmrank generate-sample --config conf/demo.yaml
 	.venv/bin/llmrank train --config conf/demo.yaml
-	rm -rf dist && $(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w dist .
-	$(BIN)/spark-submit --master 'local[*]' --driver-memory 4g \
+	@rm -rf dist && $(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w dist . 2>> logs/wheel.log
+	@echo "spark-submit jobs/nightly.py --config conf/demo.yaml   # the nightly, as a scheduler runs it"
+	@$(BIN)/spark-submit --master 'local[*]' --driver-memory 4g \
 	  --driver-java-options '-Dlog4j2.configurationFile=conf/log4j2.properties' \
 	  --packages "io.delta:delta-spark_4.2_2.13:$$($(PY) -c 'from importlib.metadata import version; print(version("delta-spark"))')" \
 	  --conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension \
 	  --conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog \
 	  --py-files dist/llmrank_spark-*.whl \
-	  jobs/nightly.py --config conf/demo.yaml
+	  jobs/nightly.py --config conf/demo.yaml 2>> logs/nightly-spark-submit.log
 	.venv/bin/llmrank runs --config conf/demo.yaml
+	@echo "Spark, Ivy and library messages of this demo: $(CURDIR)/logs/"
 
 test: setup
 	$(BIN)/ruff check .
@@ -70,4 +76,4 @@ docs: setup
 	$(PY) -m llmrank_spark.config_docs
 
 clean:
-	rm -rf lakehouse spark-warehouse .pytest_cache .venv
+	rm -rf lakehouse logs spark-warehouse .pytest_cache .venv

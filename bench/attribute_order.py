@@ -268,9 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in to_run:
             step = pipeline[name]
             started = time.perf_counter()
-            run = step(spark, config)
+            step(spark, config)
             seconds[name] = time.perf_counter() - started
-            print(run.summary(), flush=True)
 
         today = F.col("run_date") == F.lit(config.run.run_date)
         orders = read_table(spark, config, "attribute_order").where(today).toPandas()

@@ -83,13 +83,13 @@ def main(argv: list[str] | None = None) -> None:
             steps.ingest_movielens(spark, config, args.path)
         else:
             steps.generate_sample(spark, config)
-        print(steps.candidates(spark, config).summary())
+        steps.candidates(spark, config)
     if args.scores == "model":
-        print(steps.rerank(spark, config).summary())
+        steps.rerank(spark, config)
     elif args.scores == "retrieval":
         with steps.StepRun(spark, config, "rerank") as run:
             run.write("ranked", retrieval_ranked(spark, config))
-    print(steps.evaluate(spark, config).summary())
+    steps.evaluate(spark, config)
 
     history = read_table(spark, config, "metrics").toPandas()
     metrics = history[pd.to_datetime(history.run_date).dt.date == config.run.run_date]

@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
         for table, frame in (("items", tables["items"]), ("interactions", train), ("users", tables["users"])):
             write_table(frame_from_pandas(spark, frame, table), config, table)
     if not table_exists(spark, config, "candidates"):
-        print(steps.candidates(spark, config).summary(), flush=True)
+        steps.candidates(spark, config)
     items = tables["items"]
     lists = evaluation_lists(tables["interactions"], held_out, args.users, items["item_id"].to_numpy())
     candidates = (
@@ -332,8 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     for loss in losses:
         # Warm start off: every loss starts from MiniLM, so the table compares losses, not histories.
         train_cfg = config.train.model_copy(update={"loss": loss, "warm_start": False})
-        run = steps.train(spark, config.model_copy(update={"train": train_cfg}))
-        print(run.summary(), flush=True)
+        steps.train(spark, config.model_copy(update={"train": train_cfg}))
         evaluate(latest_registered(spark, config))  # evaluated at once: a long run keeps what it measured
     if not losses:
         registry = read_table(spark, config, "model_registry").orderBy("created_at").toPandas()

@@ -17,5 +17,4 @@ spark = get_spark(config)
 
 # COMMAND ----------
 
-run = steps.generate_sample(spark, config)
-print(run.summary())
+steps.generate_sample(spark, config)

@@ -17,5 +17,4 @@ spark = get_spark(config)
 
 # COMMAND ----------
 
-run = steps.candidates(spark, config)
-print(run.summary())
+steps.candidates(spark, config)

@@ -17,5 +17,4 @@ spark = get_spark(config)
 
 # COMMAND ----------
 
-run = steps.rerank(spark, config)
-print(run.summary())
+steps.rerank(spark, config)

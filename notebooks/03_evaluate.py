@@ -18,5 +18,4 @@ spark = get_spark(config)
 
 # COMMAND ----------
 
-run = steps.evaluate(spark, config)
-print(run.summary())
+steps.evaluate(spark, config)

@@ -21,8 +21,7 @@ spark = get_spark(config)
 
 # COMMAND ----------
 
-run = steps.attributes(spark, config)
-print(run.summary())
+steps.attributes(spark, config)
 
 # COMMAND ----------
 

@@ -18,5 +18,4 @@ spark = get_spark(config)
 
 # COMMAND ----------
 
-run = steps.train(spark, config)
-print(run.summary())
+steps.train(spark, config)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
 import logging
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from llmrank_spark.config import Config, ConfigError, load_config
@@ -88,11 +90,6 @@ def doctor(config: Config) -> None:
     print("doctor: OK")
 
 
-def _print_results(results: Sequence[steps.StepRun]) -> None:
-    for result in results:
-        print(result.summary())
-
-
 def run(args: argparse.Namespace, config: Config) -> None:
     if args.command == "doctor":
         doctor(config)
@@ -106,18 +103,18 @@ def run(args: argparse.Namespace, config: Config) -> None:
         return
     started = time.perf_counter()
     if args.command == "generate-sample":
-        results = [steps.generate_sample(spark, config)]
+        steps.generate_sample(spark, config)
     elif args.command == "ingest":
-        results = [steps.ingest_movielens(spark, config, Path(args.path))]
+        steps.ingest_movielens(spark, config, Path(args.path))
     elif args.command == "train":
-        results = [steps.train(spark, config)]
+        steps.train(spark, config)
     elif args.command == "nightly":
-        results = steps.nightly(spark, config)
+        steps.nightly(spark, config)
     elif args.command == "demo":
-        results = [steps.generate_sample(spark, config), *steps.nightly(spark, config)]
+        steps.generate_sample(spark, config)
+        steps.nightly(spark, config)
     else:
-        results = [steps.NIGHTLY_STEPS[args.command](spark, config)]
-    _print_results(results)
+        steps.NIGHTLY_STEPS[args.command](spark, config)
     elapsed = time.perf_counter() - started
     print(
         f"{args.command} finished in {elapsed:.0f}s for run_date {config.run.run_date}; "
@@ -130,6 +127,32 @@ def log_file(command: str) -> Path:
     directory = Path(os.environ.get("LLMRANK_LOG_DIR") or Path(tempfile.gettempdir()) / "llmrank-logs")
     directory.mkdir(parents=True, exist_ok=True)
     return directory / f"{command}-{dt.datetime.now():%Y%m%dT%H%M%S}-{os.getpid()}.log"
+
+
+@contextmanager
+def stderr_to(path: Path) -> Iterator[None]:
+    """While the block runs, whatever is written to standard error goes to `path`: the JVM's and Ivy's
+    output, Spark's warnings, Python workers' and libraries' warnings. Standard output keeps the step
+    lines. Processes started inside the block (the JVM, its Python workers) inherit the redirection.
+
+    Done on the file descriptor, because the JVM writes to it directly; a stderr that has none (pytest's
+    capture, a notebook) is left as it is.
+    """
+    try:
+        descriptor = sys.stderr.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        yield
+        return
+    sys.stderr.flush()
+    console = os.dup(descriptor)
+    with path.open("a", encoding="utf-8") as log:
+        os.dup2(log.fileno(), descriptor)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(console, descriptor)
+            os.close(console)
 
 
 def failure_message(error: BaseException) -> str:
@@ -155,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger = logging.getLogger("llmrank_spark")
     logger.addHandler(handler)
     try:
-        run(args, config)
+        with stderr_to(path):
+            run(args, config)
     except Exception as error:
         logger.error("llmrank %s failed", args.command, exc_info=error)
         print(f"llmrank {args.command}: {failure_message(error)} (full trace: {path})", file=sys.stderr)
@@ -163,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         logger.removeHandler(handler)
         handler.close()
+    if path.exists():
+        print(f"log of this run (Spark, Ivy and library messages): {path}")
     return 0
 
 

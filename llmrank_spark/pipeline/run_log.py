@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import pandas as pd
 from pyspark import StorageLevel
@@ -27,21 +27,26 @@ from llmrank_spark.lakehouse import (
 from llmrank_spark.pipeline.preflight import (
     check_writable,
 )
+from llmrank_spark.pipeline.progress import Progress, say
 
 LOG = logging.getLogger(__name__)
 
 
 @contextmanager
-def materialised(frame: DataFrame) -> Iterator[DataFrame]:
+def materialised(
+    frame: DataFrame, progress: AbstractContextManager[object] | None = None
+) -> Iterator[DataFrame]:
     """`frame` computed once, in full, before the block writes anything derived from it.
 
     A step whose outputs share expensive work (the model's scores) then does that work once, and a
     failure in it (a crashed scorer, an injected fault) happens before the first commit: every output
     table keeps its previous version. Cached blocks lost with an executor are recomputed by Spark.
+    `progress` (say, `Progress.sized`) is entered while that work runs.
     """
     frame.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        frame.count()
+        with progress or nullcontext():
+            frame.count()
         yield frame
     finally:
         frame.unpersist()
@@ -62,12 +67,16 @@ class StepRun:
     def __enter__(self) -> StepRun:
         self._started_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         self._clock = time.perf_counter()
+        say(f"[{self.step}] started for run_date {self.config.run.run_date}")
+        self.progress = Progress(self.spark, self.step)
+        self.progress.start()
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
         """Write the `runs` row. When the step failed and the row cannot be written either (say, a
         read-only lakehouse), the step's own error is what propagates; the row's failure is logged and
-        noted on it, never put in its place."""
+        noted on it, never put in its place. A step that succeeds prints its summary."""
+        self.progress.stop()
         self.seconds = time.perf_counter() - self._clock
         try:
             self._log(status="failed" if error else "succeeded", error=str(error) if error else None)
@@ -77,6 +86,8 @@ class StepRun:
             LOG.warning("step %s: could not write its runs row", self.step, exc_info=log_error)
             first_line = (str(log_error).strip().splitlines() or [type(log_error).__name__])[0][:300]
             error.add_note(f"(the failed run could not be logged to table 'runs' either: {first_line})")
+        if error is None:
+            say(self.summary())
 
     def read(self, table: str) -> DataFrame:
         """The table at its current version, pinned, so what was read is exactly what is logged."""

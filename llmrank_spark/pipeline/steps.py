@@ -84,9 +84,10 @@ def rerank(spark: SparkSession, config: Config) -> StepRun:
         # Events of a type the candidates step rejected (no weight) are not history here either.
         known_events = interactions.where(F.col("event_type").isin(list(config.candidates.event_weights)))
         fair = fairness_runs(items, known_events, config, run.warn)
+        todays = candidates.where(F.col("run_date") == F.lit(config.run.run_date))
         result = rerank_candidates(
             spark,
-            candidates.where(F.col("run_date") == F.lit(config.run.run_date)),
+            todays,
             items,
             known_events,
             config.rerank,
@@ -97,7 +98,7 @@ def rerank(spark: SparkSession, config: Config) -> StepRun:
             candidates_cfg=config.candidates,
         )
         run.notes.append(f"served model: {spec.version}")
-        with materialised(result.outcome):
+        with materialised(result.outcome, run.progress.sized(todays.count(), "pairs")):
             ranked = fairness_pass(result.ranked, items, known_events, config) if fair else result.ranked
             run.write("ranked", ranked)
             run.write("rejects", result.rejects)
