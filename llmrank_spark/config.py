@@ -414,7 +414,7 @@ class RerankConfig(_Section):
         0,
         ge=0,
         description="Categories of a user's history whose most chosen attribute values open the context "
-        "(llmrank_spark/text.py, `preference_profiles`); 0 states no profile.",
+        "(llmrank_spark/text/contexts.py, `preference_profiles`); 0 states no profile.",
     )
     user_template: str = Field(
         "",

@@ -584,3 +584,12 @@ def test_rerank_serves_the_newest_registered_version_with_its_fusion_head(spark,
     for request, rows in ranked.sort_values("rank").groupby("request_id"):
         best = expected[expected["request_id"] == request].nlargest(TOP_K, "score")
         assert rows["item_id"].tolist() == best["item_id"].tolist()
+
+
+def test_every_configurable_loss_is_registered_and_nothing_else():
+    from llmrank_spark.config import TRAIN_LOSSES
+    from llmrank_spark.training.losses import LOSSES
+
+    assert set(LOSSES) == set(TRAIN_LOSSES)
+    with pytest.raises(ValueError, match=r"unknown train\.loss 'nope'"):
+        ranking_loss("nope")

@@ -1,12 +1,11 @@
-"""The ranking losses by name: pointwise, pairwise and listwise; adding a loss is one function here."""
+"""The ranking losses by name: pointwise, pairwise and listwise; adding a loss is one function and one
+line in `LOSSES` here, plus its name in config.TRAIN_LOSSES."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
-
-# ---- losses ------------------------------------------------------------------------------------------
 
 
 class _GivenScores:
@@ -65,19 +64,29 @@ def balanced_bce(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
-def ranking_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The training loss `name` as a function of (scores, labels) of shape (lists, list size)."""
+LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _cross_encoder_loss(name: str) -> LossFunction:
+    """sentence-transformers' cross-encoder list loss `name`, run on our fused scores (`_GivenScores`)."""
     from sentence_transformers.cross_encoder import losses
 
-    placeholder = _GivenScores(torch.zeros(1))
-    if name == "bce":
-        return balanced_bce
-    if name == "hinge":
-        return hinge_loss
-    if name == "ranknet":
-        return _list_loss(losses.RankNetLoss(placeholder))
-    if name == "listnet":
-        return _list_loss(losses.ListNetLoss(placeholder))
-    if name == "lambdaloss":
-        return _list_loss(losses.LambdaLoss(placeholder))
-    raise ValueError(f"unknown train.loss {name!r}; use one of bce, ranknet, hinge, listnet, lambdaloss")
+    return _list_loss(getattr(losses, name)(_GivenScores(torch.zeros(1))))
+
+
+# The losses `train.loss` names (config.TRAIN_LOSSES lists the same names, checked by a test). Adding a
+# loss: its function above and one line here. Built on demand: the wrapped ones import their library.
+LOSSES: dict[str, Callable[[], LossFunction]] = {
+    "bce": lambda: balanced_bce,
+    "hinge": lambda: hinge_loss,
+    "ranknet": lambda: _cross_encoder_loss("RankNetLoss"),
+    "listnet": lambda: _cross_encoder_loss("ListNetLoss"),
+    "lambdaloss": lambda: _cross_encoder_loss("LambdaLoss"),
+}
+
+
+def ranking_loss(name: str) -> LossFunction:
+    """The training loss `name` as a function of (scores, labels) of shape (lists, list size)."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown train.loss {name!r}; use one of {', '.join(LOSSES)}")
+    return LOSSES[name]()
