@@ -359,6 +359,24 @@ class CandidatesConfig(_Section):
         return per_source
 
 
+# The settings that turn rows into the text a model reads. A model is trained with them, records them in
+# its manifest (reranker.json) and is served with them: the one list of them, for all three.
+TEXT_SETTINGS = (
+    "max_length",
+    "context_items",
+    "context_template",
+    "profile_categories",
+    "user_template",
+    "item_template",
+    "item_attributes",
+)
+
+
+def text_settings(source: Any) -> dict[str, Any]:
+    """The text settings of a rerank config or a model manifest, by name."""
+    return {name: getattr(source, name) for name in TEXT_SETTINGS}
+
+
 class RerankConfig(_Section):
     mode: Literal["champion", "cross_encoder", "retrieval", "zero_shot_bi_encoder"] = Field(
         "champion",

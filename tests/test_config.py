@@ -304,3 +304,13 @@ def test_credentials_passed_as_spark_conf_never_reach_the_runs_table(spark, tmp_
     assert not [value for value in SECRETS.values() if value in stored]
     for logged in rows["config"]:
         assert json.loads(logged)["spark"]["conf"] == dict.fromkeys(SECRETS, REDACTED)
+
+
+def test_the_text_settings_are_one_list_for_config_manifest_and_serving():
+    from llmrank_spark.config import TEXT_SETTINGS, RerankConfig, text_settings
+    from llmrank_spark.rerank import ArtifactManifest
+
+    assert set(TEXT_SETTINGS) <= set(RerankConfig.model_fields)
+    assert set(TEXT_SETTINGS) <= set(ArtifactManifest.model_fields)
+    cfg = RerankConfig(max_length=96, item_attributes=2)
+    assert text_settings(cfg)["max_length"] == 96 and text_settings(cfg)["item_attributes"] == 2

@@ -18,7 +18,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from llmrank_spark.config import CandidatesConfig, FaultsConfig, RerankConfig
+from llmrank_spark.config import CandidatesConfig, FaultsConfig, RerankConfig, text_settings
 from llmrank_spark.events import ITEM_EVENTS, item_event_counts
 from llmrank_spark.lakehouse import (
     CHECKED_SCHEMA,
@@ -114,15 +114,9 @@ def model_for(cfg: RerankConfig) -> tuple[ModelSpec, RerankConfig]:
         )
     spec = cross_encoder_spec(cfg.model_path)
     manifest = read_manifest(spec.path)
-    trained_text = {
-        "max_length": manifest.max_length,
-        "context_template": manifest.context_template,
-        "context_items": cfg.context_items if manifest.context_items is None else manifest.context_items,
-        "profile_categories": manifest.profile_categories,
-        "user_template": manifest.user_template,
-        "item_template": manifest.item_template,
-        "item_attributes": manifest.item_attributes,
-    }
+    trained_text = text_settings(manifest)
+    if trained_text["context_items"] is None:  # an artifact from before it was recorded
+        trained_text["context_items"] = cfg.context_items
     return spec, cfg.model_copy(update=trained_text)
 
 

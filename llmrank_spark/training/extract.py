@@ -7,7 +7,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from llmrank_spark.config import Config, TrainConfig
+from llmrank_spark.config import Config, RerankConfig, TrainConfig
 from llmrank_spark.events import ITEM_EVENTS, item_event_counts
 from llmrank_spark.rerank import (
     ranking_features,
@@ -79,6 +79,11 @@ FIT_ONLY_FIELDS = {
 BUILT_LISTS: dict[str, dict[str, pd.DataFrame]] = {}
 
 
+def training_text(config: Config) -> RerankConfig:
+    """The text settings a version trains with: the rerank config's, cut at `train.max_length`."""
+    return config.rerank.model_copy(update={"max_length": config.train.max_length})
+
+
 def training_lists(
     spark: SparkSession,
     items: DataFrame,
@@ -105,7 +110,7 @@ def training_lists(
     if key in BUILT_LISTS:
         return BUILT_LISTS[key]
     rng = np.random.default_rng(cfg.seed)
-    text_cfg = config.rerank.model_copy(update={"max_length": cfg.max_length})
+    text_cfg = training_text(config)
 
     history, targets = split_for_training(interactions, cfg)
     newest = history.agg(F.max("event_ts")).first()[0]

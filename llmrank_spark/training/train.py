@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 from pyspark.sql import DataFrame, SparkSession
 
-from llmrank_spark.config import Config
+from llmrank_spark.config import Config, text_settings
 from llmrank_spark.rerank import (
     BASE_MODEL_NAME,
     ArtifactManifest,
@@ -17,7 +17,7 @@ from llmrank_spark.rerank import (
     save_artifact,
 )
 from llmrank_spark.training.distributed import fit_with_distributor
-from llmrank_spark.training.extract import training_lists
+from llmrank_spark.training.extract import training_lists, training_text
 from llmrank_spark.training.fusion_training import train_fusion
 from llmrank_spark.training.lists import LIST
 from llmrank_spark.training.network import initial_model
@@ -38,7 +38,6 @@ def train_reranker(
     cfg = config.train
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    text_cfg = config.rerank.model_copy(update={"max_length": cfg.max_length})
     built = training_lists(spark, items, interactions, users, config, data_snapshot)
 
     model, started_from = initial_model(warm_from, cfg.fusion_features)
@@ -57,13 +56,7 @@ def train_reranker(
     manifest = ArtifactManifest(
         version=version,
         base_model=BASE_MODEL_NAME if warm_from is None else f"{BASE_MODEL_NAME} via {started_from}",
-        max_length=cfg.max_length,
-        context_template=text_cfg.context_template,
-        context_items=text_cfg.context_items,
-        profile_categories=text_cfg.profile_categories,
-        user_template=text_cfg.user_template,
-        item_template=text_cfg.item_template,
-        item_attributes=text_cfg.item_attributes,
+        **text_settings(training_text(config)),
         loss=cfg.loss,
         data_snapshot=data_snapshot,
         metrics={
