@@ -7,7 +7,14 @@ import sys
 import time
 
 from llmrank_spark.pipeline.cli import stderr_to
-from llmrank_spark.pipeline.progress import Progress, Work, duration, progress_line
+from llmrank_spark.pipeline.progress import (
+    PROGRESS_SECONDS,
+    Progress,
+    Work,
+    duration,
+    next_delay,
+    progress_line,
+)
 
 
 def test_progress_line_estimates_items_rate_and_eta_from_the_task_share():
@@ -56,3 +63,10 @@ def test_stderr_to_sends_what_is_written_to_the_descriptor_to_the_log(tmp_path, 
         os.write(console.fileno(), b"llmrank rerank: the failure message\n")
     assert log_path.read_text() == "Ivy resolution report\n"
     assert console_path.read_text() == "llmrank rerank: the failure message\n"
+
+
+def test_progress_lines_come_ever_more_sparsely():
+    delays = [PROGRESS_SECONDS]
+    while len(delays) < 8:
+        delays.append(next_delay(delays[-1]))
+    assert delays == [30.0, 60.0, 120.0, 240.0, 480.0, 600.0, 600.0, 600.0]

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from pyspark.sql import SparkSession
 
 PROGRESS_SECONDS = 30.0
+# Lines come ever more sparsely (30 s, then 60 s, 2 min, ...) so a long step stays a few lines on the
+# console; a sized block (scoring) starts over at PROGRESS_SECONDS, since its ETA is what people watch.
+PROGRESS_MAX_SECONDS = 600.0
 
 
 def say(line: str) -> None:
@@ -27,6 +30,11 @@ def duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def next_delay(delay: float) -> float:
+    """The wait before the next progress line: twice the last, at most PROGRESS_MAX_SECONDS."""
+    return min(2 * delay, PROGRESS_MAX_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -57,9 +65,10 @@ def progress_line(step: str, elapsed: float, done: int, tasks: int, work: Work |
 
 
 class Progress:
-    """A background thread printing `progress_line` every `every` seconds while a Spark stage runs.
+    """A background thread printing `progress_line` while a Spark stage runs: after `every` seconds, then
+    at doubling intervals up to PROGRESS_MAX_SECONDS.
 
-    It reads the classic session's status tracker; where there is none (Spark Connect) it stays silent.
+        It reads the classic session's status tracker; where there is none (Spark Connect) it stays silent.
     """
 
     def __init__(
@@ -75,6 +84,7 @@ class Progress:
         except Exception:  # Spark Connect has no SparkContext: no task counts to report
             self._tracker = None
         self._stop = threading.Event()
+        self._restart = threading.Event()
         self._thread: threading.Thread | None = None
         self._work: Work | None = None
         self._started = time.monotonic()
@@ -93,6 +103,7 @@ class Progress:
     def sized(self, total: int, unit: str) -> Iterator[None]:
         """Within the block, progress lines estimate `unit`s done out of `total` from the running stage."""
         self._work = Work(total, unit, time.monotonic())
+        self._restart.set()
         try:
             yield
         finally:
@@ -112,7 +123,17 @@ class Progress:
         )
 
     def _run(self) -> None:
-        while not self._stop.wait(self.every):
+        delay = self.every
+        due = time.monotonic() + delay
+        while not self._stop.wait(min(1.0, self.every / 2)):
+            if self._restart.is_set():
+                self._restart.clear()
+                delay, due = self.every, time.monotonic() + self.every
+            if time.monotonic() < due:
+                continue
             line = self.line()
-            if line is not None:
-                self.report(line)
+            if line is None:  # between stages: report the next one as soon as it runs
+                continue
+            self.report(line)
+            delay = next_delay(delay)
+            due = time.monotonic() + delay
