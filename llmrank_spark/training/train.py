@@ -51,7 +51,9 @@ def train_reranker(
     fusion = None
     if cfg.fusion == "lambdamart":
         fusion = train_fusion(model, tokenizer, built["fusion"], cfg)
-        print(f"[train] fusion: {fusion.spec.trees} trees; gain by input {fusion.importance()}", flush=True)
+        leaning = sorted(fusion.importance().items(), key=lambda item: -item[1])[:3]
+        shares = ", ".join(f"{name} {share:.0%}" for name, share in leaning)
+        print(f"[train] fusion: {fusion.spec.trees} trees; most gain from {shares}", flush=True)
     version = f"{config.run.run_date:%Y%m%d}-{cfg.loss}-{uuid.uuid4().hex[:8]}"
     manifest = ArtifactManifest(
         version=version,
