@@ -57,6 +57,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 lint: setup

@@ -21,6 +21,7 @@ from llmrank_spark.config import Config, ConfigError, load_config
 from llmrank_spark.lakehouse import ContractError
 from llmrank_spark.pipeline import steps
 from llmrank_spark.pipeline.preflight import PreflightError
+from llmrank_spark.pipeline.run_log import format_run_log, run_log
 from llmrank_spark.rerank import ArtifactError
 
 # Failures whose message says what is wrong and what to do: printed as they are. Any other exception is
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace, config: Config) -> None:
     spark = get_spark(config)
     if args.command == "runs":
         print(f"runs of {config.run.run_date} in {config.table_path('runs')}")
-        print(steps.format_run_log(steps.run_log(spark, config)))
+        print(format_run_log(run_log(spark, config)))
         return
     started = time.perf_counter()
     if args.command == "generate-sample":

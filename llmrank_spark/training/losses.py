@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -38,7 +39,7 @@ def _list_loss(loss) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     return compute
 
 
-def _pairs(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pairs(labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """(list, better, worse) index triples of every pair in a list whose labels differ."""
     better = labels[:, :, None] > labels[:, None, :]
     return better.nonzero(as_tuple=True)
@@ -69,7 +70,7 @@ def ranking_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tens
     """The training loss `name` as a function of (scores, labels) of shape (lists, list size)."""
     from sentence_transformers.cross_encoder import losses
 
-    placeholder = _GivenScores(torch.zeros(1))
+    placeholder: Any = _GivenScores(torch.zeros(1))  # duck-types the CrossEncoder the losses take
     if name == "bce":
         return balanced_bce
     if name == "hinge":
