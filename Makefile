@@ -62,6 +62,7 @@ demo: venv
 
 test: setup
 	$(BIN)/ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 lint: setup

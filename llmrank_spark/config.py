@@ -12,7 +12,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -588,7 +588,8 @@ class FairnessConfig(_Section):
     )
 
 
-TRAIN_LOSSES = ("bce", "ranknet", "hinge", "listnet", "lambdaloss")
+TrainLoss = Literal["bce", "ranknet", "hinge", "listnet", "lambdaloss"]
+TRAIN_LOSSES = get_args(TrainLoss)
 # What the fusion head can weigh besides the BERT logit: each retriever's rank of the item, and the item's
 # popularity as log(1 + its events in interactions up to the run date), which every item has.
 FUSION_FEATURES = (*RETRIEVERS, "item_events")
@@ -597,7 +598,7 @@ FUSION_FEATURES = (*RETRIEVERS, "item_events")
 class TrainConfig(_Section):
     """The fine-tuning job (`llmrank train`); docs/training.md explains each knob and the CPU budget."""
 
-    loss: Literal[TRAIN_LOSSES] = Field(
+    loss: TrainLoss = Field(
         "listnet",
         description="Training loss. bce: pointwise; ranknet, hinge: pairwise; listnet, lambdaloss: listwise "
         "(docs/training.md).",
@@ -785,7 +786,7 @@ class AttributesConfig(_Section):
     )
     # Brand is what shoppers and merchandisers name first.
     item_fields: list[Literal["brand", "category", "price"]] = Field(
-        default_factory=lambda: ["brand"],
+        default_factory=lambda: ["brand"],  # type: ignore[arg-type]  # mypy reads ["brand"] as list[str]
         description="Item columns that count as attributes besides the attributes map, when the item "
         "template shows them.",
     )

@@ -447,9 +447,9 @@ def _catalogue(rng: np.random.Generator, n_items: int) -> _Catalogue:
         codes[rows, ATTRIBUTES.index(PRICE_BAND)] = rng.choice(
             len(PRICE_BANDS), rows.size, p=PRICE_BAND_SHARES
         )
-        for name, values in spec.attributes.items():
+        for name, options in spec.attributes.items():
             codes[rows, ATTRIBUTES.index(name)] = [
-                VOCABULARY[name].index(v) for v in rng.choice(values, rows.size)
+                VOCABULARY[name].index(v) for v in rng.choice(options, rows.size)
             ]
     band = codes[:, ATTRIBUTES.index(PRICE_BAND)]
     low, high = (
@@ -522,8 +522,8 @@ def _preferred_values(rng: np.random.Generator, catalogue: _Catalogue, segment: 
                     counts / counts.sum() if attribute == BRAND else np.full(present.size, 1 / present.size)
                 )
                 choice = present[rng.choice(present.size, members.size, p=weights)]
-                favoured = [VOCABULARY[attribute].index(v) for v in seg.favoured_values.get(attribute, ())]
-                favoured = present[np.isin(present, favoured)]
+                wanted = [VOCABULARY[attribute].index(v) for v in seg.favoured_values.get(attribute, ())]
+                favoured = present[np.isin(present, wanted)]
                 if favoured.size:
                     take = rng.random(members.size) < FAVOURED_VALUE_PROB
                     choice[take] = rng.choice(favoured, take.sum())
@@ -550,7 +550,7 @@ def _preferences_frame(users: pd.DataFrame, segment: np.ndarray, preferred: np.n
 
 def _query_specs() -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
     """Every query the schema can form: (category, ((attribute, value), ...), draw weight)."""
-    specs = []
+    specs: list[tuple[str, tuple[tuple[str, str], ...], float]] = []
     total_share = sum(c.share for c in CATEGORIES.values())
     for category in CATEGORIES.values():
         attributes = [(PRICE_BAND, PRICE_BANDS), *category.attributes.items()]
@@ -650,7 +650,7 @@ def _sessions(
     Views alone reach n_events whatever the funnel does; surplus sessions are cut off once the events
     are counted.
     """
-    n_users = category_pref.shape[0]
+    n_users: int = category_pref.shape[0]
     views = np.minimum(rng.geometric(1 / MEAN_SESSION_VIEWS, cfg.n_events), MAX_SESSION_VIEWS)
     n_sessions = max(n_users, int(np.searchsorted(np.cumsum(views), cfg.n_events)) + 1)
     activity = rng.lognormal(0.0, 1.0, n_users)
@@ -771,7 +771,7 @@ def _interactions(
     kept = view_session <= np.searchsorted(np.cumsum(events_per_session), cfg.n_events)
 
     window_start = END_OF_LOG - pd.Timedelta(days=cfg.days)
-    query_ids = np.append(queries["query_id"].to_numpy(dtype=object), None)  # index -1: no query
+    query_ids = np.append(queries["query_id"].to_numpy(dtype=object), np.array([None]))  # index -1: no query
     frames = []
     for step, happened in reached.items():
         rows = np.flatnonzero(happened & kept)

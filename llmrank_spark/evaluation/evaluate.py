@@ -186,7 +186,7 @@ def _request_groups(users: pd.DataFrame, evaluate: EvaluateConfig) -> dict[str, 
 
 def item_counts_until(interactions: DataFrame, run_date: dt.date) -> pd.Series:
     """item_id -> events up to the end of run_date; one row per interacted item reaches the driver."""
-    counts = item_event_counts(interactions, run_date).toPandas()
+    counts: pd.DataFrame = item_event_counts(interactions, run_date).toPandas()
     return counts.set_index("item_id")[ITEM_EVENTS].astype("int64")
 
 
@@ -235,26 +235,36 @@ def one_request_column(frame: DataFrame) -> DataFrame:
     return frame.withColumn("request_id", request_key(*(F.col(c) for c in REQUEST_KEY)))
 
 
+def _required(tables: Mapping[str, DataFrame | None], table: str) -> DataFrame:
+    frame = tables[table]
+    if frame is None:
+        raise ValueError(f"evaluate_tables: table '{table}' is required")
+    return frame
+
+
 def evaluate_tables(tables: Mapping[str, DataFrame | None], config: Config) -> pd.DataFrame:
     """The run's metrics rows from its Spark tables (ranked, candidates, items, interactions; optionally
     users, query_labels), each already pinned by the step; see the module doc for what is collected."""
     run_date, cfg = config.run.run_date, config.evaluate
     todays = F.col("run_date") == F.lit(run_date)
-    ranked = tables["ranked"].where(todays)
-    candidates = tables["candidates"].where(todays).where(F.col("retrieval_rank") <= max(cfg.ks))
-    interactions, items = tables["interactions"], tables["items"]
+    ranked = _required(tables, "ranked").where(todays)
+    candidates = _required(tables, "candidates").where(todays).where(F.col("retrieval_rank") <= max(cfg.ks))
+    interactions, items = _required(tables, "interactions"), _required(tables, "items")
     user_requests = ranked.where(F.col("request_type") == "user").select("request_id").distinct()
     labels = user_labels(interactions, user_requests, run_date, cfg).withColumn("request_type", F.lit("user"))
-    if tables.get("query_labels") is not None:
+    query_labels = tables.get("query_labels")
+    if query_labels is not None:
         query_requests = ranked.where(F.col("request_type") == "query").select("request_id").distinct()
-        query_judged = query_labels_of(tables["query_labels"], query_requests)
+        query_judged = query_labels_of(query_labels, query_requests)
         labels = labels.unionByName(query_judged.withColumn("request_type", F.lit("query")))
     embeddings = None
     if cfg.embedding_diversity:
         from llmrank_spark.retrieval import item_embeddings
 
         listed = ranked.select("item_id").unionByName(candidates.select("item_id")).distinct()
-        vectors = item_embeddings(items.join(listed, "item_id", "left_semi"), config.candidates).toPandas()
+        vectors: pd.DataFrame = item_embeddings(
+            items.join(listed, "item_id", "left_semi"), config.candidates
+        ).toPandas()
         embeddings = vectors.set_index("item_id")["embedding"]
     users = tables.get("users")
     if users is not None:  # groups are looked up by request: a user's key, so no query joins a user group

@@ -85,7 +85,7 @@ def item_attributes(
     template's {attributes} shows, by name.
     """
     named = _template_fields(rerank.item_template)
-    chosen = {
+    chosen: dict[str, str] = {
         field: str(item[field])
         for field in cfg.item_fields
         if field in named and pd.notna(item.get(field)) and str(item[field]).strip()

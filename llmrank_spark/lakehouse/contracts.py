@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
+from typing import cast
 
 import pandas as pd
 import pyarrow as pa
@@ -364,7 +365,7 @@ def check_keys_not_null(df: DataFrame, table: str, where: str) -> None:
     keys = [k for k in contract(table).keys if k in df.columns]
     if not keys:
         return
-    counts = df.agg(*[F.sum(F.col(k).isNull().cast("long")).alias(k) for k in keys]).first()
+    counts = df.agg(*[F.sum(F.col(k).isNull().cast("long")).alias(k) for k in keys]).collect()[0]
     for key in keys:
         if counts[key]:
             raise ContractError(
@@ -393,7 +394,8 @@ def frame_from_pandas(spark: SparkSession, frame: pd.DataFrame, table: str) -> D
     missing = [c.name for c in spec.columns if c.required and c.name not in frame.columns]
     if missing:
         raise ContractError(f"table '{table}': pandas frame lacks required columns {missing}")
-    schema = to_arrow_schema(StructType.fromDDL(spec.ddl()), timezone="UTC")
+    # A column list's DDL parses to a struct; fromDDL is typed as any DataType.
+    schema = to_arrow_schema(cast(StructType, StructType.fromDDL(spec.ddl())), timezone="UTC")
     arrays = []
     for field in schema:
         if field.name not in frame.columns:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,7 @@ def intra_list_diversity_by_category(
     return (1.0 - same[pairs > 0] / pairs[pairs > 0]).rename("ild_category")
 
 
-Embeddings = Mapping[str, Sequence[float]] | pd.Series
+Embeddings: TypeAlias = Mapping[str, Sequence[float]] | pd.Series
 
 
 def unit_vectors(item_ids: Sequence[str], embeddings: Embeddings) -> np.ndarray:

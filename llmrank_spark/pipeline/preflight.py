@@ -45,7 +45,7 @@ def check_unique_keys(frame: DataFrame | None, table: str) -> None:
 def check_run_date(interactions: DataFrame, run_date: dt.date) -> None:
     """Fail when the interactions hold events but none up to the end of run_date: a run dated before its
     data is a wrong date, not a cold start (an empty interactions table is one, and passes)."""
-    first, last = interactions.agg(F.min("event_ts"), F.max("event_ts")).first()
+    first, last = interactions.agg(F.min("event_ts"), F.max("event_ts")).collect()[0]
     if first is not None and first >= end_of_day(run_date):
         raise PreflightError(
             f"run.run_date {run_date} is before every event of table 'interactions' (events from {first} "
@@ -108,6 +108,7 @@ def check_writable(spark: SparkSession, config: Config, tables: Iterable[str]) -
     disks and object stores are checked alike. Catalog tables are left to the catalog's permissions.
     """
     jvm = spark.sparkContext._jvm
+    assert jvm is not None  # the driver's py4j gateway (None only on executors)
     hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
     for table in tables:
         location = config.table_path(table)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from pyspark import StatusTracker
 from pyspark.sql import SparkSession
 
 PROGRESS_SECONDS = 30.0
@@ -79,6 +80,7 @@ class Progress:
         report: Callable[[str], None] = say,
     ) -> None:
         self.step, self.every, self.report = step, every, report
+        self._tracker: StatusTracker | None
         try:
             self._tracker = spark.sparkContext.statusTracker()
         except Exception:  # Spark Connect has no SparkContext: no task counts to report

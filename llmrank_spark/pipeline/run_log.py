@@ -57,7 +57,7 @@ class StepRun:
 
     def __init__(self, spark: SparkSession, config: Config, step: str) -> None:
         self.spark, self.config, self.step = spark, config, step
-        self.inputs: dict[str, int] = {}
+        self.inputs: dict[str, int | None] = {}
         self.outputs: dict[str, int] = {}
         self.rows: dict[str, int] = {}
         self.seconds = 0.0
@@ -157,7 +157,8 @@ def run_log(spark: SparkSession, config: Config) -> pd.DataFrame:
     """The `runs` rows of config.run.run_date, oldest first: each step's status, time, the Delta versions it
     read and wrote and the rows it wrote, so a person can trace the run's tables to their inputs."""
     runs = read_table(spark, config, "runs").where(F.col("run_date") == F.lit(config.run.run_date))
-    log = runs.select("started_at", "step", "status", "seconds", "inputs", "outputs", "rows").toPandas()
+    columns = ("started_at", "step", "status", "seconds", "inputs", "outputs", "rows")
+    log: pd.DataFrame = runs.select(*columns).toPandas()
     return log.sort_values("started_at", kind="mergesort").reset_index(drop=True)
 
 

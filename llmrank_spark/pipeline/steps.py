@@ -138,12 +138,11 @@ def evaluate(spark: SparkSession, config: Config) -> StepRun:
     with StepRun(spark, config, "evaluate") as run:
         run.check_outputs("metrics")
         _check_report_writable(config)
-        tables = {table: run.read(table) for table in ("ranked", "candidates", "items", "interactions")} | {
-            table: run.read_optional(table) for table in ("users", "query_labels")
-        }
-        check_partition(tables["ranked"], "ranked", config.run.run_date, "rerank")
+        required = {table: run.read(table) for table in ("ranked", "candidates", "items", "interactions")}
+        tables = required | {table: run.read_optional(table) for table in ("users", "query_labels")}
+        check_partition(required["ranked"], "ranked", config.run.run_date, "rerank")
         _check_inputs(config, **tables)
-        if not fairness_runs(tables["items"], tables["interactions"], config, run.warn):
+        if not fairness_runs(required["items"], required["interactions"], config, run.warn):
             config = config.model_copy(
                 update={"fairness": config.fairness.model_copy(update={"mode": "off"})}
             )
@@ -160,8 +159,9 @@ def _check_inputs(config: Config, **tables: DataFrame | None) -> None:
     run date not before every event."""
     for table, frame in tables.items():
         check_unique_keys(frame, table)
-    if tables.get("interactions") is not None:
-        check_run_date(tables["interactions"], config.run.run_date)
+    interactions = tables.get("interactions")
+    if interactions is not None:
+        check_run_date(interactions, config.run.run_date)
 
 
 def _check_report_writable(config: Config) -> None:

@@ -131,13 +131,12 @@ def fit_fusion(
         "num_threads": 1,
         "verbosity": -1,
     }
-    callbacks = [lightgbm.early_stopping(settings.early_stopping, verbose=False)]
     booster = lightgbm.train(
         params,
         train_set,
         num_boost_round=settings.trees,
         valid_sets=[dataset(validation, reference=train_set)],
-        callbacks=callbacks,
+        callbacks=[lightgbm.early_stopping(settings.early_stopping, verbose=False)],
     )
     trees = booster.best_iteration or booster.current_iteration()
     booster = lightgbm.Booster(model_str=booster.model_to_string(num_iteration=trees))

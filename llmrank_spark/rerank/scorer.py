@@ -161,13 +161,13 @@ class PairScorer:
         source = np.concatenate([encoded.flat, [cls_id, sep_id]])
         cls_at, sep_at = len(encoded.flat), len(encoded.flat) + 1
         ones = np.ones(n_rows, dtype=np.int64)
-        piece_start, piece_length, piece_type = [cls_at * ones], [ones], [0 * ones]
+        start_pieces, length_pieces, type_pieces = [cls_at * ones], [ones], [0 * ones]
         for segment in range(n_segments):
-            piece_start += [starts[:, segment], sep_at * ones]
-            piece_length += [kept[:, segment], ones]
-            piece_type += [segment * ones, segment * ones]
+            start_pieces += [starts[:, segment], sep_at * ones]
+            length_pieces += [kept[:, segment], ones]
+            type_pieces += [segment * ones, segment * ones]
         piece_start, piece_length, piece_type = (
-            np.stack(pieces, axis=1).ravel() for pieces in (piece_start, piece_length, piece_type)
+            np.stack(pieces, axis=1).ravel() for pieces in (start_pieces, length_pieces, type_pieces)
         )
         position = np.arange(int(piece_length.sum()))
         gather = np.repeat(piece_start - (np.cumsum(piece_length) - piece_length), piece_length) + position

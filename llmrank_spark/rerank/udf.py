@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from pyspark import TaskContext
+from pyspark import Broadcast, TaskContext
 from pyspark.sql import SparkSession
 from pyspark.sql.functions import pandas_udf
 
@@ -30,7 +30,7 @@ class ShippedModel:
     """A model on its way to the executors: its spec and, when not installed there, its broadcast bytes."""
 
     spec: ModelSpec
-    files: object | None  # Broadcast of {relative path: bytes}; None: the packaged zero-shot base
+    files: Broadcast[dict[str, bytes]] | None  # {relative path: bytes}; None: the packaged zero-shot base
     digest: str
 
     def local_spec(self) -> ModelSpec:
@@ -86,7 +86,7 @@ def inject_faults(faults: FaultsConfig, batches_scored: int) -> None:
 def scoring_udf(shipped: ShippedModel, settings: ScoringSettings, faults: FaultsConfig | None = None):
     """pandas UDF (context_text, item_text) -> score, scoring each Arrow batch with the cached scorer."""
 
-    @pandas_udf("double")
+    @pandas_udf("double")  # type: ignore[call-overload]  # pyspark's stubs lack the type-hinted form
     def score(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.Series]:
         context = TaskContext.get()
         if context is not None and context.cpus():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
@@ -13,7 +13,7 @@ from llmrank_spark.config import CandidatesConfig
 # ---- blender ------------------------------------------------------------------------------------------
 
 
-def _per_source_map(values: dict[str, float], default: float):
+def _per_source_map(values: Mapping[str, float], default: float):
     """A Spark map lookup of `values` by the row's source, `default` for a source not in it."""
     if not values:  # an empty map literal has no value type to look up
         return F.lit(default)

@@ -90,7 +90,7 @@ def prepare_inputs(
         weights[F.col("event_type")].alias("weight"),
     )
     events = catalogued.where(F.col("weight").isNotNull())
-    latest = events.agg(F.max("ts")).first()[0]
+    latest = events.agg(F.max("ts")).collect()[0][0]
     now = latest if latest is not None else end_of_day(run_date).replace(tzinfo=dt.UTC).timestamp()
     events = events.withColumn("age", F.lit(now) - F.col("ts"))
 

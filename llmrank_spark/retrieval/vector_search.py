@@ -20,7 +20,7 @@ SCORE_CELLS_PER_CHUNK = 1 << 26
 # ---- pure functions over numpy / pandas batches -------------------------------------------------------
 
 
-def positions(item_ids: np.ndarray, wanted: Sequence[str]) -> np.ndarray:
+def positions(item_ids: np.ndarray, wanted: Sequence[str] | np.ndarray) -> np.ndarray:
     """Row of each wanted id in the sorted `item_ids`, -1 where it is absent."""
     wanted = np.asarray(list(wanted), dtype=object)
     if len(item_ids) == 0 or len(wanted) == 0:
@@ -127,7 +127,8 @@ def collect_matrix(vectors: DataFrame, column: str, cfg: CandidatesConfig, what:
             f"({cfg.broadcast_max_items:,}), the most this job collects and broadcasts; raise it only if "
             f"every executor has room for the matrix, else block the catalogue by category"
         )
-    local = vectors.select("item_id", column).toPandas().sort_values("item_id", kind="mergesort")
+    local: pd.DataFrame = vectors.select("item_id", column).toPandas()
+    local = local.sort_values("item_id", kind="mergesort")
     item_ids = local["item_id"].to_numpy(dtype=object)
     width = len(local[column].iloc[0]) if count else 0
     matrix = (

@@ -125,7 +125,7 @@ def gate_version(
     candidates = build_candidates(spark, items, history, None, config.candidates, cutoff).candidates
     # Computed once, and its long query plan cut: the rerank below stacks the features' plan on it.
     candidates = candidates.join(sample, "request_id", "left_semi").localCheckpoint()
-    labels_pd = labels.join(sample, "request_id", "left_semi").toPandas()
+    labels_pd: pd.DataFrame = labels.join(sample, "request_id", "left_semi").toPandas()
     requests = pd.Index(sorted(labels_pd["request_id"].unique()), name="request_id")
     top_k = config.rerank.top_k
 

@@ -6,6 +6,7 @@ import io
 import os
 import time
 from dataclasses import asdict
+from typing import cast
 
 import pandas as pd
 import torch
@@ -24,9 +25,9 @@ def distributor_mode(spark: SparkSession) -> tuple[bool, bool]:
     GPUs are used when Spark gives each training process a whole one: spark.driver.resource.gpu.amount
     locally, spark.task.resource.gpu.amount (at least 1) on a cluster.
     """
-    local_mode = spark.conf.get("spark.master", "").startswith("local")
+    local_mode = (spark.conf.get("spark.master", "") or "").startswith("local")
     key = "spark.driver.resource.gpu.amount" if local_mode else "spark.task.resource.gpu.amount"
-    gpus = float(spark.conf.get(key, "0"))
+    gpus = float(str(spark.conf.get(key, "0")))  # a str: it has a default
     if not local_mode and 0 < gpus < 1:
         raise ValueError(
             f"{key} is {gpus}: a TorchDistributor process needs a whole GPU. Start the train job with "
@@ -55,7 +56,8 @@ def fit_with_distributor(
     distributor = TorchDistributor(
         num_processes=cfg.distributor_processes, local_mode=local_mode, use_gpu=use_gpu
     )
-    payload = distributor.run(_fit_process, model, tokenizer, train, validation, cfg, use_gpu)
+    # `_fit_process` returns bytes; TorchDistributor.run is typed Optional[Any].
+    payload = cast(bytes, distributor.run(_fit_process, model, tokenizer, train, validation, cfg, use_gpu))
     saved = torch.load(io.BytesIO(payload), weights_only=True)
     model.load_state_dict(saved["state"])
     model.eval()
@@ -93,6 +95,6 @@ def _fit_process(
             torch.save({"state": state, "result": asdict(result)}, buffer)
             payload = [buffer.getvalue()]
         dist.broadcast_object_list(payload, src=0)
-        return payload[0]
+        return cast(bytes, payload[0])  # every rank holds rank 0's bytes after the broadcast
     finally:
         dist.destroy_process_group()

@@ -113,29 +113,30 @@ def training_lists(
     text_cfg = training_text(config)
 
     history, targets = split_for_training(interactions, cfg)
-    newest = history.agg(F.max("event_ts")).first()[0]
+    newest = history.agg(F.max("event_ts")).collect()[0][0]
     if newest is None:
         raise ValueError("interactions: no events before any user's targets; nothing to train on")
     candidates = build_candidates(spark, items, history, users, config.candidates, newest.date()).candidates
     target_users = targets.select("user_id").distinct()
-    targets_pd = targets.toPandas().sort_values(["user_id", "event_ts", "item_id"], ignore_index=True)
+    targets_pd: pd.DataFrame = targets.toPandas()
+    targets_pd = targets_pd.sort_values(["user_id", "event_ts", "item_id"], ignore_index=True)
     if targets_pd.empty:
         raise ValueError(
             f"interactions: no user has {cfg.min_history} events before their {cfg.lists_per_user} newest "
             f"items; lower train.min_history or train.lists_per_user"
         )
     events = interactions.join(target_users, "user_id", "left_semi").toPandas()
-    candidates_pd = (
+    candidates_pd: pd.DataFrame = (
         candidates.join(target_users.withColumnRenamed("user_id", "request_id"), "request_id", "left_semi")
         .select("request_id", ITEM, "retrieval_rank", "source_ranks")
         .toPandas()
     )
     # Spark returns rows in no fixed order; sorted, the seeded sampling draws the same lists every run.
     candidates_pd = candidates_pd.sort_values(["request_id", ITEM], ignore_index=True)
-    items_pd = items.toPandas()
+    items_pd: pd.DataFrame = items.toPandas()
     # Only a user template reads the users table: without one it stays in Spark.
     users_pd = users.toPandas() if users is not None and text_cfg.user_template else None
-    item_events = item_event_counts(history, newest.date()).toPandas()
+    item_events: pd.DataFrame = item_event_counts(history, newest.date()).toPandas()
 
     # The newest target of each user is the validation slice; the older ones are training lists.
     targets_pd[LIST] = [f"{u}@{i}" for u, i in zip(targets_pd["user_id"], targets_pd[ITEM], strict=True)]
@@ -179,7 +180,7 @@ def training_lists(
             ranked, "request_id string, item_id string, retrieval_rank int, source_ranks map<string,int>"
         ).withColumn("request_type", F.lit("user"))
         features = ranking_features(spark, pairs, items, history, users, config.candidates, newest.date())
-        features_pd = features.drop("request_type", "source_ranks", "retrieval_rank").toPandas()
+        features_pd: pd.DataFrame = features.drop("request_type", "source_ranks", "retrieval_rank").toPandas()
         lists = lists.merge(
             features_pd.rename(columns={"request_id": "user_id"}), on=["user_id", ITEM], how="left"
         )

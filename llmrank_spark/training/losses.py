@@ -4,6 +4,7 @@ line in `LOSSES` here, plus its name in config.TRAIN_LOSSES."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -37,7 +38,7 @@ def _list_loss(loss) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     return compute
 
 
-def _pairs(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pairs(labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """(list, better, worse) index triples of every pair in a list whose labels differ."""
     better = labels[:, :, None] > labels[:, None, :]
     return better.nonzero(as_tuple=True)
@@ -71,7 +72,8 @@ def _cross_encoder_loss(name: str) -> LossFunction:
     """sentence-transformers' cross-encoder list loss `name`, run on our fused scores (`_GivenScores`)."""
     from sentence_transformers.cross_encoder import losses
 
-    return _list_loss(getattr(losses, name)(_GivenScores(torch.zeros(1))))
+    placeholder: Any = _GivenScores(torch.zeros(1))  # duck-types the CrossEncoder the losses take
+    return _list_loss(getattr(losses, name)(placeholder))
 
 
 # The losses `train.loss` names (config.TRAIN_LOSSES lists the same names, checked by a test). Adding a

@@ -25,6 +25,8 @@ class FusionRanker(torch.nn.Module):
     scale back into the weights, so what is served is the same `fused_scores` formula on raw features.
     """
 
+    feature_scale: torch.Tensor  # a buffer (register_buffer), so a Tensor and not Module.__getattr__'s union
+
     def __init__(self, encoder, features: list[str], head: FusionHead | None = None) -> None:
         super().__init__()
         self.encoder = encoder
@@ -33,12 +35,12 @@ class FusionRanker(torch.nn.Module):
         self.register_buffer("feature_scale", torch.ones(len(features)))
         if self.head is not None:
             with torch.no_grad():
-                warm = head is not None and head.features == self.features
+                warm = head if head is not None and head.features == self.features else None
                 weights = (
-                    [head.logit_weight, *head.feature_weights] if warm else [1.0] + [0.0] * len(features)
+                    [warm.logit_weight, *warm.feature_weights] if warm else [1.0] + [0.0] * len(features)
                 )
                 self.head.weight.copy_(torch.tensor([weights]))
-                self.head.bias.fill_(head.bias if warm else 0.0)
+                self.head.bias.fill_(warm.bias if warm else 0.0)
 
     def forward(self, inputs: dict[str, torch.Tensor], features: torch.Tensor) -> torch.Tensor:
         logits = self.encoder(**inputs).logits[:, 0]

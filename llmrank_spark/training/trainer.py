@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
+from typing import Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -55,7 +56,11 @@ def list_ndcg(lists: pd.DataFrame, scores: np.ndarray, k: int = VALIDATION_K) ->
 def training_scorer(model: FusionRanker, tokenizer, cfg: TrainConfig, device: torch.device) -> PairScorer:
     """The engine that encodes training batches and scores validation lists, in fp32 on `device`."""
     settings = ScoringSettings(
-        device=device.type, precision="fp32", micro_batch_size=64, max_length=cfg.max_length
+        # Training runs on cpu or cuda (`fit`'s device), so its type is one of the settings' devices.
+        device=cast(Literal["cpu", "cuda"], device.type),
+        precision="fp32",
+        micro_batch_size=64,
+        max_length=cfg.max_length,
     )
     return PairScorer(model.encoder, tokenizer, "cross_encoder", device, settings)
 
