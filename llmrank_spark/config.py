@@ -616,6 +616,13 @@ class TrainConfig(_Section):
         "little.",
     )
     list_size: int = Field(8, ge=2, description="Items per training list: the target, then negatives.")
+    architecture: Literal["pair", "shared_context"] = Field(
+        "pair",
+        description="How the cross-encoder reads a request and its candidates, recorded in the artifact and "
+        'served the same way. "pair": [CLS] context [SEP] item [SEP], one pass per candidate. '
+        '"shared_context": the context encoded once per chunk of candidates, each candidate attending to '
+        "the context and itself only (docs/training.md).",
+    )
     hard_negatives: int = Field(
         3,
         ge=0,

@@ -19,10 +19,12 @@ from llmrank_spark.rerank import (
     FusionHead,
     PairScorer,
     ScoringSettings,
+    cross_encoder_spec,
     fused_scores,
     load_artifact,
     read_manifest,
     retrieval_features,
+    save_artifact,
 )
 from llmrank_spark.text import NEW_SHOPPER_CONTEXT
 from llmrank_spark.training import (
@@ -42,6 +44,7 @@ from llmrank_spark.training import (
     sample_lists,
     score_lists,
     target_contexts,
+    training_scorer,
 )
 
 TS = pd.Timestamp("2026-11-01 12:00")
@@ -593,3 +596,55 @@ def test_every_configurable_loss_is_registered_and_nothing_else():
     assert set(LOSSES) == set(TRAIN_LOSSES)
     with pytest.raises(ValueError, match=r"unknown train\.loss 'nope'"):
         ranking_loss("nope")
+
+
+def _text_lists(n_lists: int, seed: int) -> pd.DataFrame:
+    """Lists whose positive is the one item sold as a bestseller: only the text tells it apart."""
+    rng = np.random.default_rng(seed)
+    colours = ["red", "blue", "green", "black", "white", "orange"]
+    rows = []
+    for n in range(n_lists):
+        shown = rng.choice(colours, 4, replace=False)
+        for position, colour in enumerate(shown):
+            rows.append(
+                {
+                    "list_id": f"t{seed}-{n}",
+                    "item_id": f"{colour}-{n}",
+                    "label": 1.0 if position == 0 else 0.0,
+                    "context_text": f"Recently viewed: {shown[0]} shoes, {shown[0]} hat",
+                    "item_text": f"{colour} boot" + (", a bestseller" if position == 0 else ""),
+                    "source_ranks": None,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_shared_context_trains_on_text_and_is_served_as_trained(tmp_path):
+    """The shared-context architecture learns from the text alone with a listwise loss over each list (one
+    chunk), and the saved artifact records it, so it is served exactly as it was validated."""
+    artifact = load_artifact(tiny_with_head(tmp_path / "start", None))
+    model = FusionRanker(artifact.model, [], architecture="shared_context")
+    cfg = TrainConfig(
+        loss="listnet",
+        batch_lists=4,
+        epochs=3,
+        eval_every_steps=8,
+        patience=4,
+        max_length=32,
+        learning_rate=3e-3,
+    )
+    scorer = training_scorer(model, artifact.tokenizer, cfg, torch.device("cpu"))
+    train, validation = _text_lists(64, seed=1), _text_lists(16, seed=2)
+    before = list_ndcg(validation, score_lists(model, scorer, validation))
+
+    result = fit(model, scorer, train, validation, cfg)
+
+    assert result.best_ndcg > before + 0.3
+    manifest = read_manifest(tmp_path / "start").model_copy(
+        update={"version": "tiny-shared-v1", "architecture": "shared_context", "max_length": 32}
+    )
+    saved = save_artifact(model.encoder, artifact.tokenizer, tmp_path / "trained", manifest)
+    spec = cross_encoder_spec(str(saved))
+    served = PairScorer.from_spec(spec, torch.device("cpu"), ScoringSettings(max_length=32))
+    texts = validation["context_text"].tolist(), validation["item_text"].tolist()
+    np.testing.assert_allclose(served.score(*texts), scorer.score(*texts), atol=1e-5)

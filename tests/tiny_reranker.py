@@ -16,7 +16,9 @@ from pathlib import Path
 TINY_VERSION = "tiny-test-v1"
 
 
-def build_tiny_artifact(path: Path, version: str = TINY_VERSION, seed: int = 0) -> Path:
+def build_tiny_artifact(
+    path: Path, version: str = TINY_VERSION, seed: int = 0, architecture: str = "pair"
+) -> Path:
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -46,6 +48,7 @@ def build_tiny_artifact(path: Path, version: str = TINY_VERSION, seed: int = 0) 
         loss="none (seeded random weights for tests)",
         data_snapshot="none",
         metrics={"ndcg@10": 0.0},
+        architecture=architecture,
         # Fixed, so every build has the same bytes and executors reuse one unpacked copy.
         created_at=dt.datetime(2026, 11, 20, tzinfo=dt.UTC),
     )
@@ -53,8 +56,9 @@ def build_tiny_artifact(path: Path, version: str = TINY_VERSION, seed: int = 0) 
 
 
 @cache
-def tiny_artifact() -> Path:
-    """The tiny artifact, built once per test process in a directory removed at exit."""
+def tiny_artifact(architecture: str = "pair") -> Path:
+    """The tiny artifact of an architecture, built once per test process in a directory removed at exit."""
     root = Path(tempfile.mkdtemp(prefix="llmrank-tiny-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
-    return build_tiny_artifact(root / TINY_VERSION)
+    version = TINY_VERSION if architecture == "pair" else f"{TINY_VERSION}-{architecture}"
+    return build_tiny_artifact(root / version, version, architecture=architecture)

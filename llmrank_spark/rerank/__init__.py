@@ -45,11 +45,19 @@ from llmrank_spark.rerank.scorer import (
     ScoringSettings,
     autocast_dtype,
     cached_scorer,
+    encoder_logits,
     task_device,
+)
+from llmrank_spark.rerank.shared_context import (
+    ARCHITECTURES,
+    Architecture,
+    SharedContextEncoded,
+    shared_context_logits,
 )
 from llmrank_spark.rerank.udf import scoring_udf, ship_model
 
 __all__ = [
+    "ARCHITECTURES",
     "BASE_MODEL_NAME",
     "BERT_SCORE",
     "FEATURES",
@@ -59,6 +67,7 @@ __all__ = [
     "STALE_DAYS",
     "WEIGHTS_FILE",
     "ZERO_SHOT_VERSION",
+    "Architecture",
     "ArtifactError",
     "ArtifactManifest",
     "FusionHead",
@@ -68,10 +77,12 @@ __all__ = [
     "PairScorer",
     "ScoringOutOfMemory",
     "ScoringSettings",
+    "SharedContextEncoded",
     "autocast_dtype",
     "base_model_dir",
     "cached_scorer",
     "cross_encoder_spec",
+    "encoder_logits",
     "feature_matrix",
     "fit_fusion",
     "fused_scores",
@@ -90,6 +101,7 @@ __all__ = [
     "save_artifact",
     "score_by_request",
     "scoring_udf",
+    "shared_context_logits",
     "ship_model",
     "task_device",
     "untrained_cross_encoder",

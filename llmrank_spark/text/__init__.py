@@ -1,6 +1,6 @@
 """Texts the model reads: item texts, request contexts, the token budget."""
 
-from llmrank_spark.text.budget import budget_split
+from llmrank_spark.text.budget import budget_split, shared_context_split
 from llmrank_spark.text.clean import MISSING_VALUE, clean_text
 from llmrank_spark.text.contexts import (
     HISTORY_PREFIX,
@@ -38,6 +38,7 @@ __all__ = [
     "item_texts",
     "preferred_values",
     "render_item_texts",
+    "shared_context_split",
     "shown_attributes",
     "user_context_frame",
     "user_contexts",

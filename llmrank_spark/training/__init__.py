@@ -25,7 +25,7 @@ from llmrank_spark.training.losses import ranking_loss
 from llmrank_spark.training.network import FusionRanker, freeze_lower_layers, initial_model, optimizer_for
 from llmrank_spark.training.registry import latest_registered, registry_row
 from llmrank_spark.training.train import train_reranker
-from llmrank_spark.training.trainer import fit, list_ndcg, score_lists
+from llmrank_spark.training.trainer import fit, list_ndcg, score_lists, training_scorer
 
 __all__ = [
     "CHAMPION",
@@ -57,4 +57,5 @@ __all__ = [
     "train_reranker",
     "training_end",
     "training_lists",
+    "training_scorer",
 ]

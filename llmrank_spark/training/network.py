@@ -8,7 +8,9 @@ import torch
 from llmrank_spark.config import TrainConfig
 from llmrank_spark.rerank import (
     BASE_MODEL_NAME,
+    Architecture,
     FusionHead,
+    encoder_logits,
     load_artifact,
     untrained_cross_encoder,
 )
@@ -27,9 +29,16 @@ class FusionRanker(torch.nn.Module):
 
     feature_scale: torch.Tensor  # a buffer (register_buffer), so a Tensor and not Module.__getattr__'s union
 
-    def __init__(self, encoder, features: list[str], head: FusionHead | None = None) -> None:
+    def __init__(
+        self,
+        encoder,
+        features: list[str],
+        head: FusionHead | None = None,
+        architecture: Architecture = "pair",
+    ) -> None:
         super().__init__()
         self.encoder = encoder
+        self.architecture: Architecture = architecture
         self.features = list(features)
         self.head = torch.nn.Linear(1 + len(features), 1) if features else None
         self.register_buffer("feature_scale", torch.ones(len(features)))
@@ -43,7 +52,7 @@ class FusionRanker(torch.nn.Module):
                 self.head.bias.fill_(warm.bias if warm else 0.0)
 
     def forward(self, inputs: dict[str, torch.Tensor], features: torch.Tensor) -> torch.Tensor:
-        logits = self.encoder(**inputs).logits[:, 0]
+        logits = encoder_logits(self.encoder, inputs, self.architecture)
         if self.head is None:
             return logits
         return self.head(torch.cat([logits[:, None], features / self.feature_scale], dim=1))[:, 0]
@@ -86,13 +95,17 @@ def freeze_lower_layers(encoder, trainable_layers: int) -> None:
             parameter.requires_grad_(False)
 
 
-def initial_model(warm_from: str | None, features: list[str]) -> tuple[FusionRanker, str]:
+def initial_model(
+    warm_from: str | None, features: list[str], architecture: Architecture = "pair"
+) -> tuple[FusionRanker, str]:
     """(model, what it starts from): the artifact at `warm_from` (weights and head), else MiniLM with a
-    fresh 1-logit head."""
+    fresh 1-logit head. The weights are the same BertForSequenceClassification for either architecture,
+    so a version can be warm-started from one of the other architecture."""
     if warm_from is None:
-        return FusionRanker(untrained_cross_encoder(), features), BASE_MODEL_NAME
+        return FusionRanker(untrained_cross_encoder(), features, architecture=architecture), BASE_MODEL_NAME
     artifact = load_artifact(warm_from)
-    return FusionRanker(artifact.model, features, artifact.manifest.fusion_head), artifact.manifest.version
+    warm = FusionRanker(artifact.model, features, artifact.manifest.fusion_head, architecture)
+    return warm, artifact.manifest.version
 
 
 def optimizer_for(model: FusionRanker, cfg: TrainConfig) -> torch.optim.AdamW:

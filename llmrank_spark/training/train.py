@@ -40,7 +40,7 @@ def train_reranker(
     torch.set_num_threads(cfg.threads)
     built = training_lists(spark, items, interactions, users, config, data_snapshot)
 
-    model, started_from = initial_model(warm_from, cfg.fusion_features)
+    model, started_from = initial_model(warm_from, cfg.fusion_features, cfg.architecture)
     tokenizer = load_tokenizer(warm_from or base_model_dir())
     if cfg.distributor_processes:
         result = fit_with_distributor(spark, model, tokenizer, built["train"], built["validation"], cfg)
@@ -60,6 +60,7 @@ def train_reranker(
         base_model=BASE_MODEL_NAME if warm_from is None else f"{BASE_MODEL_NAME} via {started_from}",
         **text_settings(training_text(config)),
         loss=cfg.loss,
+        architecture=cfg.architecture,
         data_snapshot=data_snapshot,
         metrics={
             "val_ndcg@10": result.best_ndcg,

@@ -62,7 +62,7 @@ def training_scorer(model: FusionRanker, tokenizer, cfg: TrainConfig, device: to
         micro_batch_size=64,
         max_length=cfg.max_length,
     )
-    return PairScorer(model.encoder, tokenizer, "cross_encoder", device, settings)
+    return PairScorer(model.encoder, tokenizer, "cross_encoder", device, settings, model.architecture)
 
 
 def fit(
