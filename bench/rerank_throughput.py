@@ -1,4 +1,4 @@
-"""Rerank throughput: the same pairs scored by the same model and threads, five ways.
+"""Rerank throughput: the same pairs scored by the same model and threads, five ways, and two architectures.
 
   a       a plain in-process PyTorch loop over micro-batches (tokenise, pad, forward): the ceiling
           on CPU, where the forward pass is the whole cost
@@ -7,12 +7,19 @@
   c       a naive row-at-a-time Python UDF (one pair per forward)
   d       pyspark.ml.functions.predict_batch_udf with a tokenise+forward predict function
 
+With --architectures pair,shared_context the paths engine and b also run the same weights as a
+shared-context cross-encoder (llmrank_spark/rerank/shared_context.py: a request's context encoded once
+for all its candidates), at each --candidates count per request, and the run ends with one line per
+count: "shared-context/pair through the UDF: R.RRx at N candidates".
+
 Pairs are synthetic e-commerce texts built with the job's own text functions (a history context
-of 2-5 items and an item text, about 80 tokens a pair). Without --model the cross-encoder is the packaged
-MiniLM with a freshly initialised 1-logit head: the numbers are throughput only, since a head's
-weights do not change the cost of scoring.
+of --history items, about 64 tokens, and an item text), --candidates per request as in the nightly job.
+Without --model the cross-encoder is the packaged MiniLM with a freshly initialised 1-logit head: the
+numbers are throughput only, since a head's weights do not change the cost of scoring.
 
   python bench/rerank_throughput.py --pairs 1024 --rounds 3 --naive-pairs 256     # 2-core CPU machine
+  python bench/rerank_throughput.py --paths engine,b --architectures pair,shared_context \
+      --candidates 20,100 --pairs 2000 --rounds 3                                  # shared context, CPU
   python bench/rerank_throughput.py --device cuda --pairs 200000 --paths a,engine,b --micro-batch 2048 \
       --threads 4 --master 'local[4]' --partitions 4                                # one GPU
 """
@@ -23,6 +30,7 @@ import argparse
 import contextlib
 import datetime as dt
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -35,6 +43,7 @@ import torch
 
 from llmrank_spark.config import RerankConfig
 from llmrank_spark.rerank import (
+    MANIFEST_FILE,
     ArtifactManifest,
     PairScorer,
     ScoringSettings,
@@ -43,6 +52,7 @@ from llmrank_spark.rerank import (
     cross_encoder_spec,
     load_artifact,
     load_tokenizer,
+    read_manifest,
     save_artifact,
     untrained_cross_encoder,
 )
@@ -82,10 +92,13 @@ ATTRIBUTES = {
 }
 
 
-def synthetic_pairs(n_pairs: int, cfg: RerankConfig, seed: int = 7) -> tuple[list[str], list[str]]:
-    """(contexts, items): 100 candidates per request, as in the nightly job, with seeded product texts.
+def synthetic_pairs(
+    n_pairs: int, cfg: RerankConfig, seed: int = 7, candidates: int = 100, history: tuple[int, int] = (2, 5)
+) -> tuple[list[str], list[str]]:
+    """(contexts, items): `candidates` per request, with seeded product texts.
 
-    Lengths vary as in a real catalogue: titles of 1-4 adjectives, 0-5 attributes, 2-5 history items.
+    Lengths vary as in a real catalogue: titles of 1-4 adjectives, 0-5 attributes, `history` items (a
+    range) in the context.
     """
     rng = np.random.default_rng(seed)
     n_items = max(200, n_pairs // 20)
@@ -109,13 +122,46 @@ def synthetic_pairs(n_pairs: int, cfg: RerankConfig, seed: int = 7) -> tuple[lis
     item_texts = render_item_texts(items, cfg.item_template, cfg.item_attributes).tolist()
     snippets = render_item_texts(items, cfg.context_template, cfg.item_attributes).tolist()
     contexts, pairs_items = [], []
-    for start in range(0, n_pairs, 100):
-        history = rng.choice(n_items, rng.integers(2, cfg.context_items + 1), replace=False)
-        context = history_context([snippets[i] for i in history])
-        for item in rng.choice(n_items, min(100, n_pairs - start), replace=False):
+    for start in range(0, n_pairs, candidates):
+        viewed = rng.choice(n_items, rng.integers(history[0], history[1] + 1), replace=False)
+        context = history_context([snippets[i] for i in viewed])
+        for item in rng.choice(n_items, min(candidates, n_pairs - start), replace=False):
             contexts.append(context)
             pairs_items.append(item_texts[item])
     return contexts, pairs_items
+
+
+def with_architecture(artifact: Path, architecture: str, scratch: Path) -> Path:
+    """A copy of `artifact` whose reranker.json says `architecture`: the same weights read another way."""
+    if read_manifest(artifact).architecture == architecture:
+        return artifact
+    copy = scratch / f"{artifact.name}-{architecture}"
+    if not copy.exists():
+        shutil.copytree(artifact, copy)
+        manifest = read_manifest(copy).model_copy(
+            update={"architecture": architecture, "version": f"{read_manifest(copy).version}-{architecture}"}
+        )
+        (copy / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
+    return copy
+
+
+def tokens_per_pair(scorer: PairScorer, contexts: list[str], items: list[str]) -> float:
+    """Tokens the scorer runs through the model per pair, counted from the inputs it builds."""
+    counted = []
+    build = scorer.model_inputs
+
+    def counting(encoded, rows):
+        inputs = build(encoded, rows)
+        masks = ("attention_mask", "context_mask", "item_mask")
+        counted.append(sum(int(inputs[name].sum()) for name in masks if name in inputs))
+        return inputs
+
+    scorer.model_inputs = counting  # type: ignore[method-assign]
+    try:
+        scorer.score(contexts, items)
+    finally:
+        del scorer.model_inputs
+    return sum(counted) / len(contexts)
 
 
 def prepare_artifact(model_path: str | None, cfg: RerankConfig, scratch: Path) -> Path:
@@ -236,21 +282,32 @@ def spark_paths(args, artifact: Path, settings: ScoringSettings) -> dict[str, Ca
             make_predict_fn, return_type=DoubleType(), batch_size=settings.micro_batch_size
         ),
     }
-    frames: dict[int, object] = {}
+    frames: dict[tuple, object] = {}
 
     def runner(path: str) -> Callable:
         score = udfs[path]()
 
         def run(contexts: list[str], items: list[str]) -> np.ndarray:
-            if len(contexts) not in frames:
+            # As the rerank step lays pairs out (rerank.score_by_request): whole requests per partition,
+            # in a fixed order, so an Arrow batch holds whole candidate lists.
+            key = (len(contexts), contexts[0], items[0], items[-1])
+            if key not in frames:
                 pdf = pd.DataFrame(
-                    {"pair": np.arange(len(contexts)), "context_text": contexts, "item_text": items}
+                    {
+                        "pair": np.arange(len(contexts)),
+                        "request": pd.factorize(pd.Series(contexts))[0],
+                        "context_text": contexts,
+                        "item_text": items,
+                    }
                 )
-                frames[len(contexts)] = (
-                    spark.createDataFrame(pdf).repartition(args.partitions, "pair").cache()
+                frames[key] = (
+                    spark.createDataFrame(pdf)
+                    .repartition(args.partitions, "request")
+                    .sortWithinPartitions("request", "pair")
+                    .cache()
                 )
-                frames[len(contexts)].count()
-            scored = frames[len(contexts)].select("pair", score("context_text", "item_text").alias("score"))
+                frames[key].count()
+            scored = frames[key].select("pair", score("context_text", "item_text").alias("score"))
             return scored.toPandas().sort_values("pair")["score"].to_numpy()
 
         return run
@@ -275,6 +332,13 @@ def main(argv: list[str] | None = None) -> None:
         "--arrow-batch", type=int, default=4096, help="spark.sql.execution.arrow.maxRecordsPerBatch"
     )
     parser.add_argument("--paths", default="a,engine,b,c,d", help="comma-separated subset of a,engine,b,c,d")
+    parser.add_argument(
+        "--architectures",
+        default="pair",
+        help="comma-separated subset of pair,shared_context: how engine and b read the pairs",
+    )
+    parser.add_argument("--candidates", default="100", help="comma-separated candidates per request")
+    parser.add_argument("--history", default="2,5", help="history items per context: min,max")
     parser.add_argument("--rounds", type=int, default=1, help="timed rounds; each path reports its best")
     parser.add_argument(
         "--naive-pairs", type=int, default=1024, help="pairs for the slow path c (rate scales)"
@@ -285,56 +349,93 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     cfg = RerankConfig(max_length=args.max_length)
     settings = ScoringSettings(args.device, args.precision, args.micro_batch, args.max_length)
-    contexts, items = synthetic_pairs(args.pairs, cfg)
     device = torch.device(args.device)
+    wanted = args.paths.split(",")
+    architectures = args.architectures.split(",")
+    low, high = (int(n) for n in args.history.split(","))
 
     with tempfile.TemporaryDirectory(prefix="llmrank-bench-") as scratch:
         artifact = prepare_artifact(args.model, cfg, Path(scratch))
+        artifacts = {arch: with_architecture(artifact, arch, Path(scratch)) for arch in architectures}
         tokenizer = load_tokenizer(artifact)
-        lengths = [len(ids) for ids in tokenizer(contexts[:2000], items[:2000], truncation=True)["input_ids"]]
-        print(
-            f"{args.pairs} pairs, mean {np.mean(lengths):.0f} tokens (max_length {args.max_length}), "
-            f"device {args.device}, precision {args.precision}, micro-batch {args.micro_batch}, "
-            f"torch threads {args.threads}, Spark {args.master} with {args.partitions} partitions"
-        )
-        wanted = args.paths.split(",")
+        engines = {
+            arch: PairScorer.from_spec(cross_encoder_spec(str(path)), device, settings)
+            for arch, path in artifacts.items()
+        }
         runners: dict[str, Callable] = {}
         if "a" in wanted:
             runners["a"] = plain_loop(artifact, settings, device)
-        if "engine" in wanted:
-            runners["engine"] = PairScorer.from_spec(
-                cross_encoder_spec(str(artifact)), device, settings
-            ).score
-        if {"b", "c", "d"} & set(wanted):
-            runners.update({k: v for k, v in spark_paths(args, artifact, settings).items() if k in wanted})
-
-        order = [p for p in ("a", "engine", "b", "c", "d") if p in runners]
-        for path in order:
-            runners[path](contexts[:64], items[:64])  # warm-up: model load, worker start, kernels
-        # Paths take turns, round after round, and each keeps its best round: on a shared machine a
-        # burst of someone else's load then slows one round of every path, not one path's only run.
-        results: dict[str, float] = {}
-        reference = None
-        for round_number in range(1, args.rounds + 1):
-            for path in order:
-                n = min(args.pairs, args.naive_pairs) if path == "c" else args.pairs
-                start = time.perf_counter()
-                scores = runners[path](contexts[:n], items[:n])
-                seconds = time.perf_counter() - start
-                results[path] = max(results.get(path, 0.0), n / seconds)
-                reference = scores if reference is None else reference
-                print(
-                    f"  round {round_number} {path:>6}: {n:>7} pairs in {seconds:7.2f}s = {n / seconds:9.1f} "
-                    f"pairs/s (max |score - first path| {np.abs(scores - reference[:n]).max():.1e})"
+        for arch, engine in engines.items():
+            suffix = "" if arch == "pair" else f"-{arch}"
+            if "engine" in wanted:
+                runners[f"engine{suffix}"] = engine.score
+            if {"b", "c", "d"} & set(wanted):
+                # c and d are pair-only ways of calling the model; b is this job's UDF, either architecture.
+                spark_runners = spark_paths(args, artifacts[arch], settings)
+                runners.update(
+                    {
+                        f"{path}{suffix}": run
+                        for path, run in spark_runners.items()
+                        if path in wanted and (path == "b" or arch == "pair")
+                    }
                 )
-        print("best round: " + ", ".join(f"{p} {r:.1f} pairs/s" for p, r in results.items()))
-        if "a" in results:
-            print("ratios to a: " + ", ".join(f"{p}/a = {r / results['a']:.2f}" for p, r in results.items()))
-        if "b" in results:
+
+        udf_ratios = []
+        for candidates in (int(n) for n in args.candidates.split(",")):
+            contexts, items = synthetic_pairs(args.pairs, cfg, candidates=candidates, history=(low, high))
+            pair_tokens = [
+                len(ids) for ids in tokenizer(contexts[:2000], items[:2000], truncation=True)["input_ids"]
+            ]
+            context_tokens = [len(ids) for ids in tokenizer(sorted(set(contexts)))["input_ids"]]
             print(
-                "b versus:    "
-                + ", ".join(f"b/{p} = {results['b'] / r:.2f}" for p, r in results.items() if p != "b")
+                f"{args.pairs} pairs, {candidates} candidates per request, contexts of mean "
+                f"{np.mean(context_tokens):.0f} tokens, pairs of mean {np.mean(pair_tokens):.0f} tokens "
+                f"(max_length {args.max_length}), device {args.device}, precision {args.precision}, "
+                f"micro-batch {args.micro_batch}, torch threads {args.threads}, Spark {args.master} with "
+                f"{args.partitions} partitions"
             )
+            for arch, engine in engines.items():
+                tokens = tokens_per_pair(engine, contexts, items)
+                print(f"  {arch}: {tokens:.1f} tokens through the model per pair")
+            results = timed(runners, contexts, items, args)
+            print("best round: " + ", ".join(f"{p} {r:.1f} pairs/s" for p, r in results.items()))
+            if "a" in results:
+                print(
+                    "ratios to a: " + ", ".join(f"{p}/a = {r / results['a']:.2f}" for p, r in results.items())
+                )
+            if "b" in results:
+                print(
+                    "b versus:    "
+                    + ", ".join(f"b/{p} = {results['b'] / r:.2f}" for p, r in results.items() if p != "b")
+                )
+            if "b" in results and "b-shared_context" in results:
+                udf_ratios.append((results["b-shared_context"] / results["b"], candidates))
+        for ratio, candidates in udf_ratios:
+            print(f"shared-context/pair through the UDF: {ratio:.2f}x at {candidates} candidates")
+
+
+def timed(runners: dict[str, Callable], contexts: list[str], items: list[str], args) -> dict[str, float]:
+    """Each path's best pairs/s over the rounds, printing every round."""
+    for run in runners.values():
+        run(contexts[:64], items[:64])  # warm-up: model load, worker start, kernels
+    # Paths take turns, round after round, and each keeps its best round: on a shared machine a
+    # burst of someone else's load then slows one round of every path, not one path's only run.
+    results: dict[str, float] = {}
+    reference: dict[str, np.ndarray] = {}
+    for round_number in range(1, args.rounds + 1):
+        for path, run in runners.items():
+            n = min(args.pairs, args.naive_pairs) if path.startswith("c") else args.pairs
+            start = time.perf_counter()
+            scores = run(contexts[:n], items[:n])
+            seconds = time.perf_counter() - start
+            results[path] = max(results.get(path, 0.0), n / seconds)
+            # Scores are compared within an architecture: the two read the same weights differently.
+            first = reference.setdefault("shared" if "shared" in path else "pair", scores)
+            print(
+                f"  round {round_number} {path:>17}: {n:>7} pairs in {seconds:7.2f}s = {n / seconds:9.1f} "
+                f"pairs/s (max |score - first of its architecture| {np.abs(scores - first[:n]).max():.1e})"
+            )
+    return results
 
 
 if __name__ == "__main__":

@@ -657,6 +657,13 @@ class TrainConfig(_Section):
         "processes x this).",
     )
     epochs: int = Field(1, ge=1, description="Passes over the training lists.")
+    max_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Time budget of the fine-tuning loop: it stops at the first validation after this "
+        "many seconds (the best weights are kept); unset: no limit. Lets architectures be compared at "
+        "equal training time.",
+    )
     learning_rate: float = Field(3e-5, gt=0, description="AdamW learning rate of the encoder's layers.")
     head_learning_rate: float = Field(
         1e-2, gt=0, description="Learning rate of the linear fusion head (no weight decay)."

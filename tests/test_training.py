@@ -648,3 +648,17 @@ def test_shared_context_trains_on_text_and_is_served_as_trained(tmp_path):
     served = PairScorer.from_spec(spec, torch.device("cpu"), ScoringSettings(max_length=32))
     texts = validation["context_text"].tolist(), validation["item_text"].tolist()
     np.testing.assert_allclose(served.score(*texts), scorer.score(*texts), atol=1e-5)
+
+
+def test_fit_stops_at_the_first_validation_after_its_time_budget(tmp_path):
+    artifact = load_artifact(tiny_with_head(tmp_path / "start", None))
+    model = FusionRanker(artifact.model, ["als", "popularity"])
+    scorer = cpu_scorer(model, artifact.tokenizer)
+    cfg = TrainConfig(
+        loss="ranknet", batch_lists=4, epochs=3, eval_every_steps=2, patience=10, max_seconds=1e-6
+    )
+
+    result = fit(model, scorer, _lists(24, seed=1), _lists(8, seed=2), cfg)
+
+    # Without a budget, 3 epochs of 6 steps; with one already spent, it stops at the first validation.
+    assert [s for s, _ in result.evaluations] == [0, 2]

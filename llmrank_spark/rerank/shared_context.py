@@ -117,34 +117,46 @@ class SharedContextEncoded:
         return {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in arrays.items()}
 
 
-def _heads(hidden: torch.Tensor, attention) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Queries, keys and values of `hidden` (batch, tokens, width) as (batch, heads, tokens, head size)."""
-    shape = (*hidden.shape[:2], attention.num_attention_heads, attention.attention_head_size)
-    return tuple(
-        projection(hidden).view(shape).transpose(1, 2)
+def _padded(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unpadded (tokens, width) rows back into (rows, row width, width), zeros on padding."""
+    padded = tokens.new_zeros(*mask.shape, tokens.shape[-1])
+    padded[mask] = tokens
+    return padded
+
+
+def _heads(tokens: torch.Tensor, mask: torch.Tensor, attention) -> list[torch.Tensor]:
+    """Queries, keys and values of unpadded `tokens`, as (rows, heads, row width, head size)."""
+    shape = (*mask.shape, attention.num_attention_heads, attention.attention_head_size)
+    return [
+        _padded(projection(tokens), mask).view(shape).transpose(1, 2)
         for projection in (attention.query, attention.key, attention.value)
-    )
+    ]
 
 
-def _merged(attended: torch.Tensor) -> torch.Tensor:
-    """(batch, heads, tokens, head size) back to (batch, tokens, width)."""
-    batch, _, tokens, _ = attended.shape
-    return attended.transpose(1, 2).reshape(batch, tokens, -1)
+def _unpadded(attended: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(rows, heads, row width, head size) back to unpadded (tokens, width)."""
+    rows, _, width, _ = attended.shape
+    return attended.transpose(1, 2).reshape(rows, width, -1)[mask]
 
 
 def _shared_context_layer(
     layer, context: torch.Tensor, items: torch.Tensor, inputs: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One BERT layer under the shared-context mask: the context attends to itself; each item attends to
-    its context and itself."""
+    its context and itself.
+
+    Hidden states stay unpadded (one row per real token) through the linear layers, which are nearly
+    all of the cost: only attention sees padded rows, so a micro-batch of items of mixed lengths pays
+    for no padding there.
+    """
     attention = layer.attention.self
     dropout = attention.dropout.p if layer.training else 0.0
     context_mask, item_mask, owner = inputs["context_mask"], inputs["item_mask"], inputs["item_context"]
-    query, key, value = _heads(context, attention)
+    query, key, value = _heads(context, context_mask, attention)
     context_attended = scaled_dot_product_attention(
         query, key, value, attn_mask=context_mask[:, None, None, :], dropout_p=dropout
     )
-    item_query, item_key, item_value = _heads(items, attention)
+    item_query, item_key, item_value = _heads(items, item_mask, attention)
     keys = torch.cat([key[owner], item_key], dim=2)
     values = torch.cat([value[owner], item_value], dim=2)
     visible = torch.cat([context_mask[owner], item_mask], dim=1)[:, None, None, :]
@@ -153,28 +165,38 @@ def _shared_context_layer(
     )
 
     def feed_forward(attended: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        hidden = layer.attention.output(_merged(attended), hidden)
+        hidden = layer.attention.output(attended, hidden)
         return layer.output(layer.intermediate(hidden), hidden)
 
-    return feed_forward(context_attended, context), feed_forward(item_attended, items)
+    return (
+        feed_forward(_unpadded(context_attended, context_mask), context),
+        feed_forward(_unpadded(item_attended, item_mask), items),
+    )
 
 
 def shared_context_logits(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """One logit per item of `inputs` (`SharedContextEncoded.model_inputs`), from a
     BertForSequenceClassification with one label; differentiable, so training runs it too."""
     bert = model.base_model
-    context_ids, item_ids = inputs["context_ids"], inputs["item_ids"]
+    context_mask, item_mask = inputs["context_mask"], inputs["item_mask"]
+    context_ids = inputs["context_ids"][context_mask]
+    item_ids = inputs["item_ids"][item_mask]
+    context_positions = torch.arange(context_mask.shape[1], device=context_mask.device).expand_as(
+        context_mask
+    )
     context = bert.embeddings(
-        input_ids=context_ids,
-        token_type_ids=torch.zeros_like(context_ids),
-        position_ids=torch.arange(context_ids.shape[1], device=context_ids.device).expand_as(context_ids),
-    )
+        input_ids=context_ids[None],
+        token_type_ids=torch.zeros_like(context_ids)[None],
+        position_ids=context_positions[context_mask][None],
+    )[0]
     items = bert.embeddings(
-        input_ids=item_ids, token_type_ids=torch.ones_like(item_ids), position_ids=inputs["item_positions"]
-    )
+        input_ids=item_ids[None],
+        token_type_ids=torch.ones_like(item_ids)[None],
+        position_ids=inputs["item_positions"][item_mask][None],
+    )[0]
     for layer in bert.encoder.layer:
         context, items = _shared_context_layer(layer, context, items, inputs)
-    mask = inputs["item_mask"].unsqueeze(-1).to(items.dtype)
-    pooled = (items * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    weights = item_mask.unsqueeze(-1).to(items.dtype)
+    pooled = _padded(items, item_mask).sum(1) / weights.sum(1).clamp(min=1.0)
     pooled = bert.pooler.activation(bert.pooler.dense(pooled))
     return model.classifier(model.dropout(pooled))[:, 0]

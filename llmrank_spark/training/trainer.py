@@ -75,7 +75,8 @@ def fit(
 ) -> FitResult:
     """Train on `train` lists (rows grouped by list_id, list_size each) with `cfg.loss`; every
     `eval_every_steps` steps and after the last step measure validation NDCG@10, keep the best weights,
-    stop after `patience` evaluations without improvement. The model ends holding the best weights. The
+    stop after `patience` evaluations without improvement, or at the first evaluation after
+    `max_seconds`. The model ends holding the best weights. The
     head reads each feature scaled to its range in `train` (`FusionRanker.scale_features`), so no
     feature's units set its pace.
 
@@ -99,25 +100,28 @@ def fit(
     forward = data_parallel(model, scorer.device) if distributed else model
     step_lists = cfg.batch_lists * world_size
 
-    def validation_ndcg() -> float:
-        """Measured on rank 0 and sent to every rank, so all make the same early-stopping decision."""
+    def validation_ndcg() -> tuple[float, bool]:
+        """(NDCG, whether `max_seconds` is spent), measured on rank 0 and sent to every rank, so all
+        make the same stopping decision."""
         ndcg = list_ndcg(validation, score_lists(model, scorer, validation)) if rank == 0 else 0.0
+        spent = cfg.max_seconds is not None and time.perf_counter() - started >= cfg.max_seconds
         if distributed:
-            value = torch.tensor([ndcg], dtype=torch.float64, device=scorer.device)
+            value = torch.tensor([ndcg, float(spent)], dtype=torch.float64, device=scorer.device)
             dist.broadcast(value, src=0)
-            ndcg = float(value.item())
-        return ndcg
+            ndcg, spent = float(value[0]), bool(value[1])
+        return ndcg, spent
 
-    best = FitResult(validation_ndcg(), 0)
+    best = FitResult(validation_ndcg()[0], 0)
     best.evaluations.append((0, best.best_ndcg))
     if rank == 0:
         print(f"[train] step 0: validation ndcg@10 {best.best_ndcg:.4f}", flush=True)
     best_state, waited, step = copy.deepcopy(model.state_dict()), 0, 0
 
     def evaluate(loss: float) -> bool:
-        """Record this step's validation NDCG, keep the weights if best; True when patience has run out."""
+        """Record this step's validation NDCG, keep the weights if best; True when patience has run out or
+        the time budget is spent."""
         nonlocal best_state, waited
-        ndcg = validation_ndcg()
+        ndcg, spent = validation_ndcg()
         best.evaluations.append((step, ndcg))
         if rank == 0:
             print(f"[train] step {step}: loss {loss:.4f}, validation ndcg@10 {ndcg:.4f}", flush=True)
@@ -125,7 +129,9 @@ def fit(
             best.best_ndcg, best.steps, best_state, waited = ndcg, step, copy.deepcopy(model.state_dict()), 0
         else:
             waited += 1
-        return waited >= cfg.patience
+        if spent and rank == 0:
+            print(f"[train] step {step}: the time budget of {cfg.max_seconds:g} s is spent", flush=True)
+        return spent or waited >= cfg.patience
 
     stopped = False
     for _epoch in range(cfg.epochs):
