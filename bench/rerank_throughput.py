@@ -13,13 +13,14 @@ for all its candidates), at each --candidates count per request, and the run end
 count: "shared-context/pair through the UDF: R.RRx at N candidates".
 
 Pairs are synthetic e-commerce texts built with the job's own text functions (a history context
-of --history items, about 64 tokens, and an item text), --candidates per request as in the nightly job.
-Without --model the cross-encoder is the packaged MiniLM with a freshly initialised 1-logit head: the
-numbers are throughput only, since a head's weights do not change the cost of scoring.
+of --history items, about 64 tokens with --history 3,6, and an item text), --candidates per request
+as in the nightly job. Without --model the cross-encoder is the packaged MiniLM with a freshly
+initialised 1-logit head: the numbers are throughput only, since a head's weights do not change the
+cost of scoring.
 
   python bench/rerank_throughput.py --pairs 1024 --rounds 3 --naive-pairs 256     # 2-core CPU machine
   python bench/rerank_throughput.py --paths engine,b --architectures pair,shared_context \
-      --candidates 20,100 --pairs 2000 --rounds 3                                  # shared context, CPU
+      --candidates 20,100 --history 3,6 --pairs 2000 --rounds 3                    # shared context, CPU
   python bench/rerank_throughput.py --device cuda --pairs 200000 --paths a,engine,b --micro-batch 2048 \
       --threads 4 --master 'local[4]' --partitions 4                                # one GPU
 """
@@ -138,8 +139,9 @@ def with_architecture(artifact: Path, architecture: str, scratch: Path) -> Path:
     copy = scratch / f"{artifact.name}-{architecture}"
     if not copy.exists():
         shutil.copytree(artifact, copy)
-        manifest = read_manifest(copy).model_copy(
-            update={"architecture": architecture, "version": f"{read_manifest(copy).version}-{architecture}"}
+        original = read_manifest(copy)
+        manifest = original.model_copy(
+            update={"architecture": architecture, "version": f"{original.version}-{architecture}"}
         )
         (copy / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
     return copy
