@@ -32,6 +32,8 @@ SECRET_KEY = re.compile(r"secret|passw(or)?d|pwd|token|key|credential|private", 
 HADOOP_SECRET_KEY = re.compile(r"auth|sas|signature", re.IGNORECASE)
 # The password of a user:password@host URI in any value.
 URI_PASSWORD = re.compile(r"(://[^/@\s:]*):[^/@\s]+@")
+# A Spark Connect URL carries its credential as a parameter: sc://host:443/;token=...;user_id=...
+CONNECT_URL_TOKEN = re.compile(r"(;\s*token=)[^;]*", re.IGNORECASE)
 
 
 def is_secret_key(key: str) -> bool:
@@ -49,7 +51,7 @@ def redact(value: Any, key: str = "") -> Any:
     if isinstance(value, list | tuple):
         return [redact(item) for item in value]
     if isinstance(value, str):
-        return URI_PASSWORD.sub(rf"\1:{REDACTED}@", value)
+        return CONNECT_URL_TOKEN.sub(rf"\1{REDACTED}", URI_PASSWORD.sub(rf"\1:{REDACTED}@", value))
     return value
 
 
@@ -63,6 +65,13 @@ class SparkConfig(_Section):
         "local[*]",
         description="Spark master URL of a session this job starts itself. Under spark-submit its --master "
         "wins, and an already active session (Databricks, notebooks) is reused as it is.",
+    )
+    remote: str | None = Field(
+        None,
+        description="Spark Connect URL: sc://host:port for a Spark Connect server (Databricks serverless and "
+        'standard access mode reach Spark this way), or "local[N]" to start a local Spark Connect server '
+        "with Delta for this job. Unset: the SPARK_REMOTE environment variable if set, else a classic "
+        "session on spark.master.",
     )
     app_name: str = Field("llmrank-spark", description="Spark application name (spark.app.name).")
     delta_jars: Literal["maven", "provided"] = Field(
@@ -122,6 +131,13 @@ class LakehouseConfig(_Section):
         description="Per-table exceptions, by table name (docs/tables.md): a catalog name "
         "(catalog.schema.table), a path under root (gold/ranked is <root>/gold/ranked; `..` is refused), "
         "or an absolute path or URI when the table is listed in external_tables.",
+    )
+    layout: Literal["partitioned", "liquid"] = Field(
+        "partitioned",
+        description='How the dated output tables are laid out when this job creates them. "partitioned": '
+        'Hive-style partitions by run_date. "liquid": Delta liquid clustering by run_date and request_id '
+        "(CLUSTER BY), which Databricks recommends for new tables; a date is still replaced in one commit. "
+        "A table that exists keeps its layout.",
     )
     # Anything not listed stays under `root`, so a stray `../..` or a mistyped absolute path can never
     # write outside the lakehouse.
@@ -332,7 +348,7 @@ class CandidatesConfig(_Section):
         500_000,
         ge=1,
         description="Largest catalogue whose item vectors (384 float32 = 1.5 KiB per item for the semantic "
-        "retriever) are collected to the driver and broadcast to every executor for the top-k search.",
+        "retriever) are collected to the driver and shipped to every executor for the top-k search.",
     )
     seed: int = Field(42, description="Random seed of the ALS model.")
     event_weights: dict[str, float] = Field(

@@ -267,12 +267,15 @@ def test_redaction_replaces_every_credential_and_keeps_the_rest():
     overrides += [
         "spark.conf.spark.sql.shuffle.partitions=4",
         "spark.conf.spark.hadoop.fs.s3a.endpoint=https://user:pa55word@minio.local:9000",
+        "spark.remote=sc://adb-1.azuredatabricks.net:443/;token=dapi123;x-databricks-cluster-id=0101",
     ]
     logged = json.loads(load_config(overrides=overrides).redacted_json())
     conf = logged["spark"]["conf"]
     assert {key: conf[key] for key in SECRETS} == dict.fromkeys(SECRETS, REDACTED)
     assert conf["spark.sql.shuffle.partitions"] == "4"
     assert conf["spark.hadoop.fs.s3a.endpoint"] == f"https://user:{REDACTED}@minio.local:9000"
+    remote = f"sc://adb-1.azuredatabricks.net:443/;token={REDACTED};x-databricks-cluster-id=0101"
+    assert logged["spark"]["remote"] == remote
     assert logged["rerank"] == Config().rerank.model_dump(mode="json")
     assert redact({"nested": {"api_token": "t", "tokens": None, "seed": 7}}) == {
         "nested": {"api_token": REDACTED, "tokens": None, "seed": 7}

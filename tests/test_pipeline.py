@@ -1,11 +1,19 @@
-"""End to end on a small sample: the demo, then every notebook as a script re-running the same date."""
+"""End to end on a small sample: the demo, then every notebook as a script re-running the same date, then
+the demo again through Spark Connect.
+"""
 
+import importlib.util
+import os
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from delta.tables import DeltaTable
 from pyspark.sql import functions as F
+from tiny_reranker import TINY_VERSION, tiny_artifact
 
 from llmrank_spark.config import load_config
 from llmrank_spark.pipeline import NIGHTLY_STEPS, main
@@ -38,16 +46,26 @@ def latest_version(spark, path: str) -> int:
     return DeltaTable.forPath(spark, path).history(1).first().version
 
 
+def _lakehouse_overrides(root: Path) -> list[str]:
+    """The small sample in a lakehouse at `root`, re-ranked by the tiny fine-tuned artifact, so the scoring
+    UDF and the shipping of a model to the executors are part of every run."""
+    served = ["rerank.mode=cross_encoder", f"rerank.model_path={tiny_artifact()}"]
+    return [f"lakehouse.root={root}", *SMALL_SAMPLE, *served]
+
+
+def _args(overrides: list[str]) -> list[str]:
+    return [arg for override in overrides for arg in ("--set", override)]
+
+
 @pytest.fixture(scope="module")
 def overrides(tmp_path_factory) -> list[str]:
-    return [f"lakehouse.root={tmp_path_factory.mktemp('pipeline') / 'lakehouse'}", *SMALL_SAMPLE]
+    return _lakehouse_overrides(tmp_path_factory.mktemp("pipeline") / "lakehouse")
 
 
 @pytest.fixture(scope="module")
-def first_run(spark, overrides) -> dict:
+def first_run(spark, overrides, connect_started) -> dict:
     """Run the demo once; the counts of its candidates and ranked partitions."""
-    args = [arg for pair in (("--set", o) for o in overrides) for arg in pair]
-    assert main(["demo", *args]) == 0
+    assert main(["demo", *_args(overrides)]) == 0
     config = load_config(overrides=overrides)
     return {
         table: _partition_counts(spark, config.table_path(table))
@@ -108,3 +126,74 @@ def test_runs_table_traces_every_step_to_the_versions_it_read_and_wrote(spark, o
     assert f"candidates@v{last_rerank.inputs['candidates']}" in last_rerank_line
     wrote_ranked = f"ranked@v{last_rerank.outputs['ranked']} ({last_rerank.rows['ranked']:,} rows)"
     assert wrote_ranked in last_rerank_line
+
+
+# Columns that say when a run happened, not what it computed.
+RUN_TIME_COLUMNS = {"created_at", "started_at", "ended_at", "computed_at"}
+
+
+def _date_of(spark, config, table: str) -> pd.DataFrame:
+    frame = spark.read.format("delta").load(config.table_path(table)).where(F.col("run_date") == RUN_DATE)
+    local = frame.drop(*[c for c in frame.columns if c in RUN_TIME_COLUMNS]).toPandas()
+    keys = [c for c in local.columns if local[c].map(lambda v: isinstance(v, str | int | float)).all()]
+    return local.sort_values(keys, kind="mergesort").reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def connect_started(tmp_path_factory):
+    """The demo started by the CLI in its own process over a local Spark Connect server with Delta; the
+    classic demo runs meanwhile, so the two share the machine's idle time (JVM starts, driver work).
+
+    Databricks serverless and standard access mode reach Spark only this way: no SparkContext, no RDDs, no
+    broadcast variables, no JVM gateway. Its own process, because PySpark switches its functions to Spark
+    Connect process-wide once a Connect session exists.
+    """
+    if importlib.util.find_spec("grpc") is None:  # connect_run skips, saying why
+        yield None
+        return
+    overrides = _lakehouse_overrides(tmp_path_factory.mktemp("connect") / "lakehouse")
+    logs = tmp_path_factory.mktemp("connect-logs")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_GATEWAY", "SPARK_CONNECT"))}
+    command = [sys.executable, "-m", "llmrank_spark.pipeline.cli", "demo", *_args(overrides)]
+    with open(logs / "console.txt", "w") as console:
+        process = subprocess.Popen(
+            [*command, "--set", "spark.remote=local[2]"],
+            env=env | {"LLMRANK_LOG_DIR": str(logs)},
+            stdout=console,
+            stderr=subprocess.STDOUT,
+        )
+        yield process, overrides, logs
+        process.kill()
+
+
+@pytest.fixture(scope="module")
+def connect_run(connect_started) -> list[str]:
+    """The Spark Connect demo's overrides, once it has finished."""
+    if connect_started is None:
+        pytest.skip("the Spark Connect client needs pyspark[connect] (make setup installs it)")
+    process, overrides, logs = connect_started
+    process.wait(timeout=1500)
+    output = "".join(path.read_text()[-4000:] for path in sorted(logs.glob("*.*")))
+    assert process.returncode == 0, f"the Spark Connect run failed:\n{output}"
+    return overrides
+
+
+def test_a_spark_connect_run_writes_what_a_classic_run_writes(spark, overrides, first_run, connect_run):
+    """Same inputs, same tables: the candidates, the ranked lists, the attribute orders and the metrics.
+    Scores agree to float32 precision (batches differ between the runs, so BERT's sums do too)."""
+    classic, connect = load_config(overrides=overrides), load_config(overrides=connect_run)
+    for table in ("candidates", "ranked", "attribute_order", "metrics"):
+        expected, got = _date_of(spark, classic, table), _date_of(spark, connect, table)
+        assert len(got) > 0, f"{table}: the Spark Connect run wrote no rows for {RUN_DATE}"
+        pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=1e-5, atol=1e-4, obj=table)
+
+
+def test_a_spark_connect_run_serves_the_shipped_model_and_logs_every_step(spark, connect_run):
+    config = load_config(overrides=connect_run)
+    ranked = spark.read.format("delta").load(config.table_path("ranked"))
+    assert {row.model_version for row in ranked.select("model_version").distinct().collect()} == {
+        TINY_VERSION
+    }
+    runs = spark.read.format("delta").load(config.table_path("runs"))
+    assert runs.where("status != 'succeeded'").count() == 0
+    assert {row.step for row in runs.select("step").collect()} == {"generate-sample", *NIGHTLY_STEPS}

@@ -102,7 +102,14 @@ def test_missing_table_says_how_to_create_inputs(spark, config):
         read_table(spark, config, "interactions")
 
 
-def test_rerunning_a_date_replaces_its_partition_and_keeps_others(spark, config):
+@pytest.mark.parametrize(
+    ("layout", "partitions", "clustering"),
+    [("partitioned", ["run_date"], []), ("liquid", [], ["run_date", "request_id"])],
+)
+def test_rerunning_a_date_replaces_it_and_keeps_others_in_either_layout(
+    spark, config, layout, partitions, clustering
+):
+    config.lakehouse.layout = layout
     day1, day2 = dt.date(2026, 11, 19), dt.date(2026, 11, 20)
     write_table(_candidates(spark, day1), config, "candidates", day1)
     write_table(_candidates(spark, day2), config, "candidates", day2)
@@ -110,8 +117,11 @@ def test_rerunning_a_date_replaces_its_partition_and_keeps_others(spark, config)
     table = spark.read.format("delta").load(config.table_path("candidates"))
     counts = {r.run_date: r["count"] for r in table.groupBy("run_date").count().collect()}
     assert counts == {day1: 3, day2: 3}
-    history = spark.sql(f"DESCRIBE HISTORY delta.`{config.table_path('candidates')}`").collect()
-    assert len(history) == 3
+    name = f"delta.`{config.table_path('candidates')}`"
+    writes = spark.sql(f"DESCRIBE HISTORY {name}").where("operation = 'WRITE'").collect()
+    assert len(writes) == 3, "one commit per write: a date is replaced atomically"
+    detail = spark.sql(f"DESCRIBE DETAIL {name}").first()
+    assert (detail.partitionColumns, detail.clusteringColumns) == (partitions, clustering)
 
 
 def test_write_rejects_rows_of_another_date(spark, config):

@@ -23,7 +23,7 @@ from llmrank_spark.lakehouse.rejects import (
     as_rejects,
     check_pairs,
 )
-from llmrank_spark.lakehouse.session import get_spark
+from llmrank_spark.lakehouse.session import get_spark, is_connect
 
 __all__ = [
     "CHECKED_COLUMNS",
@@ -45,6 +45,7 @@ __all__ = [
     "frame_from_pandas",
     "get_spark",
     "in_hashed_share",
+    "is_connect",
     "latest_version",
     "load",
     "read_table",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -19,14 +20,6 @@ from llmrank_spark.lakehouse.contracts import (
 )
 
 
-def delta_table(spark: SparkSession, location: str):
-    from delta.tables import DeltaTable
-
-    if is_catalog_name(location):
-        return DeltaTable.forName(spark, location)
-    return DeltaTable.forPath(spark, location)
-
-
 def load(spark: SparkSession, location: str, version: int | None = None) -> DataFrame:
     """Read a Delta table by path or catalog name, optionally pinned to a version (time travel)."""
     reader = spark.read.format("delta")
@@ -36,17 +29,42 @@ def load(spark: SparkSession, location: str, version: int | None = None) -> Data
 
 
 def table_exists(spark: SparkSession, config: Config, table: str) -> bool:
-    from delta.tables import DeltaTable
-
     location = config.table_path(table)
     if is_catalog_name(location):
         return spark.catalog.tableExists(location)
-    return DeltaTable.isDeltaTable(spark, location)
+    try:
+        load(spark, location).schema  # noqa: B018  # resolving the schema reads the Delta log, or fails
+    except AnalysisException:
+        return False
+    return True
+
+
+def sql_name(location: str) -> str:
+    """The table in Delta's SQL: its catalog name, or delta.`path`. Locations passed check_location, so a
+    name is plain identifiers and a path holds no backtick or quote."""
+    return location if is_catalog_name(location) else f"delta.`{location}`"
+
+
+def create_clustered(df: DataFrame, location: str, columns: list[str]) -> None:
+    """Create the table with liquid clustering on `columns` unless it exists.
+
+    SQL, because Delta refuses DataFrameWriterV2's clusterBy ("partitioning by expressions").
+    """
+    schema = ", ".join(f"`{field.name}` {field.dataType.simpleString()}" for field in df.schema.fields)
+    clustering = ", ".join(f"`{column}`" for column in columns)
+    df.sparkSession.sql(
+        f"CREATE TABLE IF NOT EXISTS {sql_name(location)} ({schema}) USING delta CLUSTER BY ({clustering})"
+    )
 
 
 def latest_version(spark: SparkSession, config: Config, table: str) -> int:
     """The table's current Delta version: what a reader that starts now sees."""
-    return int(delta_table(spark, config.table_path(table)).history(1).select("version").first()["version"])
+    # Delta's SQL rather than the DeltaTable API, which needs Delta's own server plugin under Spark Connect.
+    newest = (
+        spark.sql(f"DESCRIBE HISTORY {sql_name(config.table_path(table))} LIMIT 1").select("version").first()
+    )
+    assert newest is not None  # a Delta table has at least its creating commit
+    return int(newest["version"])
 
 
 def read_table(
@@ -93,8 +111,9 @@ def write_table(
 ) -> str:
     """Write a table, checked against its contract before a byte is written.
 
-    Tables partitioned by run_date get that partition replaced atomically (Delta ``replaceWhere``), so
-    re-running a date never duplicates rows and readers see either the old or the new partition; tables
+    Tables partitioned (or, with `lakehouse.layout: liquid`, clustered) by run_date get that date replaced
+    atomically (Delta ``replaceWhere``), so re-running a date never duplicates rows and readers see either
+    the old or the new partition; tables
     partitioned by (run_date, step), like `rejects`, get only that step's partition of the date replaced.
     Append-only tables (the run log, the model registry) get one appending commit; other tables are
     overwritten whole in one commit. Returns the table's location.
@@ -103,10 +122,14 @@ def write_table(
     location = config.table_path(table)
     check_schema(df, table, f"write to {location}")
     df = conform(df, table)
+    liquid = config.lakehouse.layout == "liquid" and bool(spec.partition_by)
+    if liquid:
+        keys = [c for c in ("request_id",) if c in df.columns and c not in spec.partition_by]
+        create_clustered(df, location, [*spec.partition_by, *keys])
     if spec.append_only:
         # mergeSchema: a column added to an append-only contract (optional, so compatible) joins the table.
         writer = df.write.format("delta").mode("append").option("mergeSchema", "true")
-        if spec.partition_by:
+        if spec.partition_by and not liquid:
             writer = writer.partitionBy(*spec.partition_by)
     elif "run_date" in spec.partition_by:
         if run_date is None:
@@ -117,12 +140,10 @@ def write_table(
         if "step" in spec.partition_by:
             check_single_step(df, table, step)
             replace += f" AND step = '{step}'"  # an identifier, checked by check_single_step
-        writer = (
-            df.write.format("delta")
-            .mode("overwrite")
-            .partitionBy(*spec.partition_by)
-            .option("replaceWhere", replace)
-        )
+        # replaceWhere also takes a predicate on a clustering column: the replace stays one atomic commit.
+        writer = df.write.format("delta").mode("overwrite").option("replaceWhere", replace)
+        if not liquid:
+            writer = writer.partitionBy(*spec.partition_by)
     else:
         writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
     if is_catalog_name(location):

@@ -38,27 +38,44 @@ LOCAL_DEFAULTS = {
 }
 
 
+def is_connect(spark: SparkSession) -> bool:
+    """Whether `spark` reaches Spark through Spark Connect: no SparkContext, no RDDs, no JVM gateway there."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
 def get_spark(config: Config) -> SparkSession:
-    """Return the active session if there is one (Databricks, notebooks, tests), else build one."""
+    """Return the active session if there is one (Databricks, notebooks, tests), else build one.
+
+    With `spark.remote` (or SPARK_REMOTE) set it is a Spark Connect session: to a running server at an
+    sc:// URL, whose platform owns the jars and static settings (only `spark.conf` is applied, as session
+    settings), or to a local Connect server this job starts with the same settings as a classic local run.
+    """
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
     # Executors must run the same interpreter as the driver (the project's environment).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    remote = config.spark.remote or os.environ.get("SPARK_REMOTE")
+    if remote and not remote.startswith("local"):
+        spark = SparkSession.builder.remote(remote).getOrCreate()
+        for key, value in config.spark.conf.items():
+            spark.conf.set(key, value)
+        return spark
     settings = {
-        "spark.master": config.spark.master,
         "spark.app.name": config.spark.app_name,
         **LOCAL_DEFAULTS,
         **config.spark.conf,
     }
+    if not remote:
+        settings["spark.master"] = config.spark.master
     resolve_delta_jars = config.spark.delta_jars == "maven"
     if resolve_delta_jars:
         settings |= {
             "spark.sql.extensions": DELTA_EXTENSION,
             "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
         }
-    if "PYSPARK_GATEWAY_PORT" in os.environ:
+    if "PYSPARK_GATEWAY_PORT" in os.environ and not remote:
         # Started by spark-submit: its --master, --conf and --packages (visible in a fresh SparkConf) win
         # over the config's, so one config file serves local, YARN and Kubernetes submissions.
         from pyspark import SparkConf
@@ -66,7 +83,7 @@ def get_spark(config: Config) -> SparkSession:
         submitted = SparkConf()
         settings = {key: value for key, value in settings.items() if not submitted.contains(key)}
         resolve_delta_jars = False
-    builder = SparkSession.builder
+    builder = SparkSession.builder.remote(remote) if remote else SparkSession.builder
     for key, value in settings.items():
         builder = builder.config(key, value)
     if resolve_delta_jars:
@@ -75,5 +92,7 @@ def get_spark(config: Config) -> SparkSession:
 
         builder = configure_spark_with_delta_pip(builder)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+    if not is_connect(spark):
+        # Classic only: under Spark Connect the server owns its log level.
+        spark.sparkContext.setLogLevel("WARN")
     return spark

@@ -76,7 +76,7 @@ def doctor(config: Config) -> None:
     """Start Spark with Delta, round-trip a tiny Delta table, and embed a sentence with the packaged model."""
     from importlib.metadata import version
 
-    from llmrank_spark.lakehouse import get_spark
+    from llmrank_spark.lakehouse import get_spark, is_connect
     from llmrank_spark.rerank import base_model_dir, load_sentence_encoder
 
     packages = ["pyspark", "delta-spark", "torch", "transformers", "sentence-transformers", "pandas"]
@@ -85,7 +85,8 @@ def doctor(config: Config) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         spark.range(3).write.format("delta").save(f"{scratch}/probe")
         rows = spark.read.format("delta").load(f"{scratch}/probe").count()
-    print(f"Spark {spark.version} with Delta Lake: wrote and read a Delta table ({rows} rows)")
+    session = "a Spark Connect session" if is_connect(spark) else "a classic session"
+    print(f"Spark {spark.version} with Delta Lake, {session}: wrote and read a Delta table ({rows} rows)")
     vector = load_sentence_encoder("cpu").encode(["waterproof leather hiking boots"])
     print(f"all-MiniLM-L6-v2 from {base_model_dir()}: embedding of width {vector.shape[1]}")
     print("doctor: OK")

@@ -8,15 +8,19 @@ the step's inputs and outputs are then untouched. docs/reliability.md lists the 
 from __future__ import annotations
 
 import datetime as dt
+import posixpath
 import uuid
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
+import pyarrow as pa
+import pyarrow.fs as pafs
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from llmrank_spark.config import Config, is_catalog_name
 from llmrank_spark.events import end_of_day, events_until
-from llmrank_spark.lakehouse import contract
+from llmrank_spark.lakehouse import contract, is_connect
 
 # Input tables whose contract key identifies one row: a second row of a key is a second, conflicting
 # version of the same item, user or query. (An interaction repeated is two events, not a conflict.)
@@ -103,41 +107,102 @@ def check_partition(frame: DataFrame, table: str, run_date: dt.date, writer: str
 def check_writable(spark: SparkSession, config: Config, tables: Iterable[str]) -> None:
     """Fail, naming the table and path, when an output location cannot be written.
 
-    A probe file is created and deleted through the Hadoop filesystem Spark writes with, in the table's
-    directory and its `_delta_log` when the table exists, else in its nearest existing parent, so local
-    disks and object stores are checked alike. Catalog tables are left to the catalog's permissions.
+    A probe file is created and deleted in the table's directory and its `_delta_log` when the table
+    exists, else in its nearest existing parent, so local disks and object stores are checked alike.
+    A classic session probes through the Hadoop filesystem Spark writes with; a Spark Connect client has no
+    JVM, so it probes with pyarrow's filesystems, and skips locations whose scheme pyarrow cannot open
+    (the write then reports its own error). Catalog tables are left to the catalog's permissions.
     """
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None  # the driver's py4j gateway (None only on executors)
-    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
+    filesystem: _Filesystem = _ArrowFilesystem() if is_connect(spark) else _HadoopFilesystem(spark)
     for table in tables:
         location = config.table_path(table)
-        if is_catalog_name(location):
+        if is_catalog_name(location) or not filesystem.opens(location):
             continue
-        path = jvm.org.apache.hadoop.fs.Path(location)
-        fs = path.getFileSystem(hadoop_conf)
-        if fs.exists(path):
-            probes = [path, jvm.org.apache.hadoop.fs.Path(path, "_delta_log")]
+        if filesystem.exists(location):
+            probes: list[str | None] = [location, f"{location.rstrip('/')}/_delta_log"]
         else:
-            parent = path.getParent()
-            while parent is not None and not fs.exists(parent):
-                parent = parent.getParent()
+            parent = filesystem.parent(location)
+            while parent is not None and not filesystem.exists(parent):
+                parent = filesystem.parent(parent)
             probes = [parent]
         for directory in probes:
-            if directory is None or not fs.exists(directory):
+            if directory is None or not filesystem.exists(directory):
                 continue
-            _probe(jvm, fs, directory, table, location)
+            try:
+                filesystem.create_and_delete(f"{directory.rstrip('/')}/.llmrank-preflight-{uuid.uuid4().hex}")
+            except Exception as error:
+                raise PreflightError(
+                    f"table '{table}': output location {location} is not writable ({directory}: "
+                    f"{filesystem.cause(error)}); make it writable, or point lakehouse.root or "
+                    f"lakehouse.tables.{table} at a writable location"
+                ) from None
 
 
-def _probe(jvm, fs, directory, table: str, location: str) -> None:
-    probe = jvm.org.apache.hadoop.fs.Path(directory, f".llmrank-preflight-{uuid.uuid4().hex}")
-    try:
-        fs.create(probe, False).close()
-        fs.delete(probe, False)
-    except Exception as error:  # a Py4JJavaError wrapping the filesystem's IOException
-        java = getattr(error, "java_exception", None)
-        cause = (str(java.toString()) if java is not None else str(error)).strip().splitlines()[0][:300]
-        raise PreflightError(
-            f"table '{table}': output location {location} is not writable ({directory}: {cause}); make it "
-            f"writable, or point lakehouse.root or lakehouse.tables.{table} at a writable location"
-        ) from None
+class _Filesystem(Protocol):
+    def opens(self, location: str) -> bool: ...
+    def exists(self, location: str) -> bool: ...
+    def parent(self, location: str) -> str | None: ...
+    def create_and_delete(self, location: str) -> None: ...
+    def cause(self, error: Exception) -> str: ...
+
+
+class _HadoopFilesystem:
+    """The Hadoop filesystem of a classic session's JVM: the one its Delta writes go through."""
+
+    def __init__(self, spark: SparkSession) -> None:
+        jvm = spark.sparkContext._jvm  # classic only: check_writable picks this class for classic sessions
+        assert jvm is not None  # the driver's py4j gateway (None only on executors)
+        self._path = jvm.org.apache.hadoop.fs.Path
+        self._conf = spark.sparkContext._jsc.hadoopConfiguration()
+
+    def _fs(self, location: str):
+        path = self._path(location)
+        return path, path.getFileSystem(self._conf)
+
+    def opens(self, location: str) -> bool:
+        return True
+
+    def exists(self, location: str) -> bool:
+        path, fs = self._fs(location)
+        return bool(fs.exists(path))
+
+    def parent(self, location: str) -> str | None:
+        parent = self._path(location).getParent()
+        return None if parent is None else str(parent.toString())
+
+    def create_and_delete(self, location: str) -> None:
+        path, fs = self._fs(location)
+        fs.create(path, False).close()
+        fs.delete(path, False)
+
+    def cause(self, error: Exception) -> str:
+        java = getattr(error, "java_exception", None)  # a Py4JJavaError wrapping the filesystem's IOException
+        return (str(java.toString()) if java is not None else str(error)).strip().splitlines()[0][:300]
+
+
+class _ArrowFilesystem:
+    """pyarrow's filesystems (local, S3, GCS, HDFS, Azure), for a client without a JVM."""
+
+    def opens(self, location: str) -> bool:
+        try:
+            pafs.FileSystem.from_uri(location)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+            return False
+        return True
+
+    def exists(self, location: str) -> bool:
+        fs, path = pafs.FileSystem.from_uri(location)
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def parent(self, location: str) -> str | None:
+        scheme, separator, path = location.rpartition("://")
+        parent = posixpath.dirname(path.rstrip("/"))
+        return None if parent == path.rstrip("/") or not parent else f"{scheme}{separator}{parent}"
+
+    def create_and_delete(self, location: str) -> None:
+        fs, path = pafs.FileSystem.from_uri(location)
+        fs.open_output_stream(path).close()
+        fs.delete_file(path)
+
+    def cause(self, error: Exception) -> str:
+        return str(error).strip().splitlines()[0][:300]

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pyspark import StatusTracker
 from pyspark.sql import SparkSession
 
+from llmrank_spark.lakehouse import is_connect
+
 PROGRESS_SECONDS = 30.0
 # Lines come ever more sparsely (30 s, then 60 s, 2 min, ...) so a long step stays a few lines on the
 # console; a sized block (scoring) starts over at PROGRESS_SECONDS, since its ETA is what people watch.
@@ -81,10 +83,8 @@ class Progress:
     ) -> None:
         self.step, self.every, self.report = step, every, report
         self._tracker: StatusTracker | None
-        try:
-            self._tracker = spark.sparkContext.statusTracker()
-        except Exception:  # Spark Connect has no SparkContext: no task counts to report
-            self._tracker = None
+        # Classic only: Spark Connect has no SparkContext, so no task counts to report.
+        self._tracker = None if is_connect(spark) else spark.sparkContext.statusTracker()
         self._stop = threading.Event()
         self._restart = threading.Event()
         self._thread: threading.Thread | None = None

@@ -1,22 +1,20 @@
-"""The scoring pandas UDF: the model shipped to executors by path, loaded once per Python worker."""
+"""The scoring pandas UDF: the model shipped to executors as files, loaded once per Python worker."""
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 import torch
-from pyspark import Broadcast, TaskContext
+from pyspark import TaskContext
 from pyspark.sql import SparkSession
 from pyspark.sql.functions import pandas_udf
 
 from llmrank_spark.config import FaultsConfig
+from llmrank_spark.lakehouse.shipping import directory_digest, ship_directory, unpack_shipped_directory
 from llmrank_spark.rerank.artifact import ModelSpec, zero_shot_spec
 from llmrank_spark.rerank.scorer import ScoringSettings, cached_scorer, task_device
 
@@ -27,44 +25,25 @@ class InjectedFault(RuntimeError):
 
 @dataclass(frozen=True)
 class ShippedModel:
-    """A model on its way to the executors: its spec and, when not installed there, its broadcast bytes."""
+    """A model on its way to the executors: its spec and, when not installed there, its shipped files."""
 
     spec: ModelSpec
-    files: Broadcast[dict[str, bytes]] | None  # {relative path: bytes}; None: the packaged zero-shot base
-    digest: str
+    archive: str | None  # the shipped directory's name (`lakehouse.shipping`); None: the packaged base
 
     def local_spec(self) -> ModelSpec:
-        """The spec with a path valid on this executor, writing the broadcast files out once per version."""
-        if self.files is None:
+        """The spec with a path valid on this executor, unpacking the shipped files once per version."""
+        if self.archive is None:
             return zero_shot_spec()  # resolved here: the package's path on the driver may differ
-        safe_version = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in self.spec.version)
-        target = Path(tempfile.gettempdir()) / f"llmrank-model-{safe_version}-{self.digest[:16]}"
-        if not target.is_dir():
-            staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-            for relative, data in self.files.value.items():
-                (staging / relative).parent.mkdir(parents=True, exist_ok=True)
-                (staging / relative).write_bytes(data)
-            try:
-                staging.rename(target)
-            except OSError:  # another worker finished first: its copy is identical
-                shutil.rmtree(staging, ignore_errors=True)
-        return replace(self.spec, path=str(target))
+        return replace(self.spec, path=str(unpack_shipped_directory(self.archive)))
 
 
 def ship_model(spark: SparkSession, spec: ModelSpec) -> ShippedModel:
-    """Broadcast a model directory's files once per job; the zero-shot base is installed on executors.
-
-    A broadcast rather than SparkContext.addFile: addFile refuses local directories outside local
-    mode, and an artifact trained on the driver is exactly that.
-    """
+    """Ship a model directory's files once per job; the zero-shot base is installed on executors."""
     if spec.kind == "bi_encoder":
-        return ShippedModel(spec, None, spec.version)
+        return ShippedModel(spec, None)
     root = Path(spec.path)
-    files = {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-    digest = hashlib.sha256()
-    for relative, data in files.items():
-        digest.update(relative.encode() + b"\0" + hashlib.sha256(data).digest())
-    return ShippedModel(spec, spark.sparkContext.broadcast(files), digest.hexdigest())
+    archive = ship_directory(spark, root, f"model-{spec.version}", directory_digest(root))
+    return ShippedModel(spec, archive)
 
 
 def inject_faults(faults: FaultsConfig, batches_scored: int) -> None:

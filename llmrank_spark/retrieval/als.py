@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -17,10 +18,31 @@ from llmrank_spark.retrieval.vector_search import (
 
 
 def _dense_index(frame: DataFrame, column: str) -> DataFrame:
-    """(column, index): 0..n-1 over the sorted distinct values; ALS needs int ids, and sorting fixes them."""
-    ordered = frame.select(column).distinct().orderBy(column)
-    indexed = ordered.rdd.zipWithIndex().map(lambda pair: (pair[0][0], pair[1]))
-    return indexed.toDF(f"{column} string, index long").withColumn("index", F.col("index").cast("int"))
+    """(column, index): 0..n-1 over the sorted distinct values; ALS needs int ids, and sorting fixes them.
+
+    Spark has no DataFrame zipWithIndex (and Spark Connect no RDDs): a range-partitioned sort tags each row
+    with its partition and its monotonically increasing id, which counts rows within a partition; only
+    one row per partition (its size and first id) reaches the driver to turn those into global offsets.
+    The tagged rows are checkpointed, so the sort is not sampled twice into other partition bounds.
+    """
+    tagged = (
+        frame.select(column)
+        .distinct()
+        .repartitionByRange(column)
+        .sortWithinPartitions(column)
+        .select(column, F.spark_partition_id().alias("part"), F.monotonically_increasing_id().alias("row_id"))
+        .localCheckpoint()
+    )
+    sizes = tagged.groupBy("part").agg(F.count("*").alias("rows"), F.min("row_id").alias("first_id"))
+    parts: pd.DataFrame = sizes.orderBy("part").toPandas()
+    shift = parts["rows"].cumsum() - parts["rows"] - parts["first_id"]
+    shifts = tagged.sparkSession.createDataFrame(
+        [(int(part), int(value)) for part, value in zip(parts["part"], shift, strict=True)],
+        "part int, shift long",
+    )
+    return tagged.join(F.broadcast(shifts), "part").select(
+        column, (F.col("row_id") + F.col("shift")).cast("int").alias("index")
+    )
 
 
 @dataclass(frozen=True)
@@ -63,7 +85,7 @@ def als_factors(inputs: RetrievalInputs) -> AlsFactors | None:
 def als_candidates(inputs: RetrievalInputs, depth: int) -> DataFrame:
     """Items ranked by implicit ALS's predicted preference (`als_factors`).
 
-    MLlib's recommendForAllUsers cannot skip already-purchased items, so the item factors are broadcast and
+    MLlib's recommendForAllUsers cannot skip already-purchased items, so the item factors are shipped and
     scored with the exclusion mask instead (`rank_against`).
     """
     factors = als_factors(inputs)

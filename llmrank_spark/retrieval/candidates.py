@@ -16,12 +16,13 @@ source_rank); rank 1 is best and equal scores are ordered by item_id, never by i
   user's exclusions require, so it alone can fill N, and it is how cold-start users get their list.
 
 Nearest items for ``als`` and ``semantic`` are found without a cross join: the item matrix (sorted by
-item_id) is collected to the driver and broadcast, and each partition of users is scored against it
-with one numpy matrix product per chunk of users and an exact top-k (`rank_against`), already-purchased
-items masked out. That costs users x items x width multiply-adds spread over the executors, and
-items x width x 4 bytes of memory per executor: 1.5 KiB per item for the 384-wide text vectors, so the
-default cap `broadcast_max_items` = 500,000 items is 730 MiB. Past that, block the catalogue (per
-category, or shard the matrix and merge the per-shard top-k) instead of raising the cap.
+item_id) is collected to the driver and shipped to every executor, and each partition of users is
+scored against it with one numpy matrix product per chunk of users and an exact top-k
+(`rank_against`), already-purchased items masked out. That costs users x items x width multiply-adds
+spread over the executors, and items x width x 4 bytes of memory per executor: 1.5 KiB per item for
+the 384-wide text vectors, so the default cap `broadcast_max_items` = 500,000 items is 730 MiB. Past
+that, block the catalogue (per category, or shard the matrix and merge the per-shard top-k) instead
+of raising the cap.
 
 The blender (`blend`) unions the lists, drops excluded items, keeps one row per item with every source's
 tag, rank and score, gives each retriever's top `quotas` items a sure place and fills and orders each

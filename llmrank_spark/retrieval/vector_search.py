@@ -1,5 +1,5 @@
 """Exact nearest items for a batch of query vectors: one matrix product per chunk of users against
-the broadcast item matrix, already-seen items masked out."""
+the shipped item matrix, already-seen items masked out."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from llmrank_spark.config import CandidatesConfig
+from llmrank_spark.lakehouse.shipping import load_shipped_arrays, ship_arrays
 from llmrank_spark.retrieval.inputs import RetrievalInputs
 from llmrank_spark.retrieval.retrieved import RETRIEVED_SCHEMA, tag_source
 
@@ -146,12 +147,14 @@ def broadcast_top_k(
     source: str,
     queries_of: QueryBuilder,
 ) -> DataFrame:
-    """Score each partition of `requests` against the broadcast item matrix; exact top-`depth` per request."""
-    shipped = inputs.spark.sparkContext.broadcast((item_ids, matrix))
+    """Score each partition of `requests` against the shipped item matrix; exact top-`depth` per request."""
+    # Shipped as fixed-width text, so no object array is pickled; read back as the object ids sorted above.
+    shipped = ship_arrays(inputs.spark, source, item_ids=item_ids.astype(str), matrix=matrix)
     chunk = max(1, SCORE_CELLS_PER_CHUNK // max(1, len(item_ids)))
 
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        ids, vectors = shipped.value
+        arrays = load_shipped_arrays(shipped)
+        ids, vectors = arrays["item_ids"].astype(object), arrays["matrix"]
         for batch in batches:
             for start in range(0, len(batch), chunk):
                 part = batch.iloc[start : start + chunk]
