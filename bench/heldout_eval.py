@@ -10,7 +10,8 @@ item being the one relevant item. Rankers:
 - retrieval order: the item's place in the user's `candidates` list (built by `llmrank candidates` on
   the training data), items not in it after those in it;
 - zero-shot MiniLM bi-encoder: cosine of the context and item texts the rerank step builds;
-- every reranker in model_registry (or --models): fine-tuned logit fused with the retrieval features.
+- every registered reranker version (mlflow.model_name, or --models): fine-tuned logit fused with the
+  retrieval features.
 
 With --train LOSS[,LOSS...] the script runs the `train` step once per loss (warm start off, so each
 starts from MiniLM) and evaluates each new version as soon as it is registered; without it, it
@@ -65,9 +66,11 @@ from llmrank_spark.rerank import (
 )
 from llmrank_spark.text import item_text_frame, user_context_frame
 from llmrank_spark.training import (
-    latest_registered,
+    artifact_dir,
     leave_last_out,
+    newest_version,
     rank_by_score,
+    registry_client,
     training_end,
     training_lists,
 )
@@ -333,10 +336,13 @@ def main(argv: list[str] | None = None) -> None:
         # Warm start off: every loss starts from MiniLM, so the table compares losses, not histories.
         train_cfg = config.train.model_copy(update={"loss": loss, "warm_start": False})
         steps.train(spark, config.model_copy(update={"train": train_cfg}))
-        evaluate(latest_registered(spark, config))  # evaluated at once: a long run keeps what it measured
+        newest = newest_version(config)
+        assert newest is not None  # the train step just registered it
+        evaluate(artifact_dir(config, newest))  # evaluated at once: a long run keeps what it measured
     if not losses:
-        registry = read_table(spark, config, "model_registry").orderBy("created_at").toPandas()
-        for path in args.models or registry["path"].tolist():
+        versions = registry_client(config).search_model_versions(f"name='{config.mlflow.model_name}'")
+        by_number = sorted(versions, key=lambda version: int(version.version))
+        for path in args.models or [artifact_dir(config, version) for version in by_number]:
             evaluate(path)
     print("\n" + "\n".join(rows))
 

@@ -396,8 +396,9 @@ def text_settings(source: Any) -> dict[str, Any]:
 class RerankConfig(_Section):
     mode: Literal["champion", "cross_encoder", "retrieval", "zero_shot_bi_encoder"] = Field(
         "champion",
-        description='The model that orders the lists. "champion": the registry\'s champion (a version that '
-        "beat the retrieval order and the previous champion on a later time slice), else the retrieval "
+        description='The model that orders the lists. "champion": the registered version with the MLflow '
+        "alias `champion` (one that beat the retrieval order and the previous champion on a later time "
+        "slice), or mlflow.pinned_version; with neither, the retrieval "
         'order. "cross_encoder": the artifact at model_path (or the newest registered version), validated '
         'or not. "retrieval": the candidates\' own order. "zero_shot_bi_encoder": cosine of MiniLM '
         "sentence embeddings, an unfine-tuned baseline (docs/results.md).",
@@ -771,11 +772,14 @@ class TrainConfig(_Section):
     )
     warm_start: bool = Field(
         True,
-        description="Start from the newest version in model_registry when there is one (continual updates).",
+        description="Start from the newest registered version (mlflow.model_name) when there is one "
+        "(continual updates).",
     )
     model_root: str | None = Field(
         None,
-        description="Where artifacts are written, one directory per version; unset: <lakehouse.root>/models.",
+        description="Where registered artifacts that the registry keeps remotely (a Databricks workspace, "
+        "Unity Catalog) are downloaded to be served, one directory per version: a path the executors can "
+        "read; unset: <lakehouse.root>/models.",
     )
     seed: int = Field(42, description="Random seed of sampling, initialisation and the fusion trees.")
     threads: int = Field(
@@ -800,6 +804,59 @@ class TrainConfig(_Section):
                 f"unknown fusion feature(s) {unknown}; the features are {', '.join(FUSION_FEATURES)}"
             )
         return features
+
+
+# A registered model: one name of the workspace registry, or a Unity Catalog catalog.schema.model.
+WORKSPACE_MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+UNITY_CATALOG_MODEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){2}$")
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str | None = Field(
+        None,
+        description='Where `train` logs its runs: an MLflow tracking URI ("databricks" on Databricks); '
+        "unset: a SQLite store at <lakehouse.root>/mlflow/mlflow.db, its artifacts beside it.",
+    )
+    registry_uri: str | None = Field(
+        None,
+        description='Where versions are registered and resolved ("databricks-uc": Unity Catalog); '
+        "unset: the tracking store.",
+    )
+    experiment: str = Field(
+        "llmrank-reranker",
+        description="The MLflow experiment of the training runs; on Databricks a workspace path, e.g. "
+        "/Shared/llmrank-reranker.",
+    )
+    model_name: str = Field(
+        "llmrank_reranker",
+        description="The registered model that holds every trained version: a name, or catalog.schema.model "
+        "in Unity Catalog.",
+    )
+    pinned_version: int | None = Field(
+        None,
+        ge=1,
+        description="A registered version that rerank.mode=champion serves instead of the `champion` alias "
+        "(a rollback or a canary); unset: the alias.",
+    )
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name(cls, name: str) -> str:
+        if not (WORKSPACE_MODEL_NAME.match(name) or UNITY_CATALOG_MODEL_NAME.match(name)):
+            raise ValueError(
+                f"{name!r} is neither a model name (letters, digits, _ and -) nor a Unity Catalog "
+                "catalog.schema.model name, e.g. main.ranking.llmrank_reranker"
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _unity_catalog_names(self) -> MlflowConfig:
+        if (self.registry_uri or "").startswith("databricks-uc") and "." not in self.model_name:
+            raise ValueError(
+                f"registry_uri {self.registry_uri!r} is Unity Catalog: give model_name as "
+                f"catalog.schema.model, e.g. main.ranking.{self.model_name}"
+            )
+        return self
 
 
 class AttributesConfig(_Section):
@@ -866,6 +923,11 @@ class Config(_Section):
         default_factory=TrainConfig,
         description="Fine-tuning the reranker (`llmrank train`); docs/training.md explains each knob and the "
         "CPU budget.",
+    )
+    mlflow: MlflowConfig = Field(
+        default_factory=MlflowConfig,
+        description="The model registry and tracking: where `train` logs and registers versions and which "
+        "version `rerank` serves (docs/training.md).",
     )
     attributes: AttributesConfig = Field(
         default_factory=AttributesConfig,

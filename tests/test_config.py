@@ -138,6 +138,30 @@ def test_databricks_config_uses_unity_catalog_names_and_cluster_delta():
     config = load_config(CONF_DIR / "databricks.yaml")
     assert config.spark.delta_jars == "provided"
     assert config.table_path("ranked") == "main.llmrank.ranked"
+    assert (config.mlflow.registry_uri, config.mlflow.model_name) == (
+        "databricks-uc",
+        "main.llmrank.llmrank_reranker",
+    )
+
+
+@pytest.mark.parametrize("name", ["llmrank_reranker", "ranker-2", "main.ranking.llmrank_reranker"])
+def test_registered_model_names_and_unity_catalog_three_part_names_are_accepted(name):
+    assert load_config(overrides=[f"mlflow.model_name={name}"]).mlflow.model_name == name
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["mlflow.model_name=ranking.llmrank_reranker"],  # two parts: neither a name nor a UC name
+        ["mlflow.model_name=a.b.c.d"],
+        ["mlflow.model_name=main.ranking.llmrank-reranker"],  # UC names take no dash
+        ["mlflow.model_name=main.ranking.`x`"],
+        ["mlflow.registry_uri=databricks-uc", "mlflow.model_name=llmrank_reranker"],
+    ],
+)
+def test_model_names_unity_catalog_cannot_hold_are_refused_naming_the_key(overrides):
+    with pytest.raises(ConfigError, match=r"mlflow\.(model_name|registry_uri)|catalog\.schema\.model"):
+        load_config(overrides=overrides)
 
 
 @pytest.mark.parametrize("name", ["demo.yaml", "databricks.yaml", "gpu-cluster.yaml", "gpu-train.yaml"])

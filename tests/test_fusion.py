@@ -3,14 +3,13 @@ that does not beat the retrieval order is never served."""
 
 from __future__ import annotations
 
-import datetime as dt
-
 import numpy as np
 import pandas as pd
 import pytest
 from test_ranking import CANDIDATES, EVENTS, ITEMS, RUN_DATE, TOP_K, expected_scores
-from tiny_reranker import build_tiny_artifact
+from tiny_reranker import build_tiny_artifact, register_tiny_version
 
+from llmrank_spark.config import ConfigError
 from llmrank_spark.lakehouse import frame_from_pandas, write_table
 from llmrank_spark.pipeline import steps
 from llmrank_spark.rerank import (
@@ -25,7 +24,17 @@ from llmrank_spark.rerank import (
     read_manifest,
     relevance_levels,
 )
-from llmrank_spark.training import CHAMPION, REJECTED, decide, registry_row, served_config
+from llmrank_spark.training import (
+    CHAMPION,
+    CHAMPION_ALIAS,
+    REJECTED,
+    artifact_dir,
+    champion_version,
+    decide,
+    newest_version,
+    registry_client,
+    served_config,
+)
 
 INPUTS = ["signal", "noise"]
 
@@ -145,43 +154,59 @@ def test_the_gate_promotes_only_a_version_that_beats_retrieval_and_the_champion(
     assert decide(better + 0.1, retrieval, better).promoted
 
 
-def _register(spark, config, path, status: str, minute: int) -> None:
-    manifest = read_manifest(path).model_copy(
-        update={"created_at": dt.datetime(2026, 11, 20, 1, minute, tzinfo=dt.UTC)}
-    )
-    row = registry_row(manifest, path).assign(status=status)
-    write_table(frame_from_pandas(spark, row, "model_registry"), config, "model_registry")
+def _served_versions(spark, config) -> tuple[list[str], set[str]]:
+    """The rerank step's notes and the model versions its `ranked` rows name."""
+    run = steps.rerank(spark, config)
+    ranked = spark.read.format("delta").load(config.table_path("ranked")).toPandas()
+    return run.notes, set(ranked["model_version"])
 
 
-def test_rerank_serves_the_newest_champion_never_a_rejected_version_and_else_the_retrieval_order(
-    spark, config, tmp_path
-):
-    assert served_config(spark, config).rerank.mode == "retrieval"
+def test_rerank_serves_the_champion_alias_or_the_pinned_version_never_a_rejected_one(spark, config, tmp_path):
+    """rerank.mode=champion resolves models:/NAME@champion through MLflow: with no registered model it
+    serves the retrieval order exactly; a version registered as rejected after the champion neither gets
+    the alias nor is served; mlflow.pinned_version serves the version it names."""
+    assert served_config(config).rerank.mode == "retrieval"
     for table, frame in (("candidates", CANDIDATES), ("items", ITEMS), ("interactions", EVENTS)):
         write_table(frame_from_pandas(spark, frame, table), config, table, RUN_DATE)
     quiet = config.model_copy(
         update={
             "fairness": config.fairness.model_copy(update={"mode": "off"}),
-            "rerank": config.rerank.model_copy(update={"top_k": TOP_K}),
+            "rerank": config.rerank.model_copy(update={"top_k": TOP_K, "micro_batch_size": 4}),
         }
     )
-    steps.rerank(spark, quiet)
+    assert _served_versions(spark, quiet)[1] == {RETRIEVAL_VERSION}
     ranked = spark.read.format("delta").load(config.table_path("ranked")).toPandas()
-    assert set(ranked["model_version"]) == {RETRIEVAL_VERSION}
     assert (ranked["rank"] == ranked["retrieval_rank"]).all()
 
     champion = build_tiny_artifact(tmp_path / "v1", version="v1")
-    rejected = build_tiny_artifact(tmp_path / "v2", version="v2")
-    _register(spark, config, champion, CHAMPION, 0)
-    _register(spark, config, rejected, REJECTED, 5)
-    resolved = served_config(spark, config).rerank
-    assert (resolved.mode, resolved.model_path) == ("cross_encoder", str(champion.resolve()))
+    register_tiny_version(config, champion, CHAMPION, promote=True)
+    register_tiny_version(config, build_tiny_artifact(tmp_path / "v2", version="v2", seed=1), REJECTED)
+    newest = newest_version(config)
+    assert newest is not None and (str(newest.version), newest.tags["gate_status"]) == ("2", REJECTED)
+    aliases = registry_client(config).get_registered_model(config.mlflow.model_name).aliases
+    assert {alias: str(version) for alias, version in aliases.items()} == {CHAMPION_ALIAS: "1"}
+    notes, versions = _served_versions(spark, quiet)
+    assert versions == {"v1"} and f"served model: v1 (models:/llmrank_reranker@{CHAMPION_ALIAS})" in notes
+
+    def pinned(version: int):
+        return quiet.model_copy(
+            update={"mlflow": quiet.mlflow.model_copy(update={"pinned_version": version})}
+        )
+
+    notes, versions = _served_versions(spark, pinned(2))
+    assert versions == {"v2"} and "served model: v2 (models:/llmrank_reranker/2, pinned)" in notes
+    with pytest.raises(ConfigError, match=r"mlflow.pinned_version 9: llmrank_reranker has no such version"):
+        served_config(pinned(9))
 
 
-def test_train_gates_the_new_version_and_only_a_promoted_one_is_served(spark, tmp_path):
+def test_train_logs_registers_and_gates_the_new_version_and_only_a_promoted_one_gets_the_alias(
+    spark, tmp_path
+):
     """The train step end to end, warm-started from a tiny registered champion: the new version is
-    trained on the days before the gate, carries a LambdaMART fusion, is measured on the gate's days and
-    registered with its status; rerank then serves it only if it was promoted, else the old champion."""
+    trained on the days before the gate, carries a LambdaMART fusion, is logged as an MLflow run (its
+    parameters, the validation NDCG of each evaluated step, the gate's figures, the artifact), registered
+    with its gate status, and gets the `champion` alias only if the gate promoted it; rerank serves the
+    alias."""
     from llmrank_spark.config import load_config
 
     config = load_config(
@@ -204,22 +229,34 @@ def test_train_gates_the_new_version_and_only_a_promoted_one_is_served(spark, tm
         ]
     )
     steps.generate_sample(spark, config)
-    old = build_tiny_artifact(tmp_path / "v0", version="v0")
-    _register(spark, config, old, CHAMPION, 0)
+    old = register_tiny_version(config, build_tiny_artifact(tmp_path / "v0", version="v0"), CHAMPION, True)
 
     run = steps.train(spark, config)
-    registry = spark.read.format("delta").load(config.table_path("model_registry")).toPandas()
-    new = registry[registry["version"] != "v0"].iloc[0]
-    assert new["status"] in (CHAMPION, REJECTED)
-    assert {"gate_ndcg@10", "gate_retrieval_ndcg@10", "gate_change_low", "gate_champion_ndcg@10"} <= set(
-        new["metrics"]
+    new = newest_version(config)
+    assert new is not None and str(new.version) == "2"
+    status = new.tags["gate_status"]
+    assert status in (CHAMPION, REJECTED) and new.tags["gate_reason"]
+    assert any(line.startswith("gate on ") and status in line for line in run.notes)
+    assert f"registered llmrank_reranker version 2 ({new.tags['artifact_version']}, {status})" in " ".join(
+        run.notes
     )
-    assert any(line.startswith("gate on ") and new["status"] in line for line in run.notes)
-    manifest = read_manifest(new["path"])
+    client = registry_client(config)
+    logged = client.get_run(new.run_id).data
+    assert {
+        "gate_ndcg_at_10",
+        "gate_retrieval_ndcg_at_10",
+        "gate_change_low",
+        "gate_champion_ndcg_at_10",
+    } <= set(logged.metrics)
+    assert len(client.get_metric_history(new.run_id, "val_ndcg_at_10")) >= 2  # step 0 and later steps
+    assert logged.params["loss"] == config.train.loss and logged.params["warm_from"] == "llmrank_reranker/1"
+    manifest = read_manifest(artifact_dir(config, new))
     assert manifest.fusion is not None and manifest.fusion.inputs[-1] == BERT_SCORE
     assert manifest.base_model.endswith("via v0")  # warm-started from the registered version
-    served = served_config(spark, config).rerank.model_path
-    assert served == (new["path"] if new["status"] == CHAMPION else str(old.resolve()))
+    champion = champion_version(config)
+    assert champion is not None
+    assert str(champion.version) == str(new.version if status == CHAMPION else old.version)
+    assert served_config(config).rerank.model_path == artifact_dir(config, champion)
 
 
 def test_fusion_lists_keep_the_served_list_and_the_open_list_of_each_user_apart():

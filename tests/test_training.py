@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from test_ranking import CANDIDATES, EVENTS, ITEMS, RUN_DATE, TOP_K, expected_scores
-from tiny_reranker import build_tiny_artifact
+from tiny_reranker import build_tiny_artifact, register_tiny_version
 
 from llmrank_spark.config import Config, RerankConfig, TrainConfig
 from llmrank_spark.lakehouse import frame_from_pandas, write_table
@@ -28,7 +28,9 @@ from llmrank_spark.rerank import (
 )
 from llmrank_spark.text import NEW_SHOPPER_CONTEXT
 from llmrank_spark.training import (
+    REGISTERED,
     FusionRanker,
+    artifact_dir,
     distributor_mode,
     event_grades,
     fit,
@@ -36,11 +38,10 @@ from llmrank_spark.training import (
     freeze_lower_layers,
     history_before,
     initial_model,
-    latest_registered,
     list_ndcg,
+    newest_version,
     optimizer_for,
     ranking_loss,
-    registry_row,
     sample_lists,
     score_lists,
     target_contexts,
@@ -525,21 +526,18 @@ def test_feature_scaling_leaves_the_served_score_unchanged(tmp_path):
     np.testing.assert_allclose(exported, served, rtol=1e-5, atol=1e-5)
 
 
-def test_warm_start_loads_the_newest_registered_version(spark, tmp_path):
+def test_warm_start_loads_the_newest_registered_version(tmp_path):
     config = Config.model_validate({"lakehouse": {"root": str(tmp_path / "lakehouse")}})
-    assert latest_registered(spark, config) is None
+    assert newest_version(config) is None
     old = tiny_with_head(tmp_path / "v1", None, version="v1")
     new = tiny_with_head(tmp_path / "v2", HEAD, version="v2")
-    for path, minutes in ((old, 0), (new, 5)):
-        manifest = read_manifest(path).model_copy(
-            update={"created_at": dt.datetime(2026, 11, 20, 1, minutes, tzinfo=dt.UTC)}
-        )
-        write_table(
-            frame_from_pandas(spark, registry_row(manifest, path), "model_registry"), config, "model_registry"
-        )
+    for path in (old, new):
+        register_tiny_version(config, path, REGISTERED)
 
-    warm_from = latest_registered(spark, config)
-    assert warm_from == str(new.resolve())
+    newest = newest_version(config)
+    assert newest is not None and str(newest.version) == "2"
+    warm_from = artifact_dir(config, newest)  # the registry's copy, logged with the MLflow run
+    assert warm_from != str(new) and read_manifest(warm_from).version == "v2"
     model, started_from = initial_model(warm_from, HEAD.features)
     head = model.head_spec()  # round-tripped through float32 tensors
     assert started_from == "v2" and head.features == HEAD.features
@@ -560,8 +558,7 @@ def test_rerank_serves_the_newest_registered_version_with_its_fusion_head(spark,
     from llmrank_spark.pipeline import steps
 
     path = tiny_with_head(tmp_path / "registered", HEAD, version="registered-v1")
-    row = registry_row(read_manifest(path), path)
-    write_table(frame_from_pandas(spark, row, "model_registry"), config, "model_registry")
+    register_tiny_version(config, path, REGISTERED)
     for table, frame in (("candidates", CANDIDATES), ("items", ITEMS), ("interactions", EVENTS)):
         write_table(frame_from_pandas(spark, frame, table), config, table, RUN_DATE)
     assert config.run.run_date == RUN_DATE

@@ -62,3 +62,17 @@ def tiny_artifact(architecture: str = "pair") -> Path:
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     version = TINY_VERSION if architecture == "pair" else f"{TINY_VERSION}-{architecture}"
     return build_tiny_artifact(root / version, version, architecture=architecture)
+
+
+def register_tiny_version(config, path: Path, status: str, promote: bool = False):
+    """Register the artifact at `path` in the config's MLflow registry as the train step does (a run that
+    logs it, a version tagged with `status`), with the `champion` alias when `promote`."""
+    from llmrank_spark.rerank import read_manifest
+    from llmrank_spark.training import training_run
+
+    with training_run(config, run_name=f"test {path.name}") as run:
+        run.log_artifact(path)
+        version = run.register(read_manifest(path), status, {})
+        if promote:
+            run.promote(version)
+    return version

@@ -279,29 +279,6 @@ CONTRACTS: dict[str, TableContract] = {
             written_by="`llmrank evaluate`",
         ),
         TableContract(
-            "model_registry",
-            "output",
-            "Every trained reranker version; append-only.",
-            (
-                Column("version", "string", "Model version.", key=True),
-                Column("path", "string", "Artifact directory (safetensors, tokenizer, reranker.json)."),
-                Column("base_model", "string", "Encoder the model was fine-tuned from."),
-                Column("loss", "string", "Training loss."),
-                Column("data_snapshot", "string", "Delta version of the interactions it was trained on."),
-                Column("metrics", "map<string,double>", "Validation and gate metrics."),
-                Column("created_at", "timestamp", "When it was registered (UTC)."),
-                Column(
-                    "status",
-                    "string",
-                    "champion (passed the gate; the newest is served), rejected (failed it) or "
-                    "registered (no gate run).",
-                    required=False,
-                ),
-            ),
-            written_by="`llmrank train`",
-            append_only=True,
-        ),
-        TableContract(
             "runs",
             "output",
             "One row per step run: what it read and wrote, so any output row traces to its inputs.",

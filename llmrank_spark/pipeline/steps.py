@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def rerank(spark: SparkSession, config: Config) -> StepRun:
     from llmrank_spark.training import served_config
 
     with StepRun(spark, config, "rerank") as run:
-        config = served_config(spark, _with_registered_model(spark, config))
+        requested, config = config, served_config(_with_registered_model(config))
         spec, served = model_for(config.rerank)  # preflight: the model artifact exists and is complete
         run.check_outputs("ranked", "rejects")
         candidates = run.read("candidates")
@@ -97,7 +98,7 @@ def rerank(spark: SparkSession, config: Config) -> StepRun:
             faults=config.faults,
             candidates_cfg=config.candidates,
         )
-        run.notes.append(f"served model: {spec.version}")
+        run.notes.append(f"served model: {spec.version}{_registry_note(requested, config)}")
         with materialised(result.outcome, run.progress.sized(todays.count(), "pairs")):
             ranked = fairness_pass(result.ranked, items, known_events, config) if fair else result.ranked
             run.write("ranked", ranked)
@@ -174,65 +175,92 @@ def _check_report_writable(config: Config) -> None:
         )
 
 
-def _with_registered_model(spark: SparkSession, config: Config) -> Config:
+def _with_registered_model(config: Config) -> Config:
     """rerank.mode=cross_encoder without a model_path serves the newest registered version, if any (with
     none, `cross_encoder_spec` refuses, naming the fix)."""
-    from llmrank_spark.training import latest_registered
+    from llmrank_spark.training import artifact_dir, newest_version
 
     if config.rerank.mode != "cross_encoder" or config.rerank.model_path is not None:
         return config
-    path = latest_registered(spark, config)
-    if path is None:
+    version = newest_version(config)
+    if version is None:
         return config
-    return config.model_copy(update={"rerank": config.rerank.model_copy(update={"model_path": path})})
+    update = {"model_path": artifact_dir(config, version)}
+    return config.model_copy(update={"rerank": config.rerank.model_copy(update=update)})
+
+
+def _registry_note(requested: Config, served: Config) -> str:
+    """Which registered version rerank.mode=champion resolved to, for the step's summary."""
+    if requested.rerank.mode != "champion":
+        return ""
+    from llmrank_spark.training import CHAMPION_ALIAS
+
+    pinned, name = requested.mlflow.pinned_version, requested.mlflow.model_name
+    if served.rerank.mode == "retrieval":
+        return f" (models:/{name} has no {CHAMPION_ALIAS} alias)"
+    return f" (models:/{name}/{pinned}, pinned)" if pinned else f" (models:/{name}@{CHAMPION_ALIAS})"
 
 
 def train(spark: SparkSession, config: Config) -> StepRun:
     """Fine-tune the reranker, gate it against the retrieval order and the champion on the last
-    `train.gate_days`, and register it (as the new champion only if it passed; `champion.py`).
-    Warm-started from the newest registered version when train.warm_start."""
+    `train.gate_days`, and register it in MLflow (with the `champion` alias only if it passed;
+    `champion.py`). Warm-started from the newest registered version when train.warm_start."""
     from llmrank_spark.training import (
         CHAMPION,
+        REGISTERED,
         REJECTED,
-        champion_path,
+        artifact_dir,
+        champion_version,
         gate_cutoff,
         gate_version,
-        latest_registered,
+        newest_version,
         train_reranker,
         training_end,
+        training_run,
     )
 
-    with StepRun(spark, config, "train") as run:
-        run.check_outputs("model_registry")
-        warm_from = latest_registered(spark, config) if config.train.warm_start else None
+    with StepRun(spark, config, "train") as run, tempfile.TemporaryDirectory() as staging:
+        run.check_outputs()
+        warm = newest_version(config) if config.train.warm_start else None
+        warm_from = None if warm is None else artifact_dir(config, warm)
+        champion = champion_version(config)
         items, interactions, users = run.read("items"), run.read("interactions"), run.read_optional("users")
         _check_inputs(config, items=items, interactions=interactions, users=users)
         gated = config.train.gate_days > 0
         # The gate's days stay out of training: the version is judged on days it never saw.
         seen = interactions.where(F.col("event_ts") < F.lit(training_end(config))) if gated else interactions
-        row, _ = train_reranker(
-            spark,
-            items,
-            seen,
-            users,
-            config,
-            data_snapshot=f"interactions@v{run.inputs['interactions']}",
-            warm_from=warm_from,
-        )
-        status = "registered"
-        if gated:
-            result = gate_version(
-                spark, items, interactions, config, row["path"].iloc[0], champion_path(spark, config)
+        data_snapshot = f"interactions@v{run.inputs['interactions']}"
+        with training_run(config, run_name=f"train {config.run.run_date}") as mlflow_run:
+            manifest, path, fitted = train_reranker(
+                spark, items, seen, users, config, data_snapshot, warm_from, Path(staging)
             )
-            status = CHAMPION if result.promoted else REJECTED
-            row.at[0, "metrics"] = {**row["metrics"].iloc[0], **result.metrics()}
+            warm_note = "none" if warm is None else f"{warm.name}/{warm.version}"
+            params = {**config.train.model_dump(), "data_snapshot": data_snapshot, "warm_from": warm_note}
+            mlflow_run.log_training(params, fitted.evaluations, manifest)
+            mlflow_run.log_artifact(path)
+            status, gate_tags = REGISTERED, {}
+            if gated:
+                # Measured from the staged copy: the same files as the logged artifact, no download.
+                champion_dir = None if champion is None else artifact_dir(config, champion)
+                result = gate_version(spark, items, interactions, config, str(path), champion_dir)
+                status = CHAMPION if result.promoted else REJECTED
+                mlflow_run.log_metrics(result.metrics())
+                gate_tags = {"gate_reason": result.reason} | {
+                    name: f"{value:.6g}" for name, value in result.metrics().items()
+                }
+                run.notes.append(
+                    f"gate on {result.requests} users after {gate_cutoff(config)}: NDCG@10 retrieval "
+                    f"{result.retrieval_ndcg:.4f} -> version {result.version_ndcg:.4f} "
+                    f"({result.change:+.1%} [{result.change_low:+.1%}, {result.change_high:+.1%}]): "
+                    f"{status}, {result.reason}"
+                )
+            version = mlflow_run.register(manifest, status, gate_tags)
+            if status == CHAMPION:
+                mlflow_run.promote(version)
             run.notes.append(
-                f"gate on {result.requests} users after {gate_cutoff(config)}: NDCG@10 retrieval "
-                f"{result.retrieval_ndcg:.4f} -> version {result.version_ndcg:.4f} "
-                f"({result.change:+.1%} [{result.change_low:+.1%}, {result.change_high:+.1%}]): "
-                f"{status}, {result.reason}"
+                f"registered {version.name} version {version.version} ({manifest.version}, {status}), "
+                f"MLflow run {mlflow_run.run_id}"
             )
-        run.write("model_registry", frame_from_pandas(spark, row.assign(status=status), "model_registry"))
     return run
 
 
@@ -243,7 +271,7 @@ def attributes(spark: SparkSession, config: Config) -> StepRun:
     from llmrank_spark.training import served_config
 
     with StepRun(spark, config, "attributes") as run:
-        config = served_config(spark, _with_registered_model(spark, config))
+        config = served_config(_with_registered_model(config))
         model_for(config.rerank)  # preflight: the model artifact exists and is complete
         run.check_outputs("attribute_order", "attribute_order_by_segment")
         items, interactions = run.read("items"), run.read("interactions")

@@ -1,9 +1,9 @@
-"""Training: lists from behaviour, losses, fine-tuning, the fusion fit, the registry and the gate."""
+"""Training: lists from behaviour, losses, fine-tuning, the fusion fit, the MLflow registry and the gate."""
 
 from llmrank_spark.training.champion import (
     CHAMPION,
+    REGISTERED,
     REJECTED,
-    champion_path,
     decide,
     gate_cutoff,
     gate_version,
@@ -23,15 +23,26 @@ from llmrank_spark.training.lists import (
 )
 from llmrank_spark.training.losses import ranking_loss
 from llmrank_spark.training.network import FusionRanker, freeze_lower_layers, initial_model, optimizer_for
-from llmrank_spark.training.registry import latest_registered, registry_row
+from llmrank_spark.training.registry import (
+    CHAMPION_ALIAS,
+    artifact_dir,
+    champion_version,
+    newest_version,
+    registry_client,
+    served_version,
+    training_run,
+)
 from llmrank_spark.training.train import train_reranker
 from llmrank_spark.training.trainer import fit, list_ndcg, score_lists, training_scorer
 
 __all__ = [
     "CHAMPION",
+    "CHAMPION_ALIAS",
+    "REGISTERED",
     "REJECTED",
     "FusionRanker",
-    "champion_path",
+    "artifact_dir",
+    "champion_version",
     "decide",
     "distributor_mode",
     "event_grades",
@@ -43,19 +54,21 @@ __all__ = [
     "gate_version",
     "history_before",
     "initial_model",
-    "latest_registered",
     "leave_last_out",
     "list_ndcg",
+    "newest_version",
     "optimizer_for",
     "rank_by_score",
     "ranking_loss",
-    "registry_row",
+    "registry_client",
     "sample_lists",
     "score_lists",
     "served_config",
+    "served_version",
     "target_contexts",
     "train_reranker",
     "training_end",
     "training_lists",
+    "training_run",
     "training_scorer",
 ]

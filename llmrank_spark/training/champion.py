@@ -5,9 +5,10 @@ the interactions, days it did not train on: the candidates the retrievers built 
 re-ranked by the version exactly as the rerank step serves it, judged by NDCG@10 against the events of
 the following `evaluate.label_days`. It becomes the champion only if it beats the retrieval order (the
 95% bootstrap interval of the NDCG@10 change lies above zero) and the current champion (no lower mean
-NDCG@10 on the same requests). `model_registry` records every version with its gate figures and its
-status; `rerank.mode=champion` (the default) serves the newest champion and, with none, the retrieval
-order itself: never an unvalidated model.
+NDCG@10 on the same requests). Every version is registered in MLflow with its gate figures and status
+(registry.py); a promoted one gets the `champion` alias. `rerank.mode=champion` (the default) serves the
+alias (or `mlflow.pinned_version`) and, with neither, the retrieval order itself: never an unvalidated
+model.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from pyspark.sql import functions as F
 
 from llmrank_spark.config import Config
 from llmrank_spark.events import end_of_day, events_until
-from llmrank_spark.lakehouse import in_hashed_share, read_table, table_exists
+from llmrank_spark.lakehouse import in_hashed_share
 from llmrank_spark.metrics import ndcg_at_k, relative_change
+from llmrank_spark.training.registry import artifact_dir, served_version
 
-CHAMPION, REJECTED = "champion", "rejected"
+CHAMPION, REJECTED, REGISTERED = "champion", "rejected", "registered"  # a version's gate status
 GATE_K = 10
 
 
@@ -149,19 +151,15 @@ def gate_version(
     )
 
 
-def champion_path(spark: SparkSession, config: Config) -> str | None:
-    """Artifact path of the newest champion in model_registry; None when there is none."""
-    if not table_exists(spark, config, "model_registry"):
-        return None
-    registry = read_table(spark, config, "model_registry")
-    newest = registry.where(F.col("status") == CHAMPION).orderBy(F.col("created_at").desc()).first()
-    return None if newest is None else newest["path"]
-
-
-def served_config(spark: SparkSession, config: Config) -> Config:
-    """`config` with `rerank.mode=champion` resolved: the champion's artifact, or the retrieval order."""
+def served_config(config: Config) -> Config:
+    """`config` with `rerank.mode=champion` resolved through the registry: the artifact of the pinned
+    version or of the `champion` alias, or, with neither, the retrieval order."""
     if config.rerank.mode != "champion":
         return config
-    path = champion_path(spark, config)
-    update = {"mode": "retrieval"} if path is None else {"mode": "cross_encoder", "model_path": path}
+    version = served_version(config)
+    update = (
+        {"mode": "retrieval"}
+        if version is None
+        else {"mode": "cross_encoder", "model_path": artifact_dir(config, version)}
+    )
     return config.model_copy(update={"rerank": config.rerank.model_copy(update=update)})

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
-import pandas as pd
 import torch
 from pyspark.sql import DataFrame, SparkSession
 
@@ -21,7 +21,6 @@ from llmrank_spark.training.extract import training_lists, training_text
 from llmrank_spark.training.fusion_training import train_fusion
 from llmrank_spark.training.lists import LIST
 from llmrank_spark.training.network import initial_model
-from llmrank_spark.training.registry import model_root, registry_row
 from llmrank_spark.training.trainer import FitResult, fit, training_scorer
 
 
@@ -33,8 +32,10 @@ def train_reranker(
     config: Config,
     data_snapshot: str,
     warm_from: str | None,
-) -> tuple[pd.DataFrame, FitResult]:
-    """Fine-tune a reranker version on the interactions, save its artifact; return its registry row."""
+    artifact_root: Path,
+) -> tuple[ArtifactManifest, Path, FitResult]:
+    """Fine-tune a reranker version on the interactions and save its artifact under `artifact_root`;
+    return its manifest, its directory and how the fit went."""
     cfg = config.train
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -73,6 +74,6 @@ def train_reranker(
         fusion=None if fusion is None else fusion.spec,
     )
     path = save_artifact(
-        model.encoder, tokenizer, model_root(config) / version, manifest, [fusion] if fusion else []
+        model.encoder, tokenizer, artifact_root / version, manifest, [fusion] if fusion else []
     )
-    return registry_row(manifest, path), result
+    return manifest, path, result
