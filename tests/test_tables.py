@@ -157,3 +157,21 @@ def test_catalog_names_are_used_for_managed_tables(spark, tmp_path):
         assert read_table(spark, config, "items").count() == 2
     finally:
         spark.sql("DROP TABLE IF EXISTS spark_catalog.llmrank_test.items")
+
+
+def test_liquid_layout_replaces_a_date_of_a_managed_table(spark):
+    from llmrank_spark.config import load_config
+
+    spark.sql("CREATE DATABASE IF NOT EXISTS llmrank_test")
+    config = load_config(
+        overrides=["lakehouse.catalog_schema=spark_catalog.llmrank_test", "lakehouse.layout=liquid"]
+    )
+    name = config.table_path("candidates")
+    day = dt.date(2026, 11, 20)
+    try:
+        write_table(_candidates(spark, day), config, "candidates", day)
+        write_table(_candidates(spark, day), config, "candidates", day)
+        assert spark.table(name).count() == 3
+        assert spark.sql(f"DESCRIBE DETAIL {name}").first().clusteringColumns == ["run_date", "request_id"]
+    finally:
+        spark.sql(f"DROP TABLE IF EXISTS {name}")
