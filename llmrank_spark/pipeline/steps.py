@@ -248,11 +248,15 @@ def train(spark: SparkSession, config: Config) -> StepRun:
                 gate_tags = {"gate_reason": result.reason} | {
                     name: f"{value:.6g}" for name, value in result.metrics().items()
                 }
-                run.notes.append(
-                    f"gate on {result.requests} users after {gate_cutoff(config)}: NDCG@10 retrieval "
-                    f"{result.retrieval_ndcg:.4f} -> version {result.version_ndcg:.4f} "
+                figures = (
+                    f"NDCG@10 retrieval {result.retrieval_ndcg:.4f} -> version {result.version_ndcg:.4f} "
                     f"({result.change:+.1%} [{result.change_low:+.1%}, {result.change_high:+.1%}]): "
-                    f"{status}, {result.reason}"
+                    if result.requests
+                    else ""  # nothing was measured: no figures, the reason says why
+                )
+                run.notes.append(
+                    f"gate on {result.requests} users after {gate_cutoff(config)}: {figures}{status}, "
+                    f"{result.reason}"
                 )
             version = mlflow_run.register(manifest, status, gate_tags)
             if status == CHAMPION:
