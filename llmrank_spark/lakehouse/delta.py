@@ -40,9 +40,11 @@ def table_exists(spark: SparkSession, config: Config, table: str) -> bool:
 
 
 def sql_name(location: str) -> str:
-    """The table in Delta's SQL: its catalog name, or delta.`path`. Locations passed check_location, so a
-    name is plain identifiers and a path holds no backtick or quote."""
-    return location if is_catalog_name(location) else f"delta.`{location}`"
+    """The table in Delta's SQL: its catalog name with each part quoted, or delta.`path`. Locations passed
+    check_location, so a name is plain identifiers and a path holds no backtick or quote."""
+    if is_catalog_name(location):
+        return ".".join(f"`{part}`" for part in location.split("."))
+    return f"delta.`{location}`"
 
 
 def create_clustered(df: DataFrame, location: str, columns: list[str]) -> None:
