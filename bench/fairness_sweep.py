@@ -48,7 +48,8 @@ def retrieval_ranked(spark, config):
         .toPandas()  # requests x top-K rows
     )
     items, interactions = read_table(spark, config, "items"), read_table(spark, config, "interactions")
-    return steps.fairness_pass(frame_from_pandas(spark, lists, "ranked"), items, interactions, config)
+    fair, _ = steps.fairness_pass(frame_from_pandas(spark, lists, "ranked"), items, interactions, config)
+    return fair
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     lakehouse = args.lakehouse or tempfile.mkdtemp(prefix=f"sweep-{args.dataset}-")
-    defaults = [f"run.run_date={RUN_DATES[args.dataset]}", "fairness.mode=sweep"]
+    # The λ sweep is the fixed-weight control's; bench/fairness_targets.py measures targets.
+    defaults = [f"run.run_date={RUN_DATES[args.dataset]}", "fairness.mode=sweep", "fairness.control=weight"]
     if args.dataset == "movielens":
         defaults.append("fairness.provider_attribute=year")  # ml-100k has no studio: release-year cohorts
     config = load_config(

@@ -526,34 +526,115 @@ class EvaluateConfig(_Section):
     )
 
 
+FairnessStrategy = Literal["list", "run", "fa_ir", "det_const_sort"]
+
+
+class FairnessTargetConfig(_Section):
+    """The exposure a run must reach, in the owner's terms; every run calibrates its strength to meet it.
+
+    Set any of the goals (unset ones are not checked); the run meets all that are set. Exposure needs no
+    labels, so each run checks its own lists (docs/how-to/tune-fairness.md).
+    """
+
+    provider_gini_cut: float | None = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="Cut the provider-exposure Gini@exposure_k by at least this share of the model order's "
+        "(0.1: at most 90% of it).",
+    )
+    max_provider_gini: float | None = Field(
+        None, ge=0, le=1, description="The provider-exposure Gini@exposure_k is at most this."
+    )
+    min_long_tail_exposure: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Long-tail providers get at least this share of the position-discounted top-exposure_k "
+        "exposure.",
+    )
+    prefix_share: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="FA*IR's prefix guarantee: every prefix of every list holds at least the long-tail items "
+        "a fair coin of this proportion would give at significance prefix_alpha (Zehlike et al. 2017), "
+        "while long-tail candidates remain.",
+    )
+    prefix_alpha: float = Field(
+        0.1, ge=0.01, le=0.15, description="Significance of the prefix guarantee (FA*IR's alpha)."
+    )
+    calibration_requests: int = Field(
+        2000,
+        ge=1,
+        description="Requests whose lists the strength is calibrated on (a hashed sample of the run's; they "
+        "reach the driver). The evaluate step checks the target on every list.",
+    )
+    when_unreachable: Literal["model_order", "strongest"] = Field(
+        "model_order",
+        description="When even the full strength misses the target (too few long-tail candidates), the "
+        'run says by how much and writes its lists: "model_order" as the model ranked them, "strongest" '
+        "at the full strength.",
+    )
+
+    @model_validator(mode="after")
+    def _one_goal_at_least(self) -> FairnessTargetConfig:
+        goals = (
+            self.provider_gini_cut,
+            self.max_provider_gini,
+            self.min_long_tail_exposure,
+            self.prefix_share,
+        )
+        if all(goal is None for goal in goals):
+            raise ValueError(
+                "fairness.target sets no goal: set provider_gini_cut, max_provider_gini, "
+                "min_long_tail_exposure or prefix_share, or use fairness.control=weight"
+            )
+        return self
+
+
 class FairnessConfig(_Section):
     mode: Literal["off", "on", "sweep"] = Field(
         "on",
         description='"off": ranked holds the model order. "on": each ranked list is re-ordered for '
         'provider-exposure fairness (and diversity, if on). "sweep": as on, and evaluate also measures '
-        "every weight in sweep_weights.",
+        "every cut in sweep_gini_cuts (control target) or weight in sweep_weights (control weight).",
     )
-    strategy: Literal["list", "run"] = Field(
+    control: Literal["target", "weight"] = Field(
+        "target",
+        description='"target": each run calibrates the strategy\'s strength on its own lists so that they '
+        'meet `target`, and records the strength in ranked.fairness_strength. "weight": the fixed strength '
+        "`weight`.",
+    )
+    strategy: FairnessStrategy = Field(
         "list",
         description='"list": each list weighs relevance against its providers\' need on its own. "run": '
-        "provider boosts fitted on the whole run even out its exposure "
-        "(llmrank_spark/postprocess/fairness.py). Pick with a sweep on your data.",
+        "provider boosts fitted on the whole run even out its exposure (llmrank_spark/postprocess/"
+        'fairness.py). "fa_ir": FA*IR with the long tail protected, strength = its proportion p. '
+        "\"det_const_sort\": LinkedIn's DetConstSort, strength = the long tail's desired share.",
     )
-    # The default is the largest swept weight that kept NDCG@10 within 2% on MovieLens and the sample with
-    # strategy list, on the runs it was picked on; on a second sample world it cost 3% (docs/results.md,
-    # "Fairness sweep").
+    target: FairnessTargetConfig = Field(
+        default_factory=FairnessTargetConfig,
+        description="Control target: the exposure goal each run meets.",
+    )
+    fa_ir_alpha: float = Field(
+        0.1, ge=0.01, le=0.15, description="Strategy fa_ir: the significance of its prefix test (alpha)."
+    )
+    # With control weight and strategy list: the largest swept weight that kept NDCG@10 within 2% on
+    # MovieLens and the sample, on the runs it was picked on (docs/results.md, "Fairness sweep").
     weight: float = Field(
         0.2,
         ge=0,
         le=1,
-        description="The fairness weight (lambda); 0 keeps the model order. list: the weight of provider "
-        "need against relevance. run: the largest provider boost, as a share of a list's score range.",
+        description="Control weight: the strength (lambda); 0 keeps the model order. list: the weight of "
+        "provider need against relevance. run: the largest provider boost, as a share of a list's score "
+        "range. fa_ir: the protected proportion p. det_const_sort: the long tail's desired share.",
     )
     exposure_k: int = Field(
         10,
         ge=1,
-        description="Strategy run: the list depth whose position-discounted exposure the boosts even out "
-        "across providers.",
+        description="The list depth whose position-discounted exposure the targets are measured at and the "
+        "run strategy's boosts even out across providers.",
     )
     fit_requests: int = Field(
         20000,
@@ -563,10 +644,15 @@ class FairnessConfig(_Section):
     )
     sweep_weights: list[float] = Field(
         default_factory=lambda: [0.0, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 1.0],
-        description="Mode sweep: the fairness weights evaluate measures, each as its own order.",
+        description="Mode sweep with control weight: the strengths evaluate measures, each as its own order.",
+    )
+    sweep_gini_cuts: list[float] = Field(
+        default_factory=lambda: [0.05, 0.1, 0.2, 0.3],
+        description="Mode sweep with control target: the provider-Gini cuts evaluate calibrates and "
+        "measures, each as its own order (the report's cost-of-target curve).",
     )
     min_long_tail_share: float = Field(
-        0.2,
+        0.0,
         ge=0,
         le=1,
         description="Guarantee: every prefix of p positions holds at least floor(min_long_tail_share * p) "

@@ -133,6 +133,7 @@ def test_evaluate_writes_metrics_for_every_order_and_the_report(spark, tmp_path)
             "evaluate.ks=[3, 5]",
             "evaluate.embedding_diversity=false",
             "fairness.mode=sweep",
+            "fairness.control=weight",
             "fairness.weight=0.5",
             "fairness.sweep_weights=[0.0, 0.5, 1.0]",
             "fairness.long_tail_head_share=0.6",
@@ -199,8 +200,8 @@ def test_evaluate_writes_metrics_for_every_order_and_the_report(spark, tmp_path)
     assert "provider Gini@3" in run.summary()
 
 
-@pytest.mark.parametrize("strategy", ["list", "run"])
-def test_the_rerank_steps_fairness_pass_in_spark_equals_the_pure_function(spark, tmp_path, strategy):
+def ranking_model_order(spark):
+    """(model-order ranked frame, items with Big and Tail brands, events frame) of test_ranking's lists."""
     from test_ranking import CANDIDATES, EVENTS, tiny_config
     from test_ranking import ITEMS as RANKING_ITEMS
     from test_ranking import RUN_DATE as RANKING_DATE
@@ -215,17 +216,28 @@ def test_the_rerank_steps_fairness_pass_in_spark_equals_the_pure_function(spark,
         tiny_config(),
         RANKING_DATE,
     ).ranked
+    return model_order, items, events, RANKING_DATE
+
+
+@pytest.mark.parametrize("strategy", ["list", "run"])
+def test_the_rerank_steps_fairness_pass_in_spark_equals_the_pure_function(spark, tmp_path, strategy):
+    from test_ranking import EVENTS
+
+    model_order, items, events, run_date = ranking_model_order(spark)
     config = load_config(
         overrides=[
             f"lakehouse.root={tmp_path}",
-            f"run.run_date={RANKING_DATE}",
+            f"run.run_date={run_date}",
+            "fairness.control=weight",
             "fairness.weight=1.0",
             "fairness.min_long_tail_share=0.5",
             f"fairness.strategy={strategy}",
         ]
     )
     catalogue = frame_from_pandas(spark, items, "items")
-    fair = steps.fairness_pass(model_order, catalogue, events, config).toPandas()
+    fair_frame, calibration = steps.fairness_pass(model_order, catalogue, events, config)
+    fair = fair_frame.toPandas()
+    assert calibration is None and (fair.fairness_strength == 1.0).all()
 
     model = model_order.toPandas()
     assert (model["rank"] == model.model_rank).all(), "rerank_candidates returns the model order"
@@ -238,3 +250,29 @@ def test_the_rerank_steps_fairness_pass_in_spark_equals_the_pure_function(spark,
     assert len(merged) == len(model) == len(fair)
     assert (merged["rank"] == merged.rank_pure).all() and (merged.model_rank == merged.model_rank_pure).all()
     assert (merged["rank"] != merged.model_rank).any(), "lambda 1 with a Tail floor must move items"
+
+
+def test_an_unreachable_fairness_target_leaves_the_lists_in_model_order_and_says_why(spark, tmp_path):
+    model_order, items, events, run_date = ranking_model_order(spark)
+    config = load_config(
+        overrides=[
+            f"lakehouse.root={tmp_path}",
+            f"run.run_date={run_date}",
+            "fairness.target.provider_gini_cut=null",
+            "fairness.target.min_long_tail_exposure=0.99",  # the lists hold two Tail items at most
+        ]
+    )
+    fair_frame, calibration = steps.fairness_pass(
+        model_order, frame_from_pandas(spark, items, "items"), events, config
+    )
+    fair, model = fair_frame.toPandas(), model_order.toPandas()
+    assert calibration is not None and not calibration.met and calibration.strength is None
+    assert "NOT reachable" in calibration.note(
+        "list"
+    ) and "long_tail_exposure@10 short by" in calibration.note("list")
+    assert fair.fairness_strength.isna().all()
+    pd.testing.assert_frame_equal(
+        fair.sort_values(["request_id", "item_id"]).reset_index(drop=True),
+        model.assign(fairness_strength=None).sort_values(["request_id", "item_id"]).reset_index(drop=True),
+        check_dtype=False,
+    )

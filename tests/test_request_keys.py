@@ -70,8 +70,12 @@ def _assert_lists_kept_apart(frame: pd.DataFrame) -> None:
             assert sorted(one[rank]) == list(range(1, len(one) + 1)), (kind, request, rank)
 
 
-@pytest.mark.parametrize("strategy", ["list", "run"])
-def test_rerank_with_the_fairness_pass_keeps_a_user_and_a_query_of_one_id_apart(spark, tmp_path, strategy):
+@pytest.mark.parametrize(
+    ("strategy", "control"), [("list", "weight"), ("run", "weight"), ("fa_ir", "target")]
+)
+def test_rerank_with_the_fairness_pass_keeps_a_user_and_a_query_of_one_id_apart(
+    spark, tmp_path, strategy, control
+):
     config = load_config(
         overrides=[
             f"lakehouse.root={tmp_path / 'lakehouse'}",
@@ -80,6 +84,7 @@ def test_rerank_with_the_fairness_pass_keeps_a_user_and_a_query_of_one_id_apart(
             f"rerank.model_path={tiny_artifact()}",
             "rerank.top_k=10",
             f"fairness.strategy={strategy}",
+            f"fairness.control={control}",
             "fairness.weight=1.0",
             "fairness.min_long_tail_share=0.5",
         ]

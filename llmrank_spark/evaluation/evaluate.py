@@ -5,7 +5,15 @@ Each run is measured in up to four orders, so the `metrics` table shows what eac
 - ``candidates``: the retrieval order (the blended candidate list, cut at the deepest k measured);
 - ``rerank``: the model order (`ranked.model_rank`), before any fairness or diversity pass;
 - ``fairness``: the final order written to `ranked` (only when `fairness.mode` is on or sweep);
-- ``fairness[lambda=0.30]``: with mode sweep, the model order re-ordered at each sweep weight.
+- ``fairness[gini_cut=0.20]``: with mode sweep and control target, the model order re-ordered at the
+  strength calibrated (on all the run's lists) for each cut of ``fairness.sweep_gini_cuts``; a cut out
+  of reach is left out;
+- ``fairness[lambda=0.30]``: with mode sweep and control weight, the model order re-ordered at each
+  sweep weight.
+
+With ``fairness.control`` target, the ``fairness`` order also gets the target checked on the whole run:
+``target_required``, ``target_reached`` and ``target_met`` (1 or 0) per goal (the slice, e.g.
+``provider_gini@10``), and ``fairness_strength``, the strength the pass used.
 
 Every order but the model's also gets ``ndcg@k_change`` against the model order, with its 95% bootstrap
 interval over the evaluated requests (``ndcg@k_change_low``, ``ndcg@k_change_high``).
@@ -32,9 +40,9 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from llmrank_spark.config import Config, EvaluateConfig, FairnessConfig
+from llmrank_spark.config import Config, EvaluateConfig, FairnessConfig, FairnessTargetConfig
 from llmrank_spark.events import ITEM_EVENTS, end_of_day, item_event_counts
-from llmrank_spark.lakehouse import REQUEST_KEY
+from llmrank_spark.lakehouse import FAIRNESS_STRENGTH, REQUEST_KEY
 from llmrank_spark.metrics import (
     ITEM,
     METRIC_COLUMNS,
@@ -46,7 +54,15 @@ from llmrank_spark.metrics import (
     relative_change,
     user_groups,
 )
-from llmrank_spark.postprocess import MODEL_RANK, provider_policy, run_reorderer, with_providers
+from llmrank_spark.postprocess import (
+    MODEL_RANK,
+    ProviderPolicy,
+    calibrate_run,
+    check_targets,
+    provider_policy,
+    run_reorderer,
+    with_providers,
+)
 
 RETRIEVAL, MODEL, FAIR = "candidates", "rerank", "fairness"
 METRICS_COLUMNS = ["step", "model_version", "metric", "slice", "value"]
@@ -54,6 +70,10 @@ METRICS_COLUMNS = ["step", "model_version", "metric", "slice", "value"]
 
 def sweep_step(lambda_: float) -> str:
     return f"{FAIR}[lambda={lambda_:.2f}]"
+
+
+def target_sweep_step(gini_cut: float) -> str:
+    return f"{FAIR}[gini_cut={gini_cut:.2f}]"
 
 
 def orders_of_run(
@@ -77,12 +97,25 @@ def orders_of_run(
     if fairness.mode == "off":
         return orders
     orders[FAIR] = ranked
-    if fairness.mode == "sweep":
-        policy = provider_policy(items, item_counts, fairness.long_tail_head_share)
-        category = items.set_index(ITEM)["category"]
+    if fairness.mode != "sweep":
+        return orders
+    policy = provider_policy(items, item_counts, fairness.long_tail_head_share)
+    category = items.set_index(ITEM)["category"]
+    if fairness.control == "weight":
         for lambda_ in fairness.sweep_weights:
             reorder = run_reorderer(policy, fairness, category, lambda_, model_order)
             orders[sweep_step(lambda_)] = reorder(model_order)
+        return orders
+    for cut in fairness.sweep_gini_cuts:
+        # Each cut calibrated on the run's own lists, all of them (they are on the driver already).
+        target = FairnessTargetConfig(provider_gini_cut=cut, calibration_requests=len(model_order))
+        cfg = fairness.model_copy(update={"target": target})
+        calibration = calibrate_run(model_order, policy, cfg, category)
+        if calibration.strength is not None:
+            reorder = run_reorderer(policy, cfg, category, calibration.strength, model_order)
+            orders[target_sweep_step(cut)] = reorder(model_order).assign(
+                **{FAIRNESS_STRENGTH: calibration.strength}
+            )
     return orders
 
 
@@ -141,9 +174,37 @@ def measure_run(
             rows = pd.concat([rows, _ndcg_change_rows(model_ndcg, lists, labels, "change")])
         if judged and step == served:
             rows = pd.concat([rows, _ndcg_change_rows(retrieval_ndcg, lists, labels, "lift")])
+        if step == FAIR and fairness.control == "target" and policy is not None:
+            rows = pd.concat([rows, _target_rows(lists, orders[MODEL], policy, fairness)])
+        if step.startswith(f"{FAIR}[gini_cut=") and policy is not None:
+            cut = float(step.removeprefix(f"{FAIR}[gini_cut=").rstrip("]"))
+            swept = fairness.model_copy(update={"target": FairnessTargetConfig(provider_gini_cut=cut)})
+            rows = pd.concat([rows, _target_rows(lists, orders[MODEL], policy, swept)])
         version = None if step == RETRIEVAL else ", ".join(sorted(model_version)) or None
         frames.append(rows.assign(step=step, model_version=version))
     return pd.concat(frames, ignore_index=True)[METRICS_COLUMNS]
+
+
+def _target_rows(
+    fair: pd.DataFrame, model_order: pd.DataFrame, policy: ProviderPolicy, fairness: FairnessConfig
+) -> pd.DataFrame:
+    """The fairness target on the whole run: per goal (the slice) the value required, the value reached
+    and whether it is met (1 or 0), and the strength the pass used (`ranked.fairness_strength`; none when
+    the lists stayed in model order)."""
+    checks = check_targets(fair, model_order, policy, fairness.target, fairness.exposure_k)
+    rows = [
+        row
+        for c in checks
+        for row in (
+            ("target_required", c.goal, c.required),
+            ("target_reached", c.goal, c.reached),
+            ("target_met", c.goal, float(c.met)),
+        )
+    ]
+    strength = fair[FAIRNESS_STRENGTH].dropna() if FAIRNESS_STRENGTH in fair else pd.Series(dtype=float)
+    if len(strength):
+        rows.append((FAIRNESS_STRENGTH, "all", float(strength.iloc[0])))
+    return pd.DataFrame(rows, columns=METRIC_COLUMNS)
 
 
 def _catalogue_with_providers(items: pd.DataFrame, fairness: FairnessConfig) -> pd.DataFrame:

@@ -45,14 +45,16 @@ def value(metrics: pd.DataFrame, step: str, metric: str, slice_: str = "all") ->
 
 
 SWEEP_COLUMNS = ["lam", "ndcg", "ndcg_change", "ndcg_change_low", "ndcg_change_high", "gini", "long_tail"]
+TARGET_SWEEP = re.compile(r"^fairness\[gini_cut=([0-9.]+)\]$")
+TARGET_COLUMNS = ["gini_cut", "strength", *SWEEP_COLUMNS[1:]]
 
 
-def sweep_points(metrics: pd.DataFrame, k: int) -> pd.DataFrame:
-    """Per sweep weight of the run, by lambda: NDCG@k, its change against the model order with the 95%
-    interval (`evaluate`), provider Gini@k and long-tail exposure@k."""
+def _swept(metrics: pd.DataFrame, k: int, pattern: re.Pattern[str], key: str) -> list[dict[str, float]]:
+    """Per swept step of the run (its value from `pattern` as `key`): NDCG@k, its change against the
+    model order with the 95% interval (`evaluate`), provider Gini@k and long-tail exposure@k."""
     rows = []
     for step in metrics.step.unique():
-        found = SWEEP.match(step)
+        found = pattern.match(step)
         if found:
             change = {
                 f"ndcg_change{end}": value(metrics, step, f"ndcg@{k}_change{end}")
@@ -60,14 +62,60 @@ def sweep_points(metrics: pd.DataFrame, k: int) -> pd.DataFrame:
             }
             rows.append(
                 {
-                    "lam": float(found.group(1)),
+                    key: float(found.group(1)),
+                    "strength": value(metrics, step, "fairness_strength"),
                     "ndcg": value(metrics, step, f"ndcg@{k}"),
                     **change,
                     "gini": value(metrics, step, f"provider_gini@{k}"),
                     "long_tail": value(metrics, step, f"exposure@{k}", "provider_group=long_tail"),
                 }
             )
-    return pd.DataFrame(rows, columns=SWEEP_COLUMNS).sort_values("lam")
+    return rows
+
+
+def sweep_points(metrics: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Per sweep weight of the run (control weight), by lambda (see `_swept`)."""
+    return pd.DataFrame(_swept(metrics, k, SWEEP, "lam"), columns=SWEEP_COLUMNS).sort_values("lam")
+
+
+def target_points(metrics: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Per swept Gini cut of the run (control target), with the strength calibrated for it (`_swept`)."""
+    rows = _swept(metrics, k, TARGET_SWEEP, "gini_cut")
+    return pd.DataFrame(rows, columns=TARGET_COLUMNS).sort_values("gini_cut")
+
+
+def plot_target_cost(points: pd.DataFrame, model_gini: float, k: int, path: Path) -> Path:
+    """The relevance cost of each target: NDCG@k change against the Gini cut reached, with 95% intervals;
+    without labels, the strength each cut took."""
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    reached = (1 - points["gini"] / model_gini) * 100
+    if points["ndcg_change"].notna().any():
+        change = points[["ndcg_change_low", "ndcg_change", "ndcg_change_high"]].to_numpy() * 100
+        axis.errorbar(
+            reached,
+            change[:, 1],
+            yerr=[change[:, 1] - change[:, 0], change[:, 2] - change[:, 1]],
+            marker="o",
+            capsize=3,
+            label="NDCG change, 95% interval",
+        )
+        axis.axhline(0, color="black", linewidth=0.8)
+        axis.set_ylabel(f"NDCG@{k} change against the model order (%)")
+        axis.set_title(f"Relevance cost of the fairness target (top {k})")
+        heights = change[:, 1]
+    else:
+        axis.plot(reached, points["strength"], marker="o", label="calibrated strength")
+        axis.set_ylabel("strength (0 = the model order)")
+        axis.set_title(f"Strength each fairness target took (top {k}); no labels for this run, so no NDCG")
+        heights = points["strength"].to_numpy()
+    for x, y, point in zip(reached, heights, points.itertuples(), strict=True):
+        axis.annotate(
+            f"cut {point.gini_cut:.0%}", (x, y), xytext=(4, 6), textcoords="offset points", fontsize=8
+        )
+    axis.set_xlabel(f"provider Gini@{k} cut reached (%)")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    return _save(figure, path)
 
 
 def _steps(metrics: pd.DataFrame) -> list[str]:
@@ -230,6 +278,20 @@ def group_table(metrics: pd.DataFrame, step: str, k: int) -> pd.DataFrame:
     return table.rename(columns={"slice": "group", "value": f"ndcg@{k}"}).set_index("group")
 
 
+def _fairness_setting(metrics: pd.DataFrame, config: Config) -> str:
+    """How the run's fairness pass was set: its weight, or its target, whether the run met it and at
+    which strength (the `target_met` and `fairness_strength` rows)."""
+    fairness = config.fairness
+    if fairness.mode == "off" or fairness.control == "weight":
+        return f"fairness {fairness.mode}, λ = {fairness.weight}"
+    fair = metrics[metrics.step == FAIR]
+    missed = fair[(fair.metric == "target_met") & (fair.value < 1)]["slice"].tolist()
+    strength = fair.loc[fair.metric == "fairness_strength", "value"]
+    at = f"strength {strength.iloc[0]:.3f}" if len(strength) else "lists in model order"
+    verdict = "target met" if not missed else f"target NOT met on {', '.join(missed)}"
+    return f"fairness {fairness.mode}, {fairness.strategy}: {verdict}, {at}"
+
+
 def summary_lines(metrics: pd.DataFrame, config: Config, k: int) -> list[str]:
     """A few lines for the end of the nightly job: what the reranker and the fairness pass changed."""
     final = FAIR if FAIR in set(metrics.step) else MODEL
@@ -253,7 +315,7 @@ def summary_lines(metrics: pd.DataFrame, config: Config, k: int) -> list[str]:
     tail = [value(metrics, s, f"exposure@{k}", "provider_group=long_tail") for s in (MODEL, final)]
     lines.append(
         f"provider Gini@{k}: {gini[0]:.3f} -> {gini[1]:.3f}; long-tail provider exposure "
-        f"{tail[0]:.1%} -> {tail[1]:.1%} (fairness {config.fairness.mode}, λ = {config.fairness.weight})"
+        f"{tail[0]:.1%} -> {tail[1]:.1%} ({_fairness_setting(metrics, config)})"
     )
     lines.append(
         f"coverage@{k}: {value(metrics, final, f'coverage@{k}'):.1%} of the catalogue; "
@@ -284,6 +346,13 @@ def write_report(history: pd.DataFrame, config: Config) -> Report:
         curve = plot_sweep(points, config.fairness.weight, k, directory / "lambda_curve.png", baseline)
         plots.append(curve)
         sections.append(("Relevance versus fairness over λ", plots[-1], _html_table(points.set_index("lam"))))
+    targets = target_points(metrics, k)
+    if len(targets):
+        model_gini = value(metrics, MODEL, f"provider_gini@{k}")
+        plots.append(plot_target_cost(targets, model_gini, k, directory / "target_cost.png"))
+        sections.append(
+            ("Relevance cost of the fairness target", plots[-1], _html_table(targets.set_index("gini_cut")))
+        )
     before, after = provider_exposure(metrics, MODEL, k), provider_exposure(metrics, final, k)
     if len(before):
         labels = (ORDER_NAMES[MODEL], ORDER_NAMES[final])

@@ -2,6 +2,7 @@
 
 from llmrank_spark.lakehouse.contracts import (
     CONTRACTS,
+    FAIRNESS_STRENGTH,
     REQUEST_KEY,
     ContractError,
     check_schema,
@@ -29,6 +30,7 @@ __all__ = [
     "CHECKED_COLUMNS",
     "CHECKED_SCHEMA",
     "CONTRACTS",
+    "FAIRNESS_STRENGTH",
     "ITEM_NOT_IN_CATALOGUE",
     "NON_FINITE_SCORE",
     "NO_CANDIDATES",

@@ -49,6 +49,8 @@ class TableContract:
 
 # The full key of a request: a user and a query may share an id, so request_id alone never identifies one.
 REQUEST_KEY = ("request_type", "request_id")
+# The strength the run's fairness pass used (calibrated to the target, or the configured weight).
+FAIRNESS_STRENGTH = "fairness_strength"
 
 
 def in_hashed_share(share: float, *columns: str):
@@ -172,6 +174,13 @@ CONTRACTS: dict[str, TableContract] = {
                     "model_rank",
                     "int",
                     "Position in model order, before the fairness/diversity pass (= rank when it is off).",
+                    False,
+                ),
+                Column(
+                    FAIRNESS_STRENGTH,
+                    "double",
+                    "Strength of the run's fairness pass in [0, 1] (calibrated to fairness.target, or "
+                    "fairness.weight); null: the lists are in model order.",
                     False,
                 ),
             ),

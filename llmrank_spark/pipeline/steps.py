@@ -6,12 +6,16 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from llmrank_spark.config import Config
 from llmrank_spark.lakehouse import (
+    FAIRNESS_STRENGTH,
     REQUEST_KEY,
     frame_from_pandas,
     in_hashed_share,
@@ -25,6 +29,9 @@ from llmrank_spark.pipeline.preflight import (
     fairness_runs,
 )
 from llmrank_spark.pipeline.run_log import StepRun, materialised
+
+if TYPE_CHECKING:
+    from llmrank_spark.postprocess import Calibration
 
 
 def _write_input_tables(spark: SparkSession, config: Config, step: str, frames: dict) -> StepRun:
@@ -100,36 +107,76 @@ def rerank(spark: SparkSession, config: Config) -> StepRun:
         )
         run.notes.append(f"served model: {spec.version}{_registry_note(requested, config)}")
         with materialised(result.outcome, run.progress.sized(todays.count(), "pairs")):
-            ranked = fairness_pass(result.ranked, items, known_events, config) if fair else result.ranked
+            ranked, calibration = (
+                fairness_pass(result.ranked, items, known_events, config)
+                if fair
+                else (_with_strength(result.ranked, None), None)
+            )
+            if calibration is not None:
+                note = calibration.note(config.fairness.strategy)
+                run.notes.append(note) if calibration.met else run.warn(note)
             run.write("ranked", ranked)
             run.write("rejects", result.rejects)
     return run
 
 
-def fairness_pass(ranked: DataFrame, items: DataFrame, interactions: DataFrame, config: Config) -> DataFrame:
-    """`ranked` (model order) re-ordered by the run's fairness/diversity pass; as it is when that is off.
+def fairness_pass(
+    ranked: DataFrame, items: DataFrame, interactions: DataFrame, config: Config
+) -> tuple[DataFrame, Calibration | None]:
+    """`ranked` (model order) re-ordered by the run's fairness/diversity pass, with the strength it used in
+    `fairness_strength` (null: the lists are in model order), and the calibration, if it ran.
 
-    With `fairness.strategy` run, the provider boosts are fitted on the driver over a hashed sample of at
-    most `fairness.fit_requests` whole lists (`fairness.run_reorderer`); then every list is re-ordered in
-    its own pandas call.
+    With `fairness.control` target, the strength is calibrated on the driver over a hashed sample of at
+    most `fairness.target.calibration_requests` whole lists (`postprocess.calibrate_run`); with
+    `fairness.strategy` run the provider boosts are fitted on a sample of at most `fairness.fit_requests`.
+    Then every list is re-ordered in its own pandas call.
     """
-    if config.fairness.mode == "off":
-        return ranked
+    fairness = config.fairness
+    if fairness.mode == "off":
+        return _with_strength(ranked, None), None
     from llmrank_spark.evaluation import catalogue_frame, item_counts_until, one_request_column
-    from llmrank_spark.postprocess import provider_policy, run_reorderer, with_providers
+    from llmrank_spark.postprocess import calibrate_run, provider_policy, run_reorderer, with_providers
 
-    catalogue = with_providers(catalogue_frame(items), config.fairness.provider_attribute)
+    catalogue = with_providers(catalogue_frame(items), fairness.provider_attribute)
     counts = item_counts_until(interactions, config.run.run_date)
-    policy = provider_policy(catalogue, counts, config.fairness.long_tail_head_share)
-    model_order = None
-    if config.fairness.strategy == "run":
-        requests = ranked.select(*REQUEST_KEY).distinct().count()
-        share = min(1.0, config.fairness.fit_requests / max(requests, 1))
-        model_order = one_request_column(ranked.where(in_hashed_share(share, *REQUEST_KEY))).toPandas()
+    policy = provider_policy(catalogue, counts, fairness.long_tail_head_share)
     category = catalogue.set_index("item_id")["category"]
-    reorder = run_reorderer(policy, config.fairness, category, model_order=model_order)
+    wanted = [
+        *([fairness.fit_requests] if fairness.strategy == "run" else []),
+        *([fairness.target.calibration_requests] if fairness.control == "target" else []),
+    ]
+    sample = None
+    if wanted:
+        requests = ranked.select(*REQUEST_KEY).distinct().count()
+        share = min(1.0, max(wanted) / max(requests, 1))
+        sample = one_request_column(ranked.where(in_hashed_share(share, *REQUEST_KEY))).toPandas()
+    strength: float | None = fairness.weight
+    calibration = None
+    if fairness.control == "target" and sample is not None and not sample.empty:
+        lists = _hashed_requests(sample, fairness.target.calibration_requests)
+        calibration = calibrate_run(lists, policy, fairness, category)
+        strength = calibration.strength
+    if strength is None:
+        return _with_strength(ranked, None), calibration
+    reorder = run_reorderer(policy, fairness, category, strength, model_order=sample)
     columns = ranked.columns
-    return ranked.groupBy(*REQUEST_KEY).applyInPandas(lambda one: reorder(one)[columns], ranked.schema)
+    fair = ranked.groupBy(*REQUEST_KEY).applyInPandas(lambda one: reorder(one)[columns], ranked.schema)
+    return _with_strength(fair, strength), calibration
+
+
+def _hashed_requests(lists: pd.DataFrame, requests: int) -> pd.DataFrame:
+    """The whole lists of `requests` requests of `lists`, picked by a hash of their ids (not by their
+    order, which may follow the ids' age); all of them when there are no more."""
+    ids = pd.Series(lists["request_id"].unique())
+    if len(ids) <= requests:
+        return lists
+    kept = ids.iloc[np.argsort(pd.util.hash_pandas_object(ids, index=False).to_numpy())[:requests]]
+    return lists[lists["request_id"].isin(kept)]
+
+
+def _with_strength(ranked: DataFrame, strength: float | None) -> DataFrame:
+    """`ranked` with the fairness pass's strength on every row (null: no pass re-ordered it)."""
+    return ranked.withColumn(FAIRNESS_STRENGTH, F.lit(strength).cast("double"))
 
 
 def evaluate(spark: SparkSession, config: Config) -> StepRun:

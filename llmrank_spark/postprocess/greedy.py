@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -41,19 +41,35 @@ def greedy_order(n: int, k: int, objective: Objective) -> list[int]:
     return picked
 
 
-def rerank_each(lists: pd.DataFrame, k: int, order_one: Callable[[pd.DataFrame], Objective]) -> pd.DataFrame:
-    """Each request's list re-ranked greedily and cut to k; `rank` becomes the new 1-based position."""
-    if k < 1:
-        raise ValueError(f"re-ranking: k must be at least 1, got {k}")
+def reorder_each(
+    lists: pd.DataFrame, permute: Callable[[pd.DataFrame], Sequence[int]], keep_top: int = 0
+) -> pd.DataFrame:
+    """Each request's list, best first, re-ordered by `permute` and cut to the positions it returns.
+
+    `permute` gets one list best first (index 0..n-1) after its first `keep_top` rows, which stay where
+    they are, and returns the positions of that remainder in their new order. `rank` becomes the new
+    1-based position.
+    """
+    if keep_top < 0:
+        raise ValueError(f"re-ranking: keep_top must be at least 0, got {keep_top}")
     ordered = relevance_order(lists)
     pieces = []
     for _, one in ordered.groupby(REQUEST, sort=False):
         one = one.reset_index(drop=True)
-        picked = greedy_order(len(one), k, order_one(one))
+        kept = min(keep_top, len(one))
+        rest = [kept + int(i) for i in permute(one.iloc[kept:].reset_index(drop=True))]
+        picked = [*range(kept), *rest]
         pieces.append(one.iloc[picked].assign(**{RANK: np.arange(1, len(picked) + 1, dtype=np.int32)}))
     if not pieces:
         return ordered.assign(**{RANK: pd.Series(dtype=np.int32)})
     return pd.concat(pieces, ignore_index=True)
+
+
+def rerank_each(lists: pd.DataFrame, k: int, order_one: Callable[[pd.DataFrame], Objective]) -> pd.DataFrame:
+    """Each request's list re-ranked greedily and cut to k; `rank` becomes the new 1-based position."""
+    if k < 1:
+        raise ValueError(f"re-ranking: k must be at least 1, got {k}")
+    return reorder_each(lists, lambda one: greedy_order(len(one), k, order_one(one)))
 
 
 def within_list_relevance(lists: pd.DataFrame) -> pd.Series:
