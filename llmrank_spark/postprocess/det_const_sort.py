@@ -7,7 +7,6 @@ is measured against (bench/fairness_targets.py).
 
 from __future__ import annotations
 
-import logging
 import warnings
 
 import pandas as pd
@@ -18,8 +17,6 @@ from llmrank_spark.postprocess.fairness import ProviderPolicy
 from llmrank_spark.postprocess.greedy import relevance_order, reorder_each
 
 LONG_TAIL, HEAD = "long_tail", "head"
-# It logs at debug level, once per list, whenever a list lacks one of the two groups.
-logging.getLogger("reranking.reranker").setLevel(logging.INFO)
 
 
 def _positions(flags: list[bool], share: float) -> list[int]:
