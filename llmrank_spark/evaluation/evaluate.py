@@ -108,8 +108,7 @@ def orders_of_run(
         return orders
     for cut in fairness.sweep_gini_cuts:
         # Each cut calibrated on the run's own lists, all of them (they are on the driver already).
-        target = FairnessTargetConfig(provider_gini_cut=cut, calibration_requests=len(model_order))
-        cfg = fairness.model_copy(update={"target": target})
+        cfg = fairness.model_copy(update={"target": FairnessTargetConfig(provider_gini_cut=cut)})
         calibration = calibrate_run(model_order, policy, cfg, category)
         if calibration.strength is not None:
             reorder = run_reorderer(policy, cfg, category, calibration.strength, model_order)
@@ -151,6 +150,7 @@ def measure_run(
     groups = _request_groups(users, evaluate) if users is not None and labels is not None else None
     model_version = ranked["model_version"].dropna().unique()
     orders = orders_of_run(ranked, retrieval, catalogue, item_counts, fairness)
+    swept_cuts = {target_sweep_step(cut): cut for cut in fairness.sweep_gini_cuts}
     judged = labels is not None and not labels.empty
     # Per-request NDCG of the model order: the baseline every other order's change is measured against.
     model_ndcg = {k: ndcg_at_k(orders[MODEL], labels, k) for k in evaluate.ks} if judged else {}
@@ -176,9 +176,9 @@ def measure_run(
             rows = pd.concat([rows, _ndcg_change_rows(retrieval_ndcg, lists, labels, "lift")])
         if step == FAIR and fairness.control == "target" and policy is not None:
             rows = pd.concat([rows, _target_rows(lists, orders[MODEL], policy, fairness)])
-        if step.startswith(f"{FAIR}[gini_cut=") and policy is not None:
-            cut = float(step.removeprefix(f"{FAIR}[gini_cut=").rstrip("]"))
-            swept = fairness.model_copy(update={"target": FairnessTargetConfig(provider_gini_cut=cut)})
+        if step in swept_cuts and policy is not None:
+            target = FairnessTargetConfig(provider_gini_cut=swept_cuts[step])
+            swept = fairness.model_copy(update={"target": target})
             rows = pd.concat([rows, _target_rows(lists, orders[MODEL], policy, swept)])
         version = None if step == RETRIEVAL else ", ".join(sorted(model_version)) or None
         frames.append(rows.assign(step=step, model_version=version))
