@@ -12,8 +12,7 @@ import warnings
 import pandas as pd
 import reranking
 
-from llmrank_spark.postprocess.fa_ir import long_tail_flags
-from llmrank_spark.postprocess.fairness import ProviderPolicy
+from llmrank_spark.postprocess.fairness import ProviderPolicy, long_tail_flags
 from llmrank_spark.postprocess.greedy import relevance_order, reorder_each
 
 LONG_TAIL, HEAD = "long_tail", "head"

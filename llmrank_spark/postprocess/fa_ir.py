@@ -16,8 +16,8 @@ from fairsearchcore.models import FairScoreDoc
 from fairsearchcore.re_ranker import fair_top_k
 from scipy.stats import binom
 
-from llmrank_spark.metrics import ITEM, REQUEST
-from llmrank_spark.postprocess.fairness import ProviderPolicy
+from llmrank_spark.metrics import REQUEST
+from llmrank_spark.postprocess.fairness import ProviderPolicy, long_tail_flags
 from llmrank_spark.postprocess.greedy import relevance_order, reorder_each
 
 # The significance search stops when its two ends are this close (as the reference does).
@@ -86,11 +86,6 @@ def _fair_positions(protected: np.ndarray, table: tuple[int, ...]) -> list[int]:
         len(docs), [d for d in docs if d.is_protected], [d for d in docs if not d.is_protected], list(table)
     )
     return [d.id for d in picked]
-
-
-def long_tail_flags(one: pd.DataFrame, policy: ProviderPolicy) -> np.ndarray:
-    """Per row of a list: whether its item's provider is in the long tail (no provider: not)."""
-    return one[ITEM].map(policy.item_provider).isin(policy.long_tail).to_numpy()
 
 
 def meet_prefix_table(

@@ -35,6 +35,11 @@ class ProviderPolicy:
     long_tail: frozenset[str]
 
 
+def long_tail_flags(one: pd.DataFrame, policy: ProviderPolicy) -> np.ndarray:
+    """Per row of a list: whether its item's provider is in the long tail (no provider: not)."""
+    return one[ITEM].map(policy.item_provider).isin(policy.long_tail).to_numpy()
+
+
 def provider_policy(items: pd.DataFrame, item_popularity: pd.Series, head_share: float) -> ProviderPolicy:
     """The policy from the catalogue (item_id, brand) and item interaction counts (item_id -> count).
 
@@ -155,7 +160,7 @@ def fair_rerank(
             fixed = fixed + provider.map(boosts).fillna(0.0).to_numpy(dtype=float)
         codes = pd.factorize(provider)[0]  # -1: no provider
         need = need_weight * provider.map(policy.need).fillna(0.0).to_numpy(dtype=float)
-        long_tail = provider.isin(policy.long_tail).to_numpy()
+        long_tail = long_tail_flags(one, policy)
         relevance_order = -np.arange(len(one), dtype=float)  # `one` comes best first
 
         def objective(picked: np.ndarray, available: np.ndarray) -> np.ndarray:

@@ -79,9 +79,10 @@ def check_targets(
     requests' lists before the pass, for the relative Gini cut. Exposure is position-discounted over the
     top k, over every provider of the catalogue (as the evaluate step measures it)."""
     providers = policy.need.index
+    shares = exposure_shares(lists, policy.item_provider, k, groups=providers)
     checks = []
     if target.provider_gini_cut is not None or target.max_provider_gini is not None:
-        reached = gini(exposure_shares(lists, policy.item_provider, k, groups=providers))
+        reached = gini(shares)
         ceilings = []
         if target.provider_gini_cut is not None:
             before = gini(exposure_shares(model_order, policy.item_provider, k, groups=providers))
@@ -90,7 +91,6 @@ def check_targets(
             ceilings.append(target.max_provider_gini)
         checks.append(TargetCheck(provider_gini_goal(k), min(ceilings), reached, at_most=True))
     if target.min_long_tail_exposure is not None:
-        shares = exposure_shares(lists, policy.item_provider, k, groups=providers)
         reached = float(shares[shares.index.isin(list(policy.long_tail))].sum())
         checks.append(TargetCheck(long_tail_goal(k), target.min_long_tail_exposure, reached, at_most=False))
     if target.prefix_share is not None:
