@@ -1,30 +1,29 @@
-"""Attribute order on the embedded sample: agreement with the generator's truth, faithfulness, cost.
+"""Attribute order on the embedded sample: agreement with the generator's truth, and cost.
 
 Runs generate-sample -> candidates -> rerank -> attributes (the nightly step functions, into a scratch
-lakehouse) on a bounded sample, then measures:
+lakehouse), then measures against `sample_truth` (each segment's driving attributes and their weights in
+the generator's choice model):
 
-  agreement     per user segment, attributes ordered by mean occlusion importance over all the segment's
-                (request, ranked item) rows, against `sample_truth` (each segment's driving attributes
-                and their weights in the generator's choice model): Kendall tau (scipy) over the truth's
-                attributes, and its mean over segments; and the same measure with the generator's own
-                choice model as the scorer (occlusion of a driver that matches the shopper's preferred
-                value drops its utility by the driver's weight), over the same ranked items: what the
-                aggregation recovers with a perfect model, so the gap between the two is the reranker's;
-                with the values the served context's profile states in place of the generator's
-                preferences (when the model is served a profile): what a model that reads its context
-                perfectly could reach; and with a scorer that knows each segment's drivers and how its
-                shoppers' preferred values spread, but not the shopper's own
-                (`segment_only_importances`): what a model that learned nothing from a shopper's
-                history could reach
-  faithfulness  for every ranked item with at least 3 scored attributes: the score drop when its top-2
-                attributes are removed together against the drop when 2 attributes drawn at random
-                (seeded, uniformly among its scored attributes) are removed; the mean of both and the
-                share of items where the top-2 drop is larger. Scored in process with the same model,
-                texts and contexts as the job (checked: its single-attribute drops match the table's)
-  cost          pairs scored per ranked item, and the seconds of each step
+  segment tau   per user segment, attributes ordered by the `attribute_order_by_segment` importance
+                (averaged over categories, weighted by support) against the truth's weights: Kendall tau
+                (scipy) over the truth's attributes, then the mean over segments
+  cold tau      per cold shopper (<= 3 events up to the run date) with at least two of their segment's
+                drivers among their top items' attributes: their `attribute_order` importances (mean per
+                attribute over their rows) against their segment's truth, then the mean over shoppers
+  query named attribute first
+                per query whose text names a value of an attribute of its class's items (as a whole
+                word): whether the query's first attribute in its class is a named one (behaviour only:
+                the query estimate the attributes step computes)
+  cost          seconds of each step, and of the attributes step per ranked request
 
-  python bench/attribute_order.py                                     # zero-shot, ~10 min on 2 cores
-  python bench/attribute_order.py --set rerank.mode=cross_encoder --set rerank.model_path=PATH
+It prints those three lines in a fixed form (`segment tau: X.XXX`, `cold tau: X.XXX`,
+`query named attribute first: P.P%`). With `--set attributes.method=occlusion` it also measures the
+occlusion explanation's faithfulness and ceilings (docs/attributes.md).
+
+  python bench/attribute_order.py                             # behaviour, the demo's sample, ~6 min
+  python bench/attribute_order.py --set sample.seed=11        # a second sample world
+  python bench/attribute_order.py --set attributes.method=occlusion --set rerank.mode=zero_shot_bi_encoder \
+      --bounded                                               # the occlusion figures, ~10 min
   python bench/attribute_order.py --lakehouse DIR --measure-only --set ...   # re-measure a run's tables
 """
 
@@ -32,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 import time
@@ -44,8 +44,11 @@ from scipy.stats import kendalltau  # scipy comes with sentence-transformers, a 
 
 from llmrank_spark.config import load_config
 from llmrank_spark.data import simulate
+from llmrank_spark.events import events_until
 from llmrank_spark.explain import (
     ITEM_KEYS,
+    attribute_values,
+    behaviour_importance,
     item_attributes,
     occluded_item,
     rank_attributes,
@@ -59,6 +62,13 @@ from llmrank_spark.text import preferred_values, render_item_texts, user_history
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# The demo's sample; the ranking itself is not what is measured, so the retrieval order serves.
+BEHAVIOUR_RUN = [
+    "candidates.n_per_request=30",
+    "rerank.mode=retrieval",
+    "run.run_date=2026-11-01",
+]
+# A smaller sample, for the occlusion method: its cost grows with the ranked items scored.
 BOUNDED_SAMPLE = [
     "sample.n_items=1200",
     "sample.n_users=300",
@@ -215,6 +225,78 @@ def faithfulness(
     return result, check
 
 
+def segment_tau(by_segment: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """Per segment: Kendall tau of the segment table's importance (support-weighted over categories)."""
+    users = by_segment[by_segment["segment_type"] == "user_segment"]
+    weighted = (
+        users.assign(
+            weighted=users["mean_importance"] * users["support"], support=users["support"].astype(float)
+        )
+        .groupby(["segment", "attribute"])[["weighted", "support"]]
+        .sum()
+    )
+    means = (weighted["weighted"] / weighted["support"]).rename("importance").reset_index()
+    return segment_agreement(means, truth)
+
+
+def cold_shoppers(interactions: pd.DataFrame, events: int = 3) -> set[str]:
+    """Users with at most `events` events in the log the run saw."""
+    counts = interactions.groupby("user_id").size()
+    return set(counts[counts <= events].index)
+
+
+def cold_tau(orders: pd.DataFrame, users: pd.DataFrame, truth: pd.DataFrame, cold: set[str]) -> pd.DataFrame:
+    """Per cold shopper with >= 2 of their segment's drivers among their rows: tau against the truth."""
+    rows = orders[(orders["request_type"] == "user") & orders["request_id"].isin(cold)].merge(
+        users[["user_id", "segment"]], left_on="request_id", right_on="user_id"
+    )
+    weights = truth.set_index(["segment", "attribute"])["weight"]
+    result = []
+    for (user, segment), own in rows.groupby(["request_id", "segment"]):
+        means = own.groupby("attribute")["importance"].mean()
+        drivers = weights.loc[segment]
+        present = drivers[drivers.index.isin(means.index)]
+        if len(present) < 2:
+            continue
+        result.append(
+            {
+                "user": user,
+                "segment": segment,
+                "sources": ",".join(sorted(own["source"].unique())),
+                "tau": kendalltau(present.to_numpy(), means.loc[present.index].to_numpy()).statistic,
+            }
+        )
+    return pd.DataFrame(result, columns=["user", "segment", "sources", "tau"])
+
+
+def named_attributes(query_text: str, category_values: pd.DataFrame) -> set[str]:
+    """Attributes of the category's items one of whose values the query names as a whole word."""
+    return {
+        row.attribute
+        for row in category_values.itertuples()
+        if re.search(rf"(?<!\w){re.escape(row.value)}(?!\w)", query_text, re.IGNORECASE)
+    }
+
+
+def query_named_first(contexts: pd.DataFrame, queries: pd.DataFrame, values: pd.DataFrame) -> pd.DataFrame:
+    """Per query naming an attribute value: whether its first attribute (in its class) is a named one."""
+    by_category = {category: frame for category, frame in values.groupby("category")}
+    rows = []
+    for query in queries.itertuples():
+        named = named_attributes(query.query_text, by_category.get(query.query_class, values.iloc[:0]))
+        own = contexts[
+            (contexts["request_id"] == query.query_id) & (contexts["category"] == query.query_class)
+        ]
+        if not named or own.empty:
+            continue
+        first = own.sort_values(["importance", "attribute"], ascending=[False, True])["attribute"].iloc[0]
+        rows.append({"query": query.query_text, "named": ", ".join(sorted(named)), "first": first})
+    frame = pd.DataFrame(rows, columns=["query", "named", "first"])
+    return frame.assign(
+        named_first=[f in n.split(", ") for f, n in zip(frame["first"], frame["named"], strict=True)]
+    )
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     """A frame as a Markdown table, floats to 3 decimals (pandas' to_markdown needs tabulate)."""
     cells = frame.map(lambda v: f"{v:+.3f}" if isinstance(v, float) else str(v))
@@ -228,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--master", default="local[2]")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random attribute pairs")
+    parser.add_argument("--seed", type=int, default=0, help="occlusion: seed of the random attribute pairs")
+    parser.add_argument("--bounded", action="store_true", help="the smaller sample occlusion was measured on")
     parser.add_argument("--lakehouse", help="keep the tables here (default: a scratch directory)")
     pipeline = {
         "generate-sample": steps.generate_sample,
@@ -251,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.measure_only and not args.lakehouse:
         parser.error("--measure-only needs --lakehouse: the lakehouse whose tables to measure")
+    run_settings = BOUNDED_SAMPLE if args.bounded else BEHAVIOUR_RUN
 
     with tempfile.TemporaryDirectory(prefix="llmrank-attr-bench-") as scratch:
         config = load_config(
@@ -258,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"lakehouse.root={args.lakehouse or scratch + '/lakehouse'}",
                 f"spark.master={args.master}",
                 "spark.conf={spark.sql.shuffle.partitions: '4'}",
-                *BOUNDED_SAMPLE,
+                *run_settings,
                 *args.overrides,
             ]
         )
@@ -273,36 +357,87 @@ def main(argv: list[str] | None = None) -> int:
 
         today = F.col("run_date") == F.lit(config.run.run_date)
         orders = read_table(spark, config, "attribute_order").where(today).toPandas()
+        by_segment = read_table(spark, config, "attribute_order_by_segment").where(today).toPandas()
         ranked = read_table(spark, config, "ranked").where(today)
-        items = read_table(spark, config, "items").toPandas()
+        items = read_table(spark, config, "items")
         users = read_table(spark, config, "users").toPandas()
+        queries = read_table(spark, config, "queries")
         truth = read_table(spark, config, "sample_truth").toPandas()
-        top = ranked.where(F.col("rank") <= config.attributes.top_k_items).select(*ITEM_KEYS)
-        _, rerank = model_for(config.rerank)
-        contexts = (
-            with_contexts(
-                top.select("request_id", "request_type").distinct(),
-                read_table(spark, config, "interactions"),
-                read_table(spark, config, "items"),
-                rerank,
+        interactions = read_table(spark, config, "interactions")
+        seen = events_until(interactions, config.run.run_date).select("user_id").toPandas()
+        ranked_requests = ranked.select(*ITEM_KEYS[:2]).distinct().count()
+        if config.attributes.method == "behaviour":
+            # The query estimate the step computed (no query is ranked yet, so none reaches the tables).
+            estimate = behaviour_importance(
+                items,
+                interactions,
+                config.attributes,
                 config.run.run_date,
-                read_table(spark, config, "queries"),
-                read_table(spark, config, "users"),
+                users=read_table(spark, config, "users"),
+                queries=queries,
+                query_labels=read_table(spark, config, "query_labels"),
             )
-            .select("request_id", "request_type", "context_text")
-            .toPandas()
-        )
-        engaged = user_history(
-            read_table(spark, config, "interactions"), read_table(spark, config, "items"), config.run.run_date
-        ).toPandas()
-        ranked_items = top.count()
+            contexts = estimate.contexts.where(F.col("request_type") == "query").toPandas()
+            named = query_named_first(
+                contexts,
+                queries.toPandas(),
+                attribute_values(items, config.attributes.item_fields).toPandas(),
+            )
+        else:
+            occlusion_report(spark, config, orders, ranked, users, truth, args.seed)
+            named = None
         spark.stop()
 
-    model_version = orders["model_version"].iloc[0]
+    segments = segment_tau(by_segment, truth)
+    cold = cold_tau(orders, users, truth, cold_shoppers(seen))
+    print(f"\nmethod {config.attributes.method}; config overrides: {' '.join(run_settings + args.overrides)}")
+    print("\nSegment agreement (Kendall tau over each segment's drivers; attribute_order_by_segment)")
+    print(markdown_table(segments))
+    print(f"\nCold shoppers (<= 3 events): {len(cold)} with >= 2 drivers among their rows")
+    print(markdown_table(cold.groupby(["segment", "sources"])["tau"].agg(["size", "mean"]).reset_index()))
+    if named is not None:
+        missed = named[~named["named_first"]]
+        print(f"\nQueries naming a value: {len(named)}; first attribute not a named one: {len(missed)}")
+        if len(missed):
+            print(markdown_table(missed.head(10)))
+    print(f"\nsegment tau: {segments['tau'].mean():.3f}")
+    print(f"cold tau: {cold['tau'].mean():.3f}")
+    if named is not None:
+        print(f"query named attribute first: {100 * named['named_first'].mean():.1f}%")
+    print(f"\nCost: {ranked_requests} ranked requests, {len(orders)} attribute_order rows")
+    for name, value in seconds.items():
+        print(f"  {name}: {value:.1f} s")
+    if "attributes" in seconds:
+        print(
+            f"  attributes step: {1000 * seconds['attributes'] / ranked_requests:.1f} ms per ranked request"
+        )
+    return 0
+
+
+def occlusion_report(spark, config, orders, ranked, users, truth, seed) -> None:
+    """The occlusion method's own measures: its agreement ceilings and faithfulness (docs/attributes.md)."""
+    items = read_table(spark, config, "items").toPandas()
+    top = ranked.where(F.col("rank") <= config.attributes.top_k_items).select(*ITEM_KEYS)
+    _, rerank = model_for(config.rerank)
+    contexts = (
+        with_contexts(
+            top.select("request_id", "request_type").distinct(),
+            read_table(spark, config, "interactions"),
+            read_table(spark, config, "items"),
+            rerank,
+            config.run.run_date,
+            read_table(spark, config, "queries"),
+            read_table(spark, config, "users"),
+        )
+        .select("request_id", "request_type", "context_text")
+        .toPandas()
+    )
+    engaged = user_history(
+        read_table(spark, config, "interactions"), read_table(spark, config, "items"), config.run.run_date
+    ).toPandas()
     user_orders = orders[orders["request_type"] == "user"].merge(
         users[["user_id", "segment"]], left_on="request_id", right_on="user_id"
     )
-    agreement = segment_agreement(user_orders, truth)
     world = simulate(config.sample)
     if catalogue_keys(world.tables["items"]) != catalogue_keys(items):
         raise SystemExit(
@@ -310,30 +445,21 @@ def main(argv: list[str] | None = None) -> int:
             "generate, so the generator's preferences do not describe it; pass the --set sample.* "
             "overrides the lakehouse was generated with"
         )
-    ceiling = segment_agreement(matching_importances(user_orders, items, truth, world.preferences), truth)
-    segment_only = segment_agreement(
-        segment_only_importances(user_orders, items, world.preferences, truth), truth
-    )
-    result, check = faithfulness(orders, items, contexts, config, args.seed)
-    scored_items = orders.groupby(ITEM_KEYS).ngroups
-
-    print(f"\nmodel {model_version}; config overrides: {' '.join(BOUNDED_SAMPLE + args.overrides)}")
-    print(f"\nSegment agreement (Kendall tau over each segment's drivers; {len(user_orders)} rows)")
+    agreement = segment_agreement(user_orders, truth)
+    print(f"\nOcclusion: segment agreement over the ranked rows (mean {agreement['tau'].mean():+.3f})")
     print(markdown_table(agreement))
-    print(f"mean Kendall tau over {len(agreement)} segments: {agreement['tau'].mean():+.3f}")
-    print("\nThe same measure with the generator's choice model as the scorer, over the same ranked items")
-    print(markdown_table(ceiling))
-    print(f"mean Kendall tau over {len(ceiling)} segments: {ceiling['tau'].mean():+.3f}")
+    ceiling = segment_agreement(matching_importances(user_orders, items, truth, world.preferences), truth)
+    print(f"\nWith the generator's choice model as the scorer: mean tau {ceiling['tau'].mean():+.3f}")
     if rerank.profile_categories:
         stated = preferred_values(engaged, rerank.profile_categories, rerank.item_attributes)
         readable = segment_agreement(matching_importances(user_orders, items, truth, stated), truth)
-        print("\nThe same with the values the context's profile states as the shopper's preferred ones")
-        print(markdown_table(readable))
-        print(f"mean Kendall tau over {len(readable)} segments: {readable['tau'].mean():+.3f}")
-    print("\nThe same with a scorer that knows the shopper's segment, not their own preferred values")
-    print(markdown_table(segment_only))
-    print(f"mean Kendall tau over {len(segment_only)} segments: {segment_only['tau'].mean():+.3f}")
+        print(f"With the values the context's profile states: mean tau {readable['tau'].mean():+.3f}")
+    segment_only = segment_agreement(
+        segment_only_importances(user_orders, items, world.preferences, truth), truth
+    )
+    print(f"With a scorer that knows only the segment: mean tau {segment_only['tau'].mean():+.3f}")
 
+    result, check = faithfulness(orders, items, contexts, config, seed)
     wins = result["drop_top2"] > result["drop_random2"]
     ties = result["drop_top2"] == result["drop_random2"]
     print(f"\nFaithfulness over {len(result)} (request, item) rows with >= 3 scored attributes")
@@ -343,15 +469,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  top-2 drop > random-2 drop: {wins.mean():.1%} of items")
     print(f"  ties: {int(ties.sum())}, of which {coincide} where the random pair was the top pair")
     print(f"  in-process single-attribute drop vs the job's importance: max |diff| {check:.2e}")
-
+    scored_items = orders.groupby(ITEM_KEYS).ngroups
     pairs = scored_items + len(orders)
-    print(f"\nCost: {ranked_items} ranked items in the top {config.attributes.top_k_items}")
-    print(f"  {scored_items} with attributes; {pairs} pairs scored = {pairs / scored_items:.2f} per item")
-    for name, value in seconds.items():
-        print(f"  {name}: {value:.1f} s")
-    if "attributes" in seconds:
-        print(f"  attributes step: {pairs / seconds['attributes']:.1f} pairs/s (with joins and both writes)")
-    return 0
+    print(
+        f"  {scored_items} items with attributes; {pairs} pairs scored = {pairs / scored_items:.2f} per item"
+    )
 
 
 if __name__ == "__main__":

@@ -946,23 +946,41 @@ class MlflowConfig(_Section):
 
 
 class AttributesConfig(_Section):
+    method: Literal["behaviour", "occlusion"] = Field(
+        "behaviour",
+        description="behaviour: importance to the shopper or query, from what they chose against what "
+        "their category offered (docs/attributes.md); occlusion: what the reranker's score owes to each "
+        "attribute, an explanation of the ranker.",
+    )
+    prior_events: float = Field(
+        1.0,
+        ge=0.0,
+        description="behaviour: choices' worth of the segment's value shares added to a context's own when "
+        "picking the value it prefers (0: its own choices alone).",
+    )
+    shrink_events: float = Field(
+        5.0,
+        ge=0.0,
+        description="behaviour: choices' worth of the segment's rates a context's rates are shrunk toward "
+        "(and a segment's toward its category's): a shopper with few choices reads mostly as their segment.",
+    )
     top_k_items: int = Field(
         10,
         ge=1,
-        description="Ranked items per request whose attributes are scored; each costs 1 + (its attributes) "
-        "scored pairs.",
+        description="Ranked items per request whose attributes are ordered; with occlusion each costs 1 + "
+        "(its attributes) scored pairs.",
     )
     max_attributes: int = Field(
         8,
         ge=1,
-        description="Attributes scored per item at most, in item-text order: the item_fields, then the "
-        "attributes map by name.",
+        description="occlusion: attributes scored per item at most, in item-text order: the item_fields, "
+        "then the attributes map by name.",
     )
     # Brand is what shoppers and merchandisers name first.
     item_fields: list[Literal["brand", "category", "price"]] = Field(
         default_factory=lambda: ["brand"],  # type: ignore[arg-type]  # mypy reads ["brand"] as list[str]
-        description="Item columns that count as attributes besides the attributes map, when the item "
-        "template shows them.",
+        description="Item columns that count as attributes besides the attributes map (with occlusion, "
+        "when the item template shows them).",
     )
 
 

@@ -1,10 +1,11 @@
 # Databricks notebook source
 # MAGIC %md
 # MAGIC # llmrank-spark: Nightly step 3, attribute order
-# MAGIC For each request's top-ranked items, scores every attribute by occlusion (the reranker score of the
-# MAGIC item minus its score with the attribute removed from the item text) through the same broadcast model
-# MAGIC and pandas UDF as the re-rank step, and writes the `attribute_order` and `attribute_order_by_segment`
-# MAGIC Delta partitions for the run date. Method and cost: docs/attributes.md.
+# MAGIC For each request's top-ranked items, orders the item's attributes by how much they matter to the
+# MAGIC shopper or query, estimated from what they chose against what the category offered (shrunk toward
+# MAGIC their segment when they chose little), and writes the `attribute_order` and
+# MAGIC `attribute_order_by_segment` Delta partitions for the run date. `attributes.method=occlusion` explains
+# MAGIC the reranker's scores instead. Method and cost: docs/attributes.md.
 # MAGIC
 # MAGIC Widgets: `config` (YAML file; empty = built-in defaults), `run_date` (empty = today, UTC),
 # MAGIC `overrides` (`key=value` pairs separated by `;`).

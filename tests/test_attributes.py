@@ -61,7 +61,10 @@ REQUESTS = {
 CFG = AttributesConfig(top_k_items=3, max_attributes=4)
 
 
-def ranked_frame(model_version: str = TINY_VERSION) -> pd.DataFrame:
+def ranked_frame(
+    model_version: str = TINY_VERSION, requests: dict[tuple[str, str], list[str]] = REQUESTS
+) -> pd.DataFrame:
+    """A `ranked` partition holding each request's items in the order given."""
     return pd.DataFrame(
         [
             {
@@ -76,7 +79,7 @@ def ranked_frame(model_version: str = TINY_VERSION) -> pd.DataFrame:
                 "retrieval_score": 1.0,
                 "sources": ["als"],
             }
-            for (request, kind), items in REQUESTS.items()
+            for (request, kind), items in requests.items()
             for rank, item in enumerate(items, start=1)
         ]
     )

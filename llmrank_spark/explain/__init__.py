@@ -1,25 +1,38 @@
-"""Attribute order: which product attributes matter most for a request."""
+"""Attribute order: which product attributes matter most for a request, from behaviour or by occlusion."""
 
-from llmrank_spark.explain.attributes import (
-    ITEM_KEYS,
+from llmrank_spark.explain.behaviour import (
+    BehaviourImportance,
+    attribute_values,
+    behaviour_by_segment,
+    behaviour_importance,
+    behaviour_orders,
+    preference_statistics,
+)
+from llmrank_spark.explain.occlusion import (
     attribute_orders,
     item_attributes,
     occluded_item,
     occlusion_variants,
     order_attributes,
     orders_by_segment,
-    rank_attributes,
     served_score_scale,
 )
+from llmrank_spark.explain.orders import ITEM_KEYS, rank_attributes
 
 __all__ = [
     "ITEM_KEYS",
+    "BehaviourImportance",
     "attribute_orders",
+    "attribute_values",
+    "behaviour_by_segment",
+    "behaviour_importance",
+    "behaviour_orders",
     "item_attributes",
     "occluded_item",
     "occlusion_variants",
     "order_attributes",
     "orders_by_segment",
+    "preference_statistics",
     "rank_attributes",
     "served_score_scale",
 ]

@@ -212,7 +212,7 @@ CONTRACTS: dict[str, TableContract] = {
         TableContract(
             "attribute_order",
             "output",
-            "Per request and ranked item: which attributes matter most for this request.",
+            "Per request and ranked item: which of the item's attributes matter most for this request.",
             (
                 RUN_DATE,
                 Column("request_id", "string", "Request.", key=True),
@@ -233,11 +233,41 @@ CONTRACTS: dict[str, TableContract] = {
                 Column(
                     "importance",
                     "double",
-                    "Reranker score of the item minus its score with this attribute removed from the item "
-                    "text (occlusion, docs/attributes.md); negative: the attribute counts against the item.",
+                    "How much the attribute matters (docs/attributes.md). behaviour: the estimated weight of "
+                    "matching the preferred value in the request's choices (log-odds; 0: no evidence it "
+                    "matters). occlusion: reranker score of the item minus its score with the attribute "
+                    "removed from the item text; negative: the attribute counts against the item.",
                 ),
                 Column("rank", "int", "1 = most important attribute for this request and item."),
-                Column("model_version", "string", "Reranker version whose scores the importance is made of."),
+                Column(
+                    "model_version",
+                    "string",
+                    "occlusion: the reranker version whose scores the importance is made of; null for "
+                    "behaviour.",
+                    False,
+                ),
+                Column(
+                    "source",
+                    "string",
+                    "Where the importance comes from: 'behaviour' (the request's own choices in the item's "
+                    "category, shrunk toward its segment), 'segment' (none: its user segment's or query "
+                    "class's), 'category' (none there either), 'none' (nobody chose in the category: 0) or "
+                    "'occlusion'.",
+                    False,
+                ),
+                Column(
+                    "preferred_value",
+                    "string",
+                    "behaviour: the value of the attribute the request (or its segment) prefers in the "
+                    "item's category; null where unknown.",
+                    False,
+                ),
+                Column(
+                    "matches_preference",
+                    "boolean",
+                    "Whether the item's value is the preferred value; null where no preference is known.",
+                    False,
+                ),
             ),
             partition_by=("run_date",),
             written_by="`llmrank attributes`",
@@ -257,11 +287,34 @@ CONTRACTS: dict[str, TableContract] = {
                 Column("category", "string", "Category of the ranked items.", key=True),
                 Column("attribute", "string", "Attribute name.", key=True),
                 Column(
-                    "mean_importance", "double", "Mean `attribute_order.importance` over the group's rows."
+                    "mean_importance",
+                    "double",
+                    "The group's importance of the attribute. behaviour: estimated from the choices of all "
+                    "the group's requests in the category (docs/attributes.md); occlusion: the mean "
+                    "`attribute_order.importance` over the group's rows.",
                 ),
-                Column("support", "bigint", "Number of (request, ranked item) rows the mean is over."),
+                Column(
+                    "support",
+                    "bigint",
+                    "behaviour: requests of the group that chose in the category; occlusion: (request, "
+                    "ranked item) rows the mean is over.",
+                ),
                 Column("rank", "int", "1 = most important attribute for this segment and category."),
-                Column("model_version", "string", "Reranker version whose scores the importance is made of."),
+                Column(
+                    "model_version",
+                    "string",
+                    "occlusion: the reranker version whose scores the importance is made of; null for "
+                    "behaviour.",
+                    False,
+                ),
+                Column("source", "string", "'behaviour' or 'occlusion': the method behind the row.", False),
+                Column(
+                    "preferred_value",
+                    "string",
+                    "behaviour: the value of the attribute the group's choices most favour over the "
+                    "category's market share.",
+                    False,
+                ),
             ),
             partition_by=("run_date",),
             written_by="`llmrank attributes`",

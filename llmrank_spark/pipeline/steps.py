@@ -316,39 +316,86 @@ def train(spark: SparkSession, config: Config) -> StepRun:
 
 
 def attributes(spark: SparkSession, config: Config) -> StepRun:
-    """Attribute orders: which attributes of each top-ranked item matter most to the request, by occlusion."""
-    from llmrank_spark.explain import attribute_orders, orders_by_segment
-    from llmrank_spark.rerank import model_for
-    from llmrank_spark.training import served_config
+    """Attribute orders: which attributes of each top-ranked item matter most to the request.
 
+    From behaviour by default; by occlusion of the served reranker with `attributes.method: occlusion`.
+    """
     with StepRun(spark, config, "attributes") as run:
-        config = served_config(_with_registered_model(config))
-        model_for(config.rerank)  # preflight: the model artifact exists and is complete
         run.check_outputs("attribute_order", "attribute_order_by_segment")
         items, interactions = run.read("items"), run.read("interactions")
         queries, users = run.read_optional("queries"), run.read_optional("users")
         ranked = run.read("ranked")
         check_partition(ranked, "ranked", config.run.run_date, "rerank")
         _check_inputs(config, items=items, interactions=interactions, users=users, queries=queries)
-        orders = attribute_orders(
-            spark,
-            ranked.where(F.col("run_date") == F.lit(config.run.run_date)),
-            items,
-            interactions,
-            config.rerank,
-            config.attributes,
-            config.run.run_date,
-            queries=queries,
-            users=users,
+        todays_ranked = ranked.where(F.col("run_date") == F.lit(config.run.run_date))
+        if config.attributes.method == "behaviour":
+            _attributes_from_behaviour(run, config, todays_ranked, items, interactions, users, queries)
+        else:
+            _attributes_by_occlusion(spark, run, config, todays_ranked, items, interactions, users, queries)
+    return run
+
+
+def _attributes_from_behaviour(
+    run: StepRun,
+    config: Config,
+    ranked: DataFrame,
+    items: DataFrame,
+    interactions: DataFrame,
+    users: DataFrame | None,
+    queries: DataFrame | None,
+) -> None:
+    from llmrank_spark.explain import behaviour_by_segment, behaviour_importance, behaviour_orders
+
+    importance = behaviour_importance(
+        items,
+        interactions,
+        config.attributes,
+        config.run.run_date,
+        users=users,
+        queries=queries,
+        query_labels=run.read_optional("query_labels"),
+    )
+    with materialised(importance.statistics):
+        orders = behaviour_orders(
+            ranked, items, importance, config.attributes, config.run.run_date, users, queries
         )
         run.write("attribute_order", orders)
-        # The segment table is aggregated from the partition just written, not from `orders`: that would
-        # score every variant a second time.
-        written = read_table(spark, config, "attribute_order", version=run.outputs["attribute_order"])
-        todays = written.where(F.col("run_date") == F.lit(config.run.run_date))
-        by_segment = orders_by_segment(todays, items, users, queries)
-        run.write("attribute_order_by_segment", by_segment)
-    return run
+        run.write("attribute_order_by_segment", behaviour_by_segment(importance, config.run.run_date))
+
+
+def _attributes_by_occlusion(
+    spark: SparkSession,
+    run: StepRun,
+    config: Config,
+    ranked: DataFrame,
+    items: DataFrame,
+    interactions: DataFrame,
+    users: DataFrame | None,
+    queries: DataFrame | None,
+) -> None:
+    from llmrank_spark.explain import attribute_orders, orders_by_segment
+    from llmrank_spark.rerank import model_for
+    from llmrank_spark.training import served_config
+
+    config = served_config(_with_registered_model(config))
+    model_for(config.rerank)  # preflight: the model artifact exists and is complete
+    orders = attribute_orders(
+        spark,
+        ranked,
+        items,
+        interactions,
+        config.rerank,
+        config.attributes,
+        config.run.run_date,
+        queries=queries,
+        users=users,
+    )
+    run.write("attribute_order", orders)
+    # The segment table is aggregated from the partition just written, not from `orders`: that would
+    # score every variant a second time.
+    written = read_table(spark, config, "attribute_order", version=run.outputs["attribute_order"])
+    todays = written.where(F.col("run_date") == F.lit(config.run.run_date))
+    run.write("attribute_order_by_segment", orders_by_segment(todays, items, users, queries))
 
 
 NIGHTLY_STEPS: dict[str, Callable[[SparkSession, Config], StepRun]] = {

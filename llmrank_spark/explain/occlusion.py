@@ -1,4 +1,7 @@
-"""Attribute order: which of a ranked item's attributes matter most to the request, by occlusion.
+"""Attribute order by occlusion: which of a ranked item's attributes the reranker's score owes most to.
+
+This explains the ranker (`attributes.method: occlusion`); what matters to the shopper, from what they
+chose, is `behaviour.py`.
 
 The importance of attribute a (name: value) of item i for request r is
 
@@ -29,6 +32,16 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from llmrank_spark.config import AttributesConfig, RerankConfig
+from llmrank_spark.explain.orders import (
+    ITEM_KEYS,
+    ORDER_COLUMNS,
+    REQUEST_KEYS,
+    SEGMENT_COLUMNS,
+    SEGMENT_KEYS,
+    ddl,
+    rank_attributes,
+    segment_labels,
+)
 from llmrank_spark.lakehouse import ContractError, conform
 from llmrank_spark.rerank import (
     ModelSpec,
@@ -42,33 +55,9 @@ from llmrank_spark.rerank import (
 )
 from llmrank_spark.text import ITEM_FIELDS, MISSING_VALUE, render_item_texts, shown_attributes
 
-REQUEST_KEYS = ["request_id", "request_type"]
-ITEM_KEYS = [*REQUEST_KEYS, "item_id"]
+OCCLUSION = "occlusion"  # the tables' `source` of an occlusion importance
 # Item fields whose text may state another attribute's value, and so lose it when that one is removed.
 TEXT_FIELDS = [field for field in ITEM_FIELDS if field not in ("item_id", "price")]
-ORDER_COLUMNS = {
-    "request_id": "string",
-    "request_type": "string",
-    "item_id": "string",
-    "attribute": "string",
-    "value": "string",
-    "importance": "double",
-    "rank": "int",
-}
-SEGMENT_KEYS = ["segment_type", "segment", "category"]
-SEGMENT_COLUMNS = {
-    "segment_type": "string",
-    "segment": "string",
-    "category": "string",
-    "attribute": "string",
-    "mean_importance": "double",
-    "support": "bigint",
-    "rank": "int",
-}
-
-
-def _schema(columns: Mapping[str, str]) -> str:
-    return ", ".join(f"{name} {kind}" for name, kind in columns.items())
 
 
 def _template_fields(template: str) -> set[str]:
@@ -154,16 +143,6 @@ def occlusion_variants(items: pd.DataFrame, rerank: RerankConfig, cfg: Attribute
     return variants[columns].reset_index(drop=True)
 
 
-def rank_attributes(frame: pd.DataFrame, by: list[str], importance: str) -> pd.DataFrame:
-    """`frame` with `rank` 1.. within each `by` group: highest importance first, ties by attribute name."""
-    ordered = frame.sort_values(
-        [*by, importance, "attribute"], ascending=[True] * len(by) + [False, True], kind="mergesort"
-    )
-    return ordered.assign(rank=ordered.groupby(by, sort=False).cumcount().astype("int32") + 1).reset_index(
-        drop=True
-    )
-
-
 def order_attributes(scored: pd.DataFrame) -> pd.DataFrame:
     """Attribute orders from scored variants (ITEM_KEYS, attribute, value, score; attribute null = full
     text): importance = full score - score without the attribute, ranked per request and item."""
@@ -172,43 +151,6 @@ def order_attributes(scored: pd.DataFrame) -> pd.DataFrame:
     variants = scored.loc[~is_full].merge(full, on=ITEM_KEYS, validate="many_to_one")
     variants = variants.assign(importance=variants["full_score"] - variants["score"])
     return rank_attributes(variants, ITEM_KEYS, "importance")[list(ORDER_COLUMNS)]
-
-
-def segment_labels(requests: DataFrame, users: DataFrame | None, queries: DataFrame | None) -> DataFrame:
-    """(request_id, request_type, segment_type, segment): a user's segment or a query's class.
-
-    Requests whose segment or class is not recorded (or whose table is absent) get MISSING_VALUE.
-    """
-    labels = []
-    if users is not None and "segment" in users.columns:
-        labels.append(
-            users.select(
-                F.col("user_id").alias("request_id"),
-                F.lit("user").alias("request_type"),
-                F.col("segment"),
-            )
-        )
-    if queries is not None and "query_class" in queries.columns:
-        labels.append(
-            queries.select(
-                F.col("query_id").alias("request_id"),
-                F.lit("query").alias("request_type"),
-                F.col("query_class").alias("segment"),
-            )
-        )
-    labelled = requests.select(*REQUEST_KEYS).distinct()
-    if labels:
-        known = labels[0] if len(labels) == 1 else labels[0].unionByName(labels[1])
-        labelled = labelled.join(known, REQUEST_KEYS, "left")
-    else:
-        labelled = labelled.withColumn("segment", F.lit(None).cast("string"))
-    return labelled.select(
-        *REQUEST_KEYS,
-        F.when(F.col("request_type") == "user", "user_segment")
-        .otherwise("query_class")
-        .alias("segment_type"),
-        F.coalesce("segment", F.lit(MISSING_VALUE)).alias("segment"),
-    )
 
 
 def orders_by_segment(
@@ -229,9 +171,9 @@ def orders_by_segment(
     )
     schema = {"run_date": "date", "model_version": "string", **SEGMENT_COLUMNS}
     ranked = means.groupBy(*groups).applyInPandas(
-        lambda group: rank_attributes(group, groups, "mean_importance")[list(schema)], _schema(schema)
+        lambda group: rank_attributes(group, groups, "mean_importance")[list(schema)], ddl(schema)
     )
-    return conform(ranked, "attribute_order_by_segment")
+    return conform(ranked.withColumn("source", F.lit(OCCLUSION)), "attribute_order_by_segment")
 
 
 def served_score_scale(spec: ModelSpec) -> float:
@@ -301,8 +243,9 @@ def attribute_orders(
     )
     orders = (
         scored.groupBy(*REQUEST_KEYS)
-        .applyInPandas(order_attributes, _schema(ORDER_COLUMNS))
+        .applyInPandas(order_attributes, ddl(ORDER_COLUMNS))
         .withColumn("model_version", F.lit(spec.version))
+        .withColumn("source", F.lit(OCCLUSION))
         .withColumn("run_date", F.lit(run_date))
     )
     return conform(orders, "attribute_order")
