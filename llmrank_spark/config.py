@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import types
 import typing
@@ -206,7 +207,10 @@ class LakehouseConfig(_Section):
         if location is None and self.catalog_schema:
             return f"{self.catalog_schema}.{table}"
         under_root = "/".join(p for p in (location or table).split("/") if p not in ("", "."))
-        return f"{self.root.rstrip('/')}/{under_root}"
+        # A relative root is a local directory under the working directory, made absolute: Delta's SQL
+        # (`DESCRIBE HISTORY delta.`path``) takes only absolute paths, and reads and writes must agree.
+        root = self.root if is_absolute_location(self.root) else os.path.abspath(self.root)
+        return f"{root.rstrip('/')}/{under_root}"
 
 
 def _check_table_names(names) -> None:

@@ -146,6 +146,21 @@ def test_pinned_read_sees_the_version_it_asked_for(spark, config):
     assert read_table(spark, config, "items").count() == 1
 
 
+def test_a_relative_root_is_the_working_directory_s_and_delta_sql_finds_its_tables(
+    spark, tmp_path, monkeypatch
+):
+    """The default root, `lakehouse`, as `make demo` runs it: Delta's SQL takes only absolute paths."""
+    from llmrank_spark.config import load_config
+    from llmrank_spark.lakehouse import latest_version
+
+    monkeypatch.chdir(tmp_path)
+    config = load_config(overrides=["lakehouse.root=lakehouse"])
+    assert config.table_path("items") == f"{tmp_path}/lakehouse/items"
+    write_table(_items(spark), config, "items")
+    assert latest_version(spark, config, "items") == 0
+    assert (tmp_path / "lakehouse" / "items" / "_delta_log").is_dir()
+
+
 def test_catalog_names_are_used_for_managed_tables(spark, tmp_path):
     from llmrank_spark.config import load_config
 
