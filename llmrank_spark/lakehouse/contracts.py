@@ -60,6 +60,13 @@ def in_hashed_share(share: float, *columns: str):
 
 
 RUN_DATE = Column("run_date", "date", "The nightly run that wrote the row; the partition column.", key=True)
+# The attribute-order tables' model version: only the occlusion method's importances come from a model.
+EXPLAINED_MODEL_VERSION = Column(
+    "model_version",
+    "string",
+    "occlusion: the reranker version whose scores the importance is made of; null for behaviour.",
+    False,
+)
 
 CONTRACTS: dict[str, TableContract] = {
     t.name: t
@@ -239,13 +246,7 @@ CONTRACTS: dict[str, TableContract] = {
                     "removed from the item text; negative: the attribute counts against the item.",
                 ),
                 Column("rank", "int", "1 = most important attribute for this request and item."),
-                Column(
-                    "model_version",
-                    "string",
-                    "occlusion: the reranker version whose scores the importance is made of; null for "
-                    "behaviour.",
-                    False,
-                ),
+                EXPLAINED_MODEL_VERSION,
                 Column(
                     "source",
                     "string",
@@ -300,13 +301,7 @@ CONTRACTS: dict[str, TableContract] = {
                     "ranked item) rows the mean is over.",
                 ),
                 Column("rank", "int", "1 = most important attribute for this segment and category."),
-                Column(
-                    "model_version",
-                    "string",
-                    "occlusion: the reranker version whose scores the importance is made of; null for "
-                    "behaviour.",
-                    False,
-                ),
+                EXPLAINED_MODEL_VERSION,
                 Column("source", "string", "'behaviour' or 'occlusion': the method behind the row.", False),
                 Column(
                     "preferred_value",
