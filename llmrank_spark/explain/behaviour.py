@@ -230,6 +230,11 @@ def _logit(rate: Column) -> Column:
     return F.log(clipped / (F.lit(1.0) - clipped))
 
 
+def _importance(matched: Column, expected: Column) -> Column:
+    """logit(matched rate) - logit(expected rate): the importance, at every level."""
+    return (_logit(matched) - _logit(expected)).alias("importance")
+
+
 def _shrunk(total: str, prior_rate: str, shrink_events: float) -> Column:
     """(total + k * prior rate) / (choices + k): a rate with k choices' worth of its prior's."""
     k = F.lit(shrink_events)
@@ -332,10 +337,10 @@ def behaviour_importance(
             "segment",
             "choices",
             "preferred_value",
-            (
-                _logit(_shrunk("matched", "segment_matched", cfg.shrink_events))
-                - _logit(_shrunk("expected", "segment_expected", cfg.shrink_events))
-            ).alias("importance"),
+            _importance(
+                _shrunk("matched", "segment_matched", cfg.shrink_events),
+                _shrunk("expected", "segment_expected", cfg.shrink_events),
+            ),
         )
     )
     # A group's preferred value: the one whose share of the group's choices most exceeds its market share
@@ -357,14 +362,14 @@ def behaviour_importance(
             "choices",
             "contexts",
             "preferred_value",
-            (_logit(F.col("segment_matched")) - _logit(F.col("segment_expected"))).alias("importance"),
+            _importance(F.col("segment_matched"), F.col("segment_expected")),
         ),
         categories=categories.select(
             "request_type",
             "category",
             "attribute",
             "choices",
-            (_logit(F.col("category_matched")) - _logit(F.col("category_expected"))).alias("importance"),
+            _importance(F.col("category_matched"), F.col("category_expected")),
         ),
     )
 
