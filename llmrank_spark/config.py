@@ -255,12 +255,27 @@ class SampleConfig(_Section):
     days: int = Field(60, ge=7, description="Days of history the behaviour log spans.")
 
 
-# The first-stage retrievers, by the source name each writes into `candidates.sources`.
+# The first-stage retrievers, by the source name each writes into `candidates.sources`: those of user
+# requests, and those of search queries.
 RETRIEVERS = ("covisit", "als", "semantic", "category_popularity", "popularity")
+QUERY_RETRIEVERS = ("lexical", "query_semantic")
 
 
 class CandidatesConfig(_Section):
-    n_per_request: int = Field(100, ge=1, description="Candidate items in each user's list (the N).")
+    n_per_request: int = Field(
+        100, ge=1, description="Candidate items in each request's list, a user's or a query's (the N)."
+    )
+    rank_queries: bool = Field(
+        True,
+        description="Also build a list for every row of the `queries` table, when the lakehouse has one "
+        "(request_type 'query'; retrievers lexical and query_semantic).",
+    )
+    max_query_chars: int = Field(
+        500,
+        ge=1,
+        description="Longest query text, in characters after cleaning, that is ranked; a longer one is "
+        "rejected (reason query_too_long) rather than cut, since a cut query may ask for something else.",
+    )
     quotas: dict[str, int] = Field(
         default_factory=lambda: {
             "covisit": 10,
@@ -268,11 +283,14 @@ class CandidatesConfig(_Section):
             "semantic": 5,
             "category_popularity": 5,
             "popularity": 5,
+            "lexical": 10,
+            "query_semantic": 5,
         },
         description="Per retriever: its top items that are sure of a place in the list. The rest of the "
         "places go by fused score, which also orders the whole list; a retriever left out gets quota 0.",
     )
-    # Defaults tuned on validation splits of MovieLens 100K and the sample (docs/results.md).
+    # Defaults tuned on validation splits of MovieLens 100K and the sample (docs/results.md); the query
+    # retrievers on the sample's queries, where BM25 alone is near perfect (semantic at 0.25 keeps it so).
     source_weights: dict[str, float] = Field(
         default_factory=lambda: {
             "covisit": 1.0,
@@ -280,6 +298,8 @@ class CandidatesConfig(_Section):
             "semantic": 0.25,
             "category_popularity": 0.25,
             "popularity": 0.25,
+            "lexical": 1.0,
+            "query_semantic": 0.25,
         },
         description="Per retriever: its weight in the reciprocal-rank fusion, where an item scores the sum "
         "over retrievers of weight / (fusion_k + its rank there). A retriever left out weighs 1.",
@@ -348,6 +368,14 @@ class CandidatesConfig(_Section):
     semantic_item_attributes: int = Field(
         6, ge=0, description="Attributes at most that {attributes} shows in the semantic item text."
     )
+    lexical_item_template: str = Field(
+        "{title} {brand} {category} {attributes}",
+        description="Item text the lexical (BM25) query retriever indexes: a template of item fields and "
+        "{attributes}. Every word a shopper might type to find the item belongs in it.",
+    )
+    lexical_item_attributes: int = Field(
+        50, ge=0, description="Attributes at most that {attributes} shows in the lexical item text."
+    )
     broadcast_max_items: int = Field(
         500_000,
         ge=1,
@@ -370,9 +398,10 @@ class CandidatesConfig(_Section):
     @field_validator("quotas", "source_weights")
     @classmethod
     def _known_sources(cls, per_source: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(per_source) - set(RETRIEVERS))
+        known = (*RETRIEVERS, *QUERY_RETRIEVERS)
+        unknown = sorted(set(per_source) - set(known))
         if unknown:
-            raise ValueError(f"unknown retriever(s) {unknown}; the retrievers are {', '.join(RETRIEVERS)}")
+            raise ValueError(f"unknown retriever(s) {unknown}; the retrievers are {', '.join(known)}")
         negative = sorted(name for name, value in per_source.items() if value < 0)
         if negative:
             raise ValueError(f"values of {negative} are negative; use 0 to give a retriever none")

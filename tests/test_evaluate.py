@@ -276,3 +276,57 @@ def test_an_unreachable_fairness_target_leaves_the_lists_in_model_order_and_says
         model.assign(fairness_strength=None).sort_values(["request_id", "item_id"]).reset_index(drop=True),
         check_dtype=False,
     )
+
+
+def test_user_and_query_requests_are_measured_apart_and_the_summary_has_a_query_line():
+    """A run with both request types: NDCG and its lift per type (slices request_type=...), the user
+    line about shoppers only, and the query line in the form the demo prints."""
+    from llmrank_spark.evaluation.evaluate import measure_run
+    from llmrank_spark.evaluation.report import summary_lines
+    from llmrank_spark.metrics import ndcg_at_k
+
+    config = load_config(
+        overrides=["evaluate.ks=[3]", "evaluate.embedding_diversity=false", "fairness.mode=off"]
+    )
+    # One user and one query share the id "x"; the keys tell them apart. Retrieval order i0, i1, ...
+    keys = {"user\x1fx": "user", "user\x1fy": "user", "query\x1fx": "query"}
+    retrieval = pd.DataFrame(
+        [{"request_id": key, "item_id": f"i{n}", "retrieval_rank": n + 1} for key in keys for n in range(5)]
+    )
+    # The model puts i4 first for everyone.
+    model_rank = retrieval.assign(r=retrieval.retrieval_rank % 5 + 1).r  # i4 -> 1, i0 -> 2, ...
+    ranked = retrieval.assign(rank=model_rank.astype("int32"), score=-model_rank, model_version="v1")
+    labels = pd.DataFrame(
+        {
+            "request_id": ["user\x1fx", "user\x1fx", "user\x1fy", "user\x1fy", "query\x1fx"],
+            "item_id": ["i4", "i2", "i4", "i2", "i0"],
+            "relevance": 1.0,
+        }
+    )
+    metrics = measure_run(
+        ranked,
+        retrieval,
+        ITEMS,
+        pd.Series(1, index=ITEMS.item_id),
+        config.evaluate,
+        config.fairness,
+        labels=labels,
+        request_types=pd.Series(keys),
+    ).assign(run_date=RUN_DATE)
+    value = metrics.set_index(["step", "metric", "slice"]).value
+    for kind in ("user", "query"):
+        requests = [key for key, k in keys.items() if k == kind]
+        for step, lists in (
+            ("candidates", retrieval.rename(columns={"retrieval_rank": "rank"})),
+            ("rerank", ranked),
+        ):
+            expected = ndcg_at_k(lists[lists.request_id.isin(requests)], labels, 3).mean()
+            assert value[(step, "ndcg@3", f"request_type={kind}")] == pytest.approx(expected)
+    # The model helps the users (i4 up from rank 5 to 1, i2 down from 3 to 4) and hurts the query (i0
+    # down from rank 1 to 2).
+    assert value[("rerank", "ndcg@3_lift", "request_type=user")] > 0
+    assert value[("rerank", "ndcg@3_lift", "request_type=query")] < 0
+    lines = summary_lines(metrics, config, 3)
+    user_line = f"NDCG@3: retrieval {value[('candidates', 'ndcg@3', 'request_type=user')]:.4f} -> served "
+    assert lines[0].startswith(user_line)
+    assert re.fullmatch(r"query NDCG@3: retrieval 1\.0000 -> served 0\.\d{4}", lines[1]), lines[1]

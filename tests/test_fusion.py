@@ -199,6 +199,16 @@ def test_rerank_serves_the_champion_alias_or_the_pinned_version_never_a_rejected
         served_config(pinned(9))
 
 
+def test_a_registry_holding_only_rejected_versions_has_no_champion_and_serves_the_retrieval_order(
+    config, tmp_path
+):
+    """The first demo run registers its version as rejected: MLflow then knows the model but not the
+    alias, and rerank must serve the retrieval order, not fail."""
+    register_tiny_version(config, build_tiny_artifact(tmp_path / "v1", version="v1"), REJECTED)
+    assert newest_version(config) is not None and champion_version(config) is None
+    assert served_config(config).rerank.mode == "retrieval"
+
+
 def test_train_logs_registers_and_gates_the_new_version_and_only_a_promoted_one_gets_the_alias(
     spark, tmp_path
 ):

@@ -306,6 +306,10 @@ def test_relative_change_interval_matches_a_direct_paired_bootstrap():
     assert low == pytest.approx(reference_low, abs=tolerance)
     assert high == pytest.approx(reference_high, abs=tolerance)
     assert low < change < high
+    # The interval is the same whatever order the requests arrive in (Spark gives no order).
+    shuffled = rng.permutation(400)
+    again = relative_change(baseline.iloc[shuffled], other.iloc[shuffled[::-1]], resamples=5000, seed=1)
+    assert again == (change, low, high)
 
 
 def test_relative_change_pairs_requests_and_names_what_it_cannot_measure():

@@ -12,6 +12,7 @@ from llmrank_spark.config import RerankConfig
 from llmrank_spark.lakehouse import check_schema, frame_from_pandas
 from llmrank_spark.rerank import (
     MANIFEST_FILE,
+    RETRIEVAL_VERSION,
     ZERO_SHOT_VERSION,
     ArtifactError,
     model_for,
@@ -213,6 +214,36 @@ def test_query_requests_are_scored_against_the_query_text_and_need_the_queries_t
 
     # Without its queries row a query request is not ranked; test_reliability checks it is rejected.
     assert run_rerank(spark, cfg, query_candidates).empty
+
+
+def test_a_version_trained_on_users_only_serves_query_lists_in_their_retrieval_order(spark):
+    """A model that never saw a search query ranks queries worse than BM25 (docs/results.md): its
+    query lists keep the retrieval order and say so in model_version; its user lists are its own."""
+    users_only = RerankConfig(
+        mode="cross_encoder",
+        model_path=str(tiny_artifact(request_types=("user",))),
+        top_k=TOP_K,
+        micro_batch_size=4,
+    )
+    query_candidates = CANDIDATES[CANDIDATES["request_id"] == "u3"].assign(request_type="query")
+    queries = pd.DataFrame({"query_id": ["u3"], "query_text": ["warm hat for winter"]})
+    ranked = run_rerank(spark, users_only, pd.concat([CANDIDATES, query_candidates]), queries)
+
+    searched = ranked[ranked.request_type == "query"].sort_values("rank")
+    assert (
+        searched["item_id"].tolist()
+        == query_candidates.sort_values("retrieval_rank")["item_id"].head(TOP_K).tolist()
+    )
+    assert (searched["model_version"] == RETRIEVAL_VERSION).all()
+    shoppers = ranked[ranked.request_type == "user"]
+    assert (shoppers["model_version"] != RETRIEVAL_VERSION).all()
+    served = run_rerank(spark, users_only)
+    pd.testing.assert_frame_equal(  # the user lists are exactly what the model alone makes of them
+        shoppers.sort_values(["request_id", "rank"]).reset_index(drop=True)[
+            ["request_id", "item_id", "score"]
+        ],
+        served.sort_values(["request_id", "rank"]).reset_index(drop=True)[["request_id", "item_id", "score"]],
+    )
 
 
 @pytest.mark.slow

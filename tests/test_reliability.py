@@ -24,6 +24,7 @@ from tiny_reranker import tiny_artifact
 from llmrank_spark.config import load_config
 from llmrank_spark.lakehouse import (
     REASONS,
+    REQUEST_KEY,
     ContractError,
     frame_from_pandas,
     latest_version,
@@ -50,7 +51,8 @@ TITLES = {
     "i_nan": f"{POISON.title()} Model Kit",  # scored NaN by the poisoned model: rejected
 }
 CATEGORIES = ["Shoes", "Hats", "Accessories", "Outerwear", "Home", "Kitchen"]
-QUERIES = {"q_ok": "warm winter hat", "q_blank": " \x07\t "}
+# The candidates step lists q_ok and rejects the other two; q_blank also gets an upstream list (below).
+QUERIES = {"q_ok": "warm winter hat", "q_blank": " \x07\t ", "q_long": "hat " * 200}
 
 
 def _items() -> pd.DataFrame:
@@ -103,8 +105,6 @@ INJECTED_CANDIDATES = [
     _candidate("u1", "i0", 99),  # duplicate of a row the candidates step wrote
     _candidate("u2", "delisted", 7),  # item missing from the catalogue
     _candidate("u_gone", "delisted", 1),  # a request whose only candidate is missing
-    _candidate("q_ok", "i1", 1, "query"),
-    _candidate("q_ok", "i3", 2, "query"),
     _candidate("q_blank", "i1", 1, "query"),  # empty query text
     _candidate("q_missing", "i1", 1, "query"),  # no queries row
     _candidate("s1", "i1", 1, "session"),  # unknown request type
@@ -192,9 +192,12 @@ def test_candidates_step_accounts_for_every_active_user_and_rejects_unusable_eve
     written = load(spark, lakehouse.table_path("candidates"), step.outputs["candidates"])
     rejects = _partition(spark, lakehouse, "rejects", "candidates")
     requests_rejected = rejects[rejects.item_id.isna()]
-    assert {r.request_id for r in written.select("request_id").distinct().collect()} == {"u1", "u2", "u_cold"}
+    listed = {(r.request_type, r.request_id) for r in written.select(*REQUEST_KEY).distinct().collect()}
+    assert listed == {("user", "u1"), ("user", "u2"), ("user", "u_cold"), ("query", "q_ok")}
     assert requests_rejected[["request_id", "reason", "input_table"]].values.tolist() == [
-        ["u_all", "no_candidates", "interactions"]
+        ["q_blank", "empty_query_text", "queries"],
+        ["q_long", "query_too_long", "queries"],
+        ["u_all", "no_candidates", "interactions"],
     ]
     by_pair = {(r.request_id, r.item_id): (r.reason, r.detail) for r in rejects.itertuples() if r.item_id}
     assert by_pair == {
@@ -224,12 +227,17 @@ def test_every_candidate_row_ends_in_ranked_or_rejects_with_its_reason(spark, la
     reasons = {(r.request_id, r.item_id): r.reason for r in rejects.itertuples()}
     for pair, reason in EXPECTED_RERANK_REJECTS.items():
         assert reasons.pop(pair) == reason, pair
-    # Left: every user list's title-less item and the item the model scores NaN.
+    # Left: every list's title-less item and the item the model scores NaN.
     assert {pair[1]: reason for pair, reason in reasons.items()} == {
         "i_blank": "empty_item_text",
         "i_nan": "non_finite_score",
     }
-    assert {r.request_id for r in rejects.itertuples() if r.item_id == "i_nan"} == {"u1", "u2", "u_cold"}
+    assert {r.request_id for r in rejects.itertuples() if r.item_id == "i_nan"} == {
+        "u1",
+        "u2",
+        "u_cold",
+        "q_ok",
+    }
     assert rejects.reason.isin(list(REASONS)).all() and (rejects.input_table == "candidates").all()
     assert rejects[rejects.reason == "non_finite_score"].detail.eq("score NaN").all()
     [kept] = ranked[(ranked.request_id == "u1") & (ranked.item_id == "i0")].retrieval_rank
@@ -241,10 +249,11 @@ def test_every_candidate_row_ends_in_ranked_or_rejects_with_its_reason(spark, la
 
 def test_repaired_inputs_are_ranked_and_scores_are_finite(spark, lakehouse):
     ranked = _partition(spark, lakehouse, "ranked")
-    for user in ("u1", "u2", "u_cold"):  # u_cold has no history: ranked with NEW_SHOPPER_CONTEXT
-        items = set(ranked[ranked.request_id == user].item_id)
-        assert {"i_ctrl", "i_utf8", "i_long"} <= items, user
-    assert set(ranked[ranked.request_id == "q_ok"].item_id) == {"i1", "i3"}
+    # u_cold has no history: ranked with NEW_SHOPPER_CONTEXT; q_ok shares no word with any title, so its
+    # list is the semantic retriever's whole (small) catalogue.
+    for request in ("u1", "u2", "u_cold", "q_ok"):
+        items = set(ranked[ranked.request_id == request].item_id)
+        assert {"i_ctrl", "i_utf8", "i_long"} <= items, request
     assert np.isfinite(ranked.score).all()
     assert not ranked.duplicated(["request_id", "item_id"]).any()
 

@@ -17,7 +17,11 @@ TINY_VERSION = "tiny-test-v1"
 
 
 def build_tiny_artifact(
-    path: Path, version: str = TINY_VERSION, seed: int = 0, architecture: str = "pair"
+    path: Path,
+    version: str = TINY_VERSION,
+    seed: int = 0,
+    architecture: str = "pair",
+    request_types: tuple[str, ...] = ("user", "query"),
 ) -> Path:
     import torch
     from transformers import BertConfig, BertForSequenceClassification
@@ -49,6 +53,7 @@ def build_tiny_artifact(
         data_snapshot="none",
         metrics={"ndcg@10": 0.0},
         architecture=architecture,
+        request_types=list(request_types),
         # Fixed, so every build has the same bytes and executors reuse one unpacked copy.
         created_at=dt.datetime(2026, 11, 20, tzinfo=dt.UTC),
     )
@@ -56,12 +61,17 @@ def build_tiny_artifact(
 
 
 @cache
-def tiny_artifact(architecture: str = "pair") -> Path:
-    """The tiny artifact of an architecture, built once per test process in a directory removed at exit."""
+def tiny_artifact(architecture: str = "pair", request_types: tuple[str, ...] = ("user", "query")) -> Path:
+    """The tiny artifact of an architecture, built once per test process in a directory removed at exit;
+    "trained" on both request types unless `request_types` says otherwise."""
     root = Path(tempfile.mkdtemp(prefix="llmrank-tiny-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     version = TINY_VERSION if architecture == "pair" else f"{TINY_VERSION}-{architecture}"
-    return build_tiny_artifact(root / version, version, architecture=architecture)
+    if request_types != ("user", "query"):
+        version += "-" + "-".join(request_types)
+    return build_tiny_artifact(
+        root / version, version, architecture=architecture, request_types=request_types
+    )
 
 
 def register_tiny_version(config, path: Path, status: str, promote: bool = False):

@@ -18,6 +18,10 @@ With ``fairness.control`` target, the ``fairness`` order also gets the target ch
 Every order but the model's also gets ``ndcg@k_change`` against the model order, with its 95% bootstrap
 interval over the evaluated requests (``ndcg@k_change_low``, ``ndcg@k_change_high``).
 
+Request types. A run with both shoppers and search queries gets its quality metrics, and the served
+order's lift, also per type (slices ``request_type=user`` and ``request_type=query``): the two are
+judged by different labels and should never be read as one figure.
+
 Labels. Query requests are judged by `query_labels`. A user request is judged by what the user did
 AFTER the run: their events in the `evaluate.label_days` days after run_date, graded by event type
 (`evaluate.label_grades`, the best grade per item). So a run for today has no user labels yet (only
@@ -128,6 +132,7 @@ def measure_run(
     *,
     labels: pd.DataFrame | None = None,
     users: pd.DataFrame | None = None,
+    request_types: pd.Series | None = None,
     embeddings: Embeddings | None = None,
 ) -> pd.DataFrame:
     """The run's `metrics` rows (step, model_version, metric, slice, value), run_date added on write.
@@ -135,7 +140,9 @@ def measure_run(
     `items` is the catalogue (item_id, category, brand, attributes); providers follow
     `fairness.provider_attribute`. `item_counts` maps item_id -> interactions up to the run: it sets the
     popularity buckets and the long-tail providers. `labels` (request_id, item_id, relevance) switch on
-    the quality metrics, `users` the per-group quality, `embeddings` the embedding diversity.
+    the quality metrics, `users` the per-group quality, `request_types` (request_id -> 'user' or 'query')
+    the quality and its lift per request type (slice request_type=...), `embeddings` the embedding
+    diversity.
     """
     catalogue = _catalogue_with_providers(items, fairness)
     max_k = max(evaluate.ks)
@@ -147,7 +154,8 @@ def measure_run(
         if popular and catalogue["brand"].notna().any()
         else None
     )
-    groups = _request_groups(users, evaluate) if users is not None and labels is not None else None
+    groups = _request_groups(users, evaluate) if users is not None and labels is not None else {}
+    by_type = {} if request_types is None else {"request_type": request_types}
     model_version = ranked["model_version"].dropna().unique()
     orders = orders_of_run(ranked, retrieval, catalogue, item_counts, fairness)
     swept_cuts = {target_sweep_step(cut): cut for cut in fairness.sweep_gini_cuts}
@@ -168,12 +176,12 @@ def measure_run(
             popularity_split=(evaluate.popularity_head_share, evaluate.popularity_tail_share),
             long_tail_providers=None if policy is None else policy.long_tail,
             embeddings=embeddings,
-            request_groups=groups,
+            request_groups=groups | by_type,
         )
         if judged and step != MODEL:
-            rows = pd.concat([rows, _ndcg_change_rows(model_ndcg, lists, labels, "change")])
+            rows = pd.concat([rows, _ndcg_change_rows(model_ndcg, lists, labels, "change", by_type)])
         if judged and step == served:
-            rows = pd.concat([rows, _ndcg_change_rows(retrieval_ndcg, lists, labels, "lift")])
+            rows = pd.concat([rows, _ndcg_change_rows(retrieval_ndcg, lists, labels, "lift", by_type)])
         if step == FAIR and fairness.control == "target" and policy is not None:
             rows = pd.concat([rows, _target_rows(lists, orders[MODEL], policy, fairness)])
         if step in swept_cuts and policy is not None:
@@ -217,17 +225,28 @@ def _catalogue_with_providers(items: pd.DataFrame, fairness: FairnessConfig) -> 
 
 
 def _ndcg_change_rows(
-    baseline_ndcg: Mapping[int, pd.Series], lists: pd.DataFrame, labels: pd.DataFrame, what: str
+    baseline_ndcg: Mapping[int, pd.Series],
+    lists: pd.DataFrame,
+    labels: pd.DataFrame,
+    what: str,
+    request_groups: Mapping[str, pd.Series],
 ) -> pd.DataFrame:
     """ndcg@k_<what>: the relative NDCG@k change of `lists` against a baseline order (k -> its per-request
     NDCG@k), with the 95% paired bootstrap interval over requests as ndcg@k_<what>_low and _high
-    (`metrics.relative_change`). "change" is against the model order, "lift" the served order's against
-    the retrieval order."""
+    (`metrics.relative_change`), over all requests and per group of `request_groups` (attribute ->
+    (request_id -> group)). "change" is against the model order, "lift" the served order's against the
+    retrieval order."""
     rows = []
     for k, baseline in baseline_ndcg.items():
-        change, low, high = relative_change(baseline, ndcg_at_k(lists, labels, k))
+        other = ndcg_at_k(lists, labels, k)
+        slices = {"all": baseline.index}
+        for attribute, groups in request_groups.items():
+            present = groups.reindex(baseline.index).dropna()
+            slices |= {f"{attribute}={g}": present.index[present == g] for g in sorted(present.unique())}
         name = f"ndcg@{k}_{what}"
-        rows += [(name, "all", change), (f"{name}_low", "all", low), (f"{name}_high", "all", high)]
+        for slice_, requests in slices.items():
+            change, low, high = relative_change(baseline.loc[requests], other)
+            rows += [(name, slice_, change), (f"{name}_low", slice_, low), (f"{name}_high", slice_, high)]
     return pd.DataFrame(rows, columns=METRIC_COLUMNS).dropna(subset=["value"])
 
 
@@ -296,6 +315,16 @@ def one_request_column(frame: DataFrame) -> DataFrame:
     return frame.withColumn("request_id", request_key(*(F.col(c) for c in REQUEST_KEY)))
 
 
+def _request_types(ranked: DataFrame) -> pd.Series | None:
+    """request key -> request type of the run's requests, when it has both kinds (with one kind, the
+    "all" rows are that kind's); one row per request reaches the driver."""
+    kinds = ranked.select(*REQUEST_KEY).distinct()
+    if kinds.select("request_type").distinct().count() < 2:
+        return None
+    keyed: pd.DataFrame = one_request_column(kinds.withColumn("kind", F.col("request_type"))).toPandas()
+    return keyed.set_index("request_id")["kind"]
+
+
 def _required(tables: Mapping[str, DataFrame | None], table: str) -> DataFrame:
     frame = tables[table]
     if frame is None:
@@ -339,5 +368,6 @@ def evaluate_tables(tables: Mapping[str, DataFrame | None], config: Config) -> p
         config.fairness,
         labels=one_request_column(labels).select("request_id", "item_id", "relevance").toPandas(),
         users=users,
+        request_types=_request_types(ranked),
         embeddings=embeddings,
     )

@@ -292,25 +292,37 @@ def _fairness_setting(metrics: pd.DataFrame, config: Config) -> str:
     return f"fairness {fairness.mode}, {fairness.strategy}: {verdict}, {at}"
 
 
+USER_REQUESTS, QUERY_REQUESTS = "request_type=user", "request_type=query"
+
+
 def summary_lines(metrics: pd.DataFrame, config: Config, k: int) -> list[str]:
-    """A few lines for the end of the nightly job: what the reranker and the fairness pass changed."""
+    """A few lines for the end of the nightly job: what the reranker and the fairness pass changed.
+
+    A run with both request types gets its NDCG line for user requests and one for search queries."""
     final = FAIR if FAIR in set(metrics.step) else MODEL
+    both = QUERY_REQUESTS in set(metrics.slice)
+    users = USER_REQUESTS if both else "all"
     lines = []
-    ndcg = [value(metrics, s, f"ndcg@{k}") for s in _steps(metrics)]
-    lift = [value(metrics, final, f"ndcg@{k}_lift{end}") for end in ("", "_low", "_high")]
+    ndcg = [value(metrics, s, f"ndcg@{k}", users) for s in _steps(metrics)]
+    lift = [value(metrics, final, f"ndcg@{k}_lift{end}", users) for end in ("", "_low", "_high")]
     if not np.isnan(lift[0]):
         served_by = metrics.loc[metrics.step == final, "model_version"].dropna()
         version = served_by.iloc[0] if len(served_by) else "unknown"
         lines.append(
-            f"NDCG@{k}: retrieval {value(metrics, RETRIEVAL, f'ndcg@{k}'):.4f} -> served "
-            f"{value(metrics, final, f'ndcg@{k}'):.4f} ({lift[0]:+.1%} [{lift[1]:+.1%}, {lift[2]:+.1%}], "
-            f"model {version})"
+            f"NDCG@{k}: retrieval {value(metrics, RETRIEVAL, f'ndcg@{k}', users):.4f} -> served "
+            f"{value(metrics, final, f'ndcg@{k}', users):.4f} ({lift[0]:+.1%} [{lift[1]:+.1%}, "
+            f"{lift[2]:+.1%}], model {version})"
         )
     elif not np.isnan(ndcg).all():
         parts = [f"{ORDER_NAMES[s]} {v:.4f}" for s, v in zip(_steps(metrics), ndcg, strict=True)]
         lines.append(f"NDCG@{k}: " + ", ".join(parts))
     else:
         lines.append(f"NDCG@{k}: no labels for run {config.run.run_date} yet (label window not passed)")
+    if both:
+        lines.append(
+            f"query NDCG@{k}: retrieval {value(metrics, RETRIEVAL, f'ndcg@{k}', QUERY_REQUESTS):.4f} -> "
+            f"served {value(metrics, final, f'ndcg@{k}', QUERY_REQUESTS):.4f}"
+        )
     gini = (value(metrics, MODEL, f"provider_gini@{k}"), value(metrics, final, f"provider_gini@{k}"))
     tail = [value(metrics, s, f"exposure@{k}", "provider_group=long_tail") for s in (MODEL, final)]
     lines.append(

@@ -24,6 +24,7 @@ EMPTY_ITEM_TEXT = "empty_item_text"
 UNKNOWN_REQUEST_TYPE = "unknown_request_type"
 QUERY_NOT_FOUND = "query_not_found"
 EMPTY_QUERY_TEXT = "empty_query_text"
+QUERY_TOO_LONG = "query_too_long"
 NON_FINITE_SCORE = "non_finite_score"
 UNKNOWN_EVENT_TYPE = "unknown_event_type"
 NO_CANDIDATES = "no_candidates"
@@ -36,9 +37,11 @@ REASONS = {
     UNKNOWN_REQUEST_TYPE: "request_type is neither 'user' nor 'query'",
     QUERY_NOT_FOUND: "a query request without a row in the queries table",
     EMPTY_QUERY_TEXT: "the query's text is null, blank or only control characters",
+    QUERY_TOO_LONG: "the query's text is longer than candidates.max_query_chars: pasted text, not a search",
     NON_FINITE_SCORE: "the model scored the pair NaN or infinite",
     UNKNOWN_EVENT_TYPE: "an event type with no weight in candidates.event_weights",
-    NO_CANDIDATES: "an active user got no candidate at all (every item excluded, or an empty catalogue)",
+    NO_CANDIDATES: "an active user or a query got no candidate at all (every item excluded, or an empty "
+    "catalogue)",
 }
 
 # One request's candidate pairs, joined to their texts, as `check_pairs` receives them.

@@ -33,7 +33,8 @@ def relative_change(
     baseline's mean, so a resample whose baseline is all zeros cannot make it undefined. NaNs when no
     request is in both or the baseline mean is 0.
     """
-    paired = pd.concat([baseline.rename("b"), other.rename("o")], axis=1, join="inner").dropna()
+    # Sorted by request, so the seeded resamples do not depend on the order the requests arrived in.
+    paired = pd.concat([baseline.rename("b"), other.rename("o")], axis=1, join="inner").dropna().sort_index()
     base = paired["b"].mean() if len(paired) else 0.0
     if base == 0:
         return (float("nan"),) * 3

@@ -56,14 +56,17 @@ def ingest_movielens(spark: SparkSession, config: Config, path: str | Path) -> S
 
 
 def candidates(spark: SparkSession, config: Config) -> StepRun:
-    """First stage: blended multi-source candidate lists for every active user."""
+    """First stage: blended multi-source candidate lists for every active user and every search query."""
     from llmrank_spark.retrieval import build_candidates
 
     with StepRun(spark, config, "candidates") as run:
         run.check_outputs("candidates", "rejects")
         items, interactions, users = run.read("items"), run.read("interactions"), run.read_optional("users")
-        _check_inputs(config, items=items, interactions=interactions, users=users)
-        lists = build_candidates(spark, items, interactions, users, config.candidates, config.run.run_date)
+        queries = run.read_optional("queries") if config.candidates.rank_queries else None
+        _check_inputs(config, items=items, interactions=interactions, users=users, queries=queries)
+        lists = build_candidates(
+            spark, items, interactions, users, config.candidates, config.run.run_date, queries=queries
+        )
         with materialised(lists.candidates):
             run.write("candidates", lists.candidates)
             run.write("rejects", lists.rejects)

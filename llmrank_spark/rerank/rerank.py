@@ -30,6 +30,7 @@ from llmrank_spark.lakehouse import (
     conform,
 )
 from llmrank_spark.rerank.artifact import (
+    RETRIEVAL_VERSION,
     FusionHead,
     FusionSpec,
     ModelSpec,
@@ -267,20 +268,26 @@ def rerank_candidates(
     manifest = read_manifest(spec.path) if spec.kind == "cross_encoder" else None
     fusion = manifest.fusion if manifest is not None else None
     head = manifest.fusion_head if manifest is not None and fusion is None else None
-    if spec.kind == "retrieval":
-        model_score = F.col("retrieval_score")
-    else:
-        udf = scoring_udf(ship_model(spark, spec), ScoringSettings.from_config(cfg), faults)
-        model_score = udf("context_text", "item_text")
+    # A fine-tuned version ranks the request types it was trained on; the others keep their retrieval
+    # order (retrieval_score orders the list as retrieval_rank does).
+    modelled = F.lit(True) if manifest is None else F.col("request_type").isin(manifest.request_types)
     contexts = request_contexts(candidates, interactions, items, cfg, run_date, queries, users)
     checked = checked_pairs(candidates, items, contexts, cfg)
     rejected = F.col("reason").isNotNull()
+    scorable_pairs = checked.where(~rejected)
+    if spec.kind == "retrieval":
+        with_scores = scorable_pairs.withColumn("score", F.col("retrieval_score"))
+    else:
+        udf = scoring_udf(ship_model(spark, spec), ScoringSettings.from_config(cfg), faults)
+        with_scores = (
+            scorable_pairs.where(modelled)
+            .withColumn("score", udf("context_text", "item_text"))
+            .unionByName(scorable_pairs.where(~modelled).withColumn("score", F.col("retrieval_score")))
+        )
     finite = F.col("score").isNotNull() & ~F.isnan("score") & (F.abs("score") != F.lit(float("inf")))
     ids = [name for name in RANKED_COLUMNS if name not in ("rank", "model_rank", "score")]
     scored = (
-        checked.where(~rejected)
-        .withColumn("score", model_score)
-        .withColumn("reason", F.when(~finite, F.lit(NON_FINITE_SCORE)))
+        with_scores.withColumn("reason", F.when(~finite, F.lit(NON_FINITE_SCORE)))
         # Arrow hands a NaN from the UDF to Spark as null (the scorer itself never returns null).
         .withColumn(
             "detail",
@@ -298,7 +305,11 @@ def rerank_candidates(
     if fusion is not None:
         fusion_key = ((Path(spec.path) / fusion.file).read_text(), tuple(fusion.inputs), fusion.trees)
 
+    served_types = None if manifest is None else set(manifest.request_types)
+
     def rank(scored_request: pd.DataFrame) -> pd.DataFrame:
+        if served_types is not None and scored_request["request_type"].iloc[0] not in served_types:
+            return rank_request(scored_request, cfg.top_k)  # scored by retrieval_score above
         if fusion_key is not None:
             inputs = scored_request.assign(**{BERT_SCORE: scored_request["score"]})
             scored_request = scored_request.assign(score=_fusion_model(*fusion_key).score(inputs))
@@ -326,6 +337,7 @@ def rerank_candidates(
         scorable = scorable.join(F.broadcast(item_event_counts(interactions, run_date)), "item_id", "left")
         extra = ["source_ranks", ITEM_EVENTS]
     ranked = scorable.select(*kept, *extra).groupBy(*REQUEST_KEY).applyInPandas(rank, RANKED_SCHEMA)
-    ranked = ranked.withColumn("model_version", F.lit(spec.version)).withColumn("run_date", F.lit(run_date))
+    version = F.when(modelled, F.lit(spec.version)).otherwise(F.lit(RETRIEVAL_VERSION))
+    ranked = ranked.withColumn("model_version", version).withColumn("run_date", F.lit(run_date))
     rejects = as_rejects(outcome.where(rejected), run_date, "rerank", "candidates")
     return RerankResult(outcome, conform(ranked, "ranked"), rejects)

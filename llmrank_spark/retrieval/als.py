@@ -93,4 +93,6 @@ def als_candidates(inputs: RetrievalInputs, depth: int) -> DataFrame:
         return empty_retrieval(inputs, "als")
     item_ids, matrix = collect_matrix(factors.items, "features", inputs.cfg, "ALS item factors")
     user_factors = factors.users.withColumnRenamed("user_id", "request_id")
-    return broadcast_top_k(inputs, user_factors, item_ids, matrix, depth, "als", factor_queries)
+    return broadcast_top_k(
+        inputs.spark, user_factors, inputs.exclusions, item_ids, matrix, depth, "als", factor_queries
+    )

@@ -22,9 +22,14 @@ def _per_source_map(values: Mapping[str, float], default: float):
 
 
 def blend(
-    retrieved: Sequence[DataFrame], exclusions: DataFrame, cfg: CandidatesConfig, run_date: dt.date
+    retrieved: Sequence[DataFrame],
+    exclusions: DataFrame | None,
+    cfg: CandidatesConfig,
+    run_date: dt.date,
+    request_type: str = "user",
 ) -> DataFrame:
-    """The `candidates` table: one list of `n_per_request` items per request from the retrievers' lists.
+    """The `candidates` rows of one request type: one list of `n_per_request` items per request from the
+    retrievers' lists.
 
     An item proposed by several retrievers is one row keeping every source, rank and score. Items within
     some retriever's quota are sure of a place; the other places go by weighted reciprocal-rank fusion
@@ -34,9 +39,10 @@ def blend(
     union = retrieved[0]
     for frame in retrieved[1:]:
         union = union.unionByName(frame)
+    if exclusions is not None:
+        union = union.join(exclusions, ["request_id", "item_id"], "left_anti")
     per_source = (
-        union.join(exclusions, ["request_id", "item_id"], "left_anti")
-        .groupBy("request_id", "item_id", "source")
+        union.groupBy("request_id", "item_id", "source")
         .agg(F.min("source_rank").alias("source_rank"), F.max("source_score").alias("source_score"))
         .withColumn("fused", _per_source_map(cfg.source_weights, 1.0) / (cfg.fusion_k + F.col("source_rank")))
         .withColumn("in_quota", F.col("source_rank") <= _per_source_map(cfg.quotas, 0))
@@ -60,7 +66,7 @@ def blend(
         .select(
             F.lit(run_date).alias("run_date"),
             "request_id",
-            F.lit("user").alias("request_type"),
+            F.lit(request_type).alias("request_type"),
             "item_id",
             F.col("retrieval_rank").cast("int"),
             F.col("retrieval_score").cast("double"),

@@ -1,4 +1,5 @@
-"""First stage: N candidate items per active user from five retrievers and a blender, entirely in Spark.
+"""First stage: N candidate items per active user from five retrievers and a blender, and per search
+query from two (`queries.py`), entirely in Spark.
 
 Every retriever is a Spark transformation returning (request_id, item_id, source, source_score,
 source_rank); rank 1 is best and equal scores are ordered by item_id, never by input order.
@@ -49,6 +50,7 @@ from llmrank_spark.config import CandidatesConfig
 from llmrank_spark.lakehouse import NO_CANDIDATES, as_rejects
 from llmrank_spark.retrieval.blending import blend
 from llmrank_spark.retrieval.inputs import prepare_inputs
+from llmrank_spark.retrieval.queries import query_lists
 from llmrank_spark.retrieval.registry import retrieve_all
 
 
@@ -68,15 +70,44 @@ def build_candidates(
     users: DataFrame | None,
     cfg: CandidatesConfig,
     run_date: dt.date,
+    queries: DataFrame | None = None,
 ) -> CandidateLists:
     """The `candidates` table for run_date: exactly `n_per_request` items for every active user (those in
-    `users` and in `interactions`) whenever the catalogue holds that many they may be shown; and the
-    rejects: events left out of retrieval, and active users left without any candidate."""
+    `users` and in `interactions`) and, with `cfg.rank_queries`, for every row of `queries`, whenever the
+    catalogue holds that many they may be shown; and the rejects: events left out of retrieval, queries
+    that cannot be ranked, and requests left without any candidate."""
     inputs = prepare_inputs(spark, items, interactions, users, cfg, run_date)
     retrieved = retrieve_all(inputs, cfg.n_per_request)
     candidates = blend(list(retrieved.values()), inputs.exclusions, cfg, run_date)
-    without = inputs.users.join(candidates.select("request_id").distinct(), "request_id", "left_anti").select(
-        F.lit("user").alias("request_type"),
+    rejects = as_rejects(inputs.rejected, run_date, "candidates", "interactions").unionByName(
+        as_rejects(
+            _without_candidates(inputs.users, candidates, "user"),
+            run_date,
+            "candidates",
+            F.col("input_table"),
+        )
+    )
+    if queries is not None and cfg.rank_queries:
+        query_candidates, rejected_queries = query_lists(inputs, queries, run_date)
+        requested = queries.select(
+            F.col("query_id").alias("request_id"), F.lit("queries").alias("input_table")
+        )
+        ranked = requested.join(rejected_queries, "request_id", "left_anti")
+        candidates = candidates.unionByName(query_candidates)
+        rejects = rejects.unionByName(
+            as_rejects(rejected_queries, run_date, "candidates", "queries")
+        ).unionByName(
+            as_rejects(
+                _without_candidates(ranked, query_candidates, "query"), run_date, "candidates", "queries"
+            )
+        )
+    return CandidateLists(candidates, rejects)
+
+
+def _without_candidates(requests: DataFrame, candidates: DataFrame, request_type: str) -> DataFrame:
+    """Reject rows for the `requests` (request_id, input_table) that no list of `candidates` is for."""
+    return requests.join(candidates.select("request_id").distinct(), "request_id", "left_anti").select(
+        F.lit(request_type).alias("request_type"),
         "request_id",
         F.lit(None).cast("string").alias("item_id"),
         F.lit(NO_CANDIDATES).alias("reason"),
@@ -85,7 +116,3 @@ def build_candidates(
         ),
         "input_table",
     )
-    rejects = as_rejects(inputs.rejected, run_date, "candidates", "interactions").unionByName(
-        as_rejects(without, run_date, "candidates", F.col("input_table"))
-    )
-    return CandidateLists(candidates, rejects)

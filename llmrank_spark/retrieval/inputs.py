@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from functools import cached_property
 
+import numpy as np
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -34,6 +36,15 @@ class RetrievalInputs:
     users: DataFrame  # request_id of every active user, input_table: "interactions" if they have events
     has_events: bool
     rejected: DataFrame  # events left out: request_type, request_id, item_id, reason, detail
+
+    @cached_property
+    def item_text_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted item ids, their MiniLM text vectors) on the driver, encoded once per run for the user
+        and the query semantic retrievers."""
+        from llmrank_spark.retrieval.semantic import item_embeddings
+        from llmrank_spark.retrieval.vector_search import collect_matrix
+
+        return collect_matrix(item_embeddings(self.items, self.cfg), "embedding", self.cfg, "items")
 
 
 def decay(age_seconds, half_life_days: float):

@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 from llmrank_spark.config import CandidatesConfig
 from llmrank_spark.retrieval.inputs import RetrievalInputs
 from llmrank_spark.retrieval.retrieved import empty_retrieval
-from llmrank_spark.retrieval.vector_search import broadcast_top_k, collect_matrix, profile_queries
+from llmrank_spark.retrieval.vector_search import broadcast_top_k, profile_queries
 from llmrank_spark.text import ITEM_FIELDS, render_item_texts
 
 EMBEDDING_SCHEMA = "item_id string, embedding array<float>"
@@ -49,12 +49,37 @@ def semantic_candidates(inputs: RetrievalInputs, depth: int) -> DataFrame:
     """Items whose text is nearest (cosine) to the recency-weighted profile of the user's recent items."""
     if not inputs.has_events:
         return empty_retrieval(inputs, "semantic")
-    item_ids, matrix = collect_matrix(
-        item_embeddings(inputs.items, inputs.cfg), "embedding", inputs.cfg, "items"
-    )
+    item_ids, matrix = inputs.item_text_matrix
     histories = (
         inputs.history.where(F.col("position") <= inputs.cfg.recent_items)
         .groupBy(F.col("user_id").alias("request_id"))
         .agg(F.array_sort(F.collect_list(F.struct("item_id", "weight"))).alias("history"))
     )
-    return broadcast_top_k(inputs, histories, item_ids, matrix, depth, "semantic", profile_queries)
+    return broadcast_top_k(
+        inputs.spark, histories, inputs.exclusions, item_ids, matrix, depth, "semantic", profile_queries
+    )
+
+
+def encoded_queries(batch: pd.DataFrame, item_ids: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Query vectors: each query's text encoded by the same MiniLM model as the items, unit length."""
+    from llmrank_spark.rerank import load_sentence_encoder, task_device
+
+    encoder = load_sentence_encoder(str(task_device("auto")))  # cached: loaded once per worker
+    vectors = encoder.encode(
+        batch["query_text"].tolist(),
+        batch_size=ENCODE_BATCH_SIZE,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+    )
+    return vectors.astype(np.float32)
+
+
+def query_semantic_candidates(inputs: RetrievalInputs, queries: DataFrame, depth: int) -> DataFrame:
+    """Items whose text is nearest (cosine) to the query's MiniLM vector; `queries` holds (request_id,
+    query_text). Nothing is excluded: a search shows what was bought before too."""
+    item_ids, matrix = inputs.item_text_matrix
+    if not len(item_ids):
+        return empty_retrieval(inputs, "query_semantic")
+    return broadcast_top_k(
+        inputs.spark, queries, None, item_ids, matrix, depth, "query_semantic", encoded_queries
+    )

@@ -7,12 +7,11 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from llmrank_spark.config import CandidatesConfig
 from llmrank_spark.lakehouse.shipping import load_shipped_arrays, ship_arrays
-from llmrank_spark.retrieval.inputs import RetrievalInputs
 from llmrank_spark.retrieval.retrieved import RETRIEVED_SCHEMA, tag_source
 
 # Scores of one chunk of users against the whole item matrix stay near this many float32 cells (256 MiB).
@@ -139,17 +138,19 @@ def collect_matrix(vectors: DataFrame, column: str, cfg: CandidatesConfig, what:
 
 
 def broadcast_top_k(
-    inputs: RetrievalInputs,
+    spark: SparkSession,
     requests: DataFrame,
+    exclusions: DataFrame | None,
     item_ids: np.ndarray,
     matrix: np.ndarray,
     depth: int,
     source: str,
     queries_of: QueryBuilder,
 ) -> DataFrame:
-    """Score each partition of `requests` against the shipped item matrix; exact top-`depth` per request."""
+    """Score each partition of `requests` against the shipped item matrix; exact top-`depth` per request,
+    leaving out each request's `exclusions` (request_id, item_id), if any."""
     # Shipped as fixed-width text, so no object array is pickled; read back as the object ids sorted above.
-    shipped = ship_arrays(inputs.spark, source, item_ids=item_ids.astype(str), matrix=matrix)
+    shipped = ship_arrays(spark, source, item_ids=item_ids.astype(str), matrix=matrix)
     chunk = max(1, SCORE_CELLS_PER_CHUNK // max(1, len(item_ids)))
 
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -163,8 +164,11 @@ def broadcast_top_k(
                     part["request_id"].tolist(), queries, part["exclude"].tolist(), ids, vectors, depth
                 )
 
-    excluded = inputs.exclusions.groupBy("request_id").agg(
-        F.array_sort(F.collect_list("item_id")).alias("exclude")
-    )
-    with_exclusions = requests.join(excluded, "request_id", "left")
+    if exclusions is None:
+        with_exclusions = requests.withColumn("exclude", F.lit(None).cast("array<string>"))
+    else:
+        excluded = exclusions.groupBy("request_id").agg(
+            F.array_sort(F.collect_list("item_id")).alias("exclude")
+        )
+        with_exclusions = requests.join(excluded, "request_id", "left")
     return tag_source(with_exclusions.mapInPandas(score, RETRIEVED_SCHEMA), source)

@@ -169,12 +169,18 @@ def write_mlmodel(artifact: Path, run_id: str) -> None:
 
 def champion_version(config: Config) -> ModelVersion | None:
     """The version with the `champion` alias; None when there is none (or no registered model yet)."""
+    client, name = registry_client(config), config.mlflow.model_name
     try:
-        return registry_client(config).get_model_version_by_alias(config.mlflow.model_name, CHAMPION_ALIAS)
+        # Asked through the model's aliases: MLflow answers an alias that is not set with a generic
+        # INVALID_PARAMETER_VALUE, which cannot be told apart from a real error.
+        aliases = client.get_registered_model(name).aliases
     except MlflowException as error:
         if _error_is(error, RESOURCE_DOES_NOT_EXIST):
             return None
         raise
+    if CHAMPION_ALIAS not in aliases:
+        return None
+    return client.get_model_version(name, str(aliases[CHAMPION_ALIAS]))
 
 
 def served_version(config: Config) -> ModelVersion | None:

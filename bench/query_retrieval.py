@@ -1,0 +1,135 @@
+"""Query retrieval quality: BM25, semantic, their blend and the zero-shot bi-encoder, on the sample's queries.
+
+The sample's 300 queries are judged by `query_labels` (grade 3: the category and every value the query
+names; 2: some of them; 1: the category only; 0: another category). Each retriever returns its
+`--depth` best items per query; the blend is the candidates step's own (`candidates.quotas`,
+`source_weights`, `fusion_k`) cut at the same depth. The zero-shot bi-encoder re-orders the blend's
+list by the cosine of the packaged MiniLM's query and item vectors (what `rerank.mode
+zero_shot_bi_encoder` serves). Figures are given over all queries and over the held-out fifth
+(queries hashed by id): the split a reranker trained on queries is measured on.
+
+- NDCG@10 against the graded labels (unjudged items count 0);
+- recall@100 of the items matching at least one value the query names (grade >= 2), the ones a
+  reranker can only promote if retrieval found them; and of every relevant item (grade >= 1), most of
+  which are the category's other items.
+
+  python bench/query_retrieval.py
+  python bench/query_retrieval.py --set candidates.source_weights='{lexical: 1.0, query_semantic: 0.5}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import time
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame
+
+from llmrank_spark.config import load_config
+from llmrank_spark.data import generate_sample
+from llmrank_spark.lakehouse import frame_from_pandas, get_spark
+from llmrank_spark.metrics import ndcg_at_k, recall_at_k
+from llmrank_spark.retrieval import blend, prepare_inputs
+from llmrank_spark.retrieval.lexical import lexical_candidates
+from llmrank_spark.retrieval.queries import checked_queries
+from llmrank_spark.retrieval.semantic import encoded_queries, query_semantic_candidates
+
+RUN_DATE = dt.date(2026, 10, 30)
+HELD_OUT_SHARE = 0.2
+
+
+def heldout_queries(query_ids: pd.Series) -> pd.Series:
+    """The held-out fifth of the queries, by a hash of the id (stable across runs and machines)."""
+    hashed = pd.util.hash_pandas_object(query_ids, index=False).to_numpy()
+    return query_ids[hashed % 1000 < HELD_OUT_SHARE * 1000]
+
+
+def collect(frame: DataFrame) -> tuple[pd.DataFrame, float]:
+    started = time.perf_counter()
+    lists: pd.DataFrame = frame.toPandas()
+    return lists, time.perf_counter() - started
+
+
+def measure(lists: pd.DataFrame, labels: pd.DataFrame, depth: int) -> dict[str, float]:
+    matching = labels[labels.relevance >= 2]
+    return {
+        "ndcg@10": ndcg_at_k(lists, labels, 10).mean(),
+        f"recall@{depth} (grade>=2)": recall_at_k(lists, matching, depth).mean(),
+        f"recall@{depth} (grade>=1)": recall_at_k(lists, labels, depth).mean(),
+    }
+
+
+def bi_encoder_order(blended: pd.DataFrame, queries: pd.DataFrame, item_ids, matrix) -> pd.DataFrame:
+    """The blend's lists re-ordered by the cosine of query and item MiniLM vectors."""
+    vectors = encoded_queries(queries.rename(columns={"query_id": "request_id"}), item_ids, matrix)
+    row_of = pd.Series(np.arange(len(item_ids)), index=item_ids)
+    query_row = pd.Series(np.arange(len(queries)), index=queries["query_id"].to_numpy())
+    cosine = np.einsum(
+        "ij,ij->i",
+        vectors[query_row[blended.request_id].to_numpy()],
+        matrix[row_of[blended.item_id].to_numpy()],
+    )
+    ordered = blended.assign(score=cosine).sort_values(
+        ["request_id", "score", "item_id"], ascending=[1, 0, 1]
+    )
+    return ordered.assign(rank=ordered.groupby("request_id").cumcount() + 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--depth", type=int, default=100, help="items per query and retriever")
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    config = load_config(
+        overrides=[f"spark.master={args.master}", f"candidates.n_per_request={args.depth}", *args.overrides]
+    )
+    spark = get_spark(config)
+    tables = generate_sample(config.sample)
+    items = frame_from_pandas(spark, tables["items"], "items")
+    interactions = frame_from_pandas(spark, tables["interactions"], "interactions")
+    queries = frame_from_pandas(spark, tables["queries"], "queries")
+    labels = tables["query_labels"].rename(columns={"query_id": "request_id"})
+    inputs = prepare_inputs(spark, items, interactions, None, config.candidates, RUN_DATE)
+    rankable = checked_queries(queries, config.candidates.max_query_chars).where("reason is null")
+    rankable = rankable.select("request_id", "query_text").localCheckpoint()
+
+    lexical, lexical_s = collect(lexical_candidates(spark, items, rankable, config.candidates, args.depth))
+    semantic, semantic_s = collect(query_semantic_candidates(inputs, rankable, args.depth))
+    blended, _ = collect(
+        blend(
+            [spark.createDataFrame(lexical), spark.createDataFrame(semantic)],
+            None,
+            config.candidates,
+            RUN_DATE,
+            request_type="query",
+        )
+    )
+    item_ids, matrix = inputs.item_text_matrix
+    orders = {
+        "lexical (BM25)": lexical.assign(rank=lexical.source_rank),
+        "semantic (MiniLM)": semantic.assign(rank=semantic.source_rank),
+        "blend": blended.assign(rank=blended.retrieval_rank),
+        "zero-shot bi-encoder over the blend": bi_encoder_order(blended, tables["queries"], item_ids, matrix),
+    }
+    held_out = set(heldout_queries(tables["queries"]["query_id"]))
+    print(
+        f"{len(tables['queries'])} queries ({len(held_out)} held out), {len(tables['items']):,} items, "
+        f"depth {args.depth}; lexical {lexical_s:.1f} s, semantic {semantic_s:.1f} s (Spark {args.master})"
+    )
+    for name, lists in orders.items():
+        lists = lists[["request_id", "item_id", "rank"]]
+        every = measure(lists, labels, args.depth)
+        heldout = measure(
+            lists[lists.request_id.isin(held_out)], labels[labels.request_id.isin(held_out)], args.depth
+        )
+        cells = "; ".join(f"{m} {every[m]:.4f} (held out {heldout[m]:.4f})" for m in every)
+        print(f"{name:38s} {cells}")
+
+
+if __name__ == "__main__":
+    main()
