@@ -29,7 +29,7 @@ from pyspark.sql import DataFrame, SparkSession
 from llmrank_spark.config import CandidatesConfig
 from llmrank_spark.lakehouse.shipping import directory_digest, ship_directory, unpack_shipped_directory
 from llmrank_spark.retrieval.retrieved import RETRIEVED_SCHEMA, tag_source
-from llmrank_spark.retrieval.vector_search import RETRIEVED_DTYPES, top_k
+from llmrank_spark.retrieval.vector_search import retrieved_frame, top_k
 from llmrank_spark.text import ITEM_FIELDS, render_item_texts
 
 # CJK ideographs, kana and hangul: one word per character. Anything else: runs of 2+ letters or digits.
@@ -80,26 +80,15 @@ class LexicalIndex:
         """Each query's `depth` best items by BM25, best first, equal scores by item_id; items sharing no
         word with the query are never returned, so a query of unknown words gets none."""
         words = self.tokenizer.tokenize(texts, update_vocab=False, return_as="ids", show_progress=False)
-        frames = []
+        lists = []
         for request_id, ids in zip(request_ids, words, strict=True):
             known = [i for i in ids if i != 0]  # 0: the tokenizer's id of a word not in the index
             if not known or not len(self.item_ids):
                 continue
             scores = self.bm25.get_scores(known)
             best = top_k(np.where(scores > 0, scores, -np.inf)[None, :], depth)[0]
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "request_id": request_id,
-                        "item_id": self.item_ids[best],
-                        "source_score": scores[best].astype(np.float64),
-                        "source_rank": np.arange(1, len(best) + 1, dtype=np.int32),
-                    }
-                )
-            )
-        if not frames:
-            return pd.DataFrame({c: pd.Series(dtype=t) for c, t in RETRIEVED_DTYPES.items()})
-        return pd.concat(frames, ignore_index=True)
+            lists.append((request_id, self.item_ids[best], scores[best]))
+        return retrieved_frame(lists)
 
 
 def item_lexical_texts(items: pd.DataFrame, cfg: CandidatesConfig) -> list[str]:

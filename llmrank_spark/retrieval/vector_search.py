@@ -73,21 +73,33 @@ def rank_against(
         if items is not None and len(items):
             found = positions(item_ids, items)
             scores[row, found[found >= 0]] = -np.inf
-    frames = []
-    for request_id, row, best in zip(request_ids, scores, top_k(scores, k), strict=True):
-        frames.append(
+    return retrieved_frame(
+        [
+            (request_id, item_ids[best], row[best])
+            for request_id, row, best in zip(request_ids, scores, top_k(scores, k), strict=True)
+        ]
+    )
+
+
+def retrieved_frame(lists: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """(request_id, item_id, source_score, source_rank) rows from (request_id, item ids best first, their
+    scores) per request; typed and empty when there is none."""
+    if not lists:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in RETRIEVED_DTYPES.items()})
+    return pd.concat(
+        [
             pd.DataFrame(
                 {
                     "request_id": request_id,
-                    "item_id": item_ids[best],
-                    "source_score": row[best].astype(np.float64),
-                    "source_rank": np.arange(1, len(best) + 1, dtype=np.int32),
+                    "item_id": items,
+                    "source_score": scores.astype(np.float64),
+                    "source_rank": np.arange(1, len(items) + 1, dtype=np.int32),
                 }
             )
-        )
-    if not frames:
-        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in RETRIEVED_DTYPES.items()})
-    return pd.concat(frames, ignore_index=True)
+            for request_id, items, scores in lists
+        ],
+        ignore_index=True,
+    )
 
 
 def recency_profiles(histories: Sequence, item_ids: np.ndarray, matrix: np.ndarray) -> np.ndarray:
