@@ -318,11 +318,9 @@ def one_request_column(frame: DataFrame) -> DataFrame:
 def _request_types(ranked: DataFrame) -> pd.Series | None:
     """request key -> request type of the run's requests, when it has both kinds (with one kind, the
     "all" rows are that kind's); one row per request reaches the driver."""
-    kinds = ranked.select(*REQUEST_KEY).distinct()
-    if kinds.select("request_type").distinct().count() < 2:
-        return None
-    keyed: pd.DataFrame = one_request_column(kinds.withColumn("kind", F.col("request_type"))).toPandas()
-    return keyed.set_index("request_id")["kind"]
+    kinds = ranked.select(*REQUEST_KEY).distinct().withColumn("kind", F.col("request_type"))
+    keyed: pd.DataFrame = one_request_column(kinds).toPandas()
+    return keyed.set_index("request_id")["kind"] if keyed["kind"].nunique() > 1 else None
 
 
 def _required(tables: Mapping[str, DataFrame | None], table: str) -> DataFrame:

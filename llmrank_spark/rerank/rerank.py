@@ -327,7 +327,8 @@ def rerank_candidates(
     if fusion is not None:
         if candidates_cfg is None:
             raise ValueError(f"model {spec.version} fuses ranking features: pass candidates_cfg")
-        pairs = candidates.select(*REQUEST_KEY, "item_id", "retrieval_rank", "source_ranks")
+        # Only the pairs the version ranks: the other request types keep their retrieval order.
+        pairs = candidates.where(modelled).select(*REQUEST_KEY, "item_id", "retrieval_rank", "source_ranks")
         features = ranking_features(spark, pairs, items, interactions, None, candidates_cfg, run_date)
         scorable = scorable.join(
             features.select(*REQUEST_KEY, "item_id", *FEATURES), [*REQUEST_KEY, "item_id"], "left"

@@ -92,13 +92,13 @@ def build_candidates(
         requested = queries.select(
             F.col("query_id").alias("request_id"), F.lit("queries").alias("input_table")
         )
-        ranked = requested.join(rejected_queries, "request_id", "left_anti")
+        rankable = requested.join(rejected_queries, "request_id", "left_anti")
         candidates = candidates.unionByName(query_candidates)
         rejects = rejects.unionByName(
             as_rejects(rejected_queries, run_date, "candidates", "queries")
         ).unionByName(
             as_rejects(
-                _without_candidates(ranked, query_candidates, "query"), run_date, "candidates", "queries"
+                _without_candidates(rankable, query_candidates, "query"), run_date, "candidates", "queries"
             )
         )
     return CandidateLists(candidates, rejects)
