@@ -5,8 +5,9 @@ names; 2: some of them; 1: the category only; 0: another category). Each retriev
 `--depth` best items per query; the blend is the candidates step's own (`candidates.quotas`,
 `source_weights`, `fusion_k`) cut at the same depth. The zero-shot bi-encoder re-orders the blend's
 list by the cosine of the packaged MiniLM's query and item vectors (what `rerank.mode
-zero_shot_bi_encoder` serves). Figures are given over all queries and over the held-out fifth
-(queries hashed by id): the split a reranker trained on queries is measured on.
+zero_shot_bi_encoder` serves); with `--model`, a fine-tuned reranker re-orders it as the rerank step
+serves queries. Figures are given over all queries and over the held-out queries
+(`train.heldout_query_share`, hashed by id), the ones a version trained on queries never saw.
 
 - NDCG@10 against the graded labels (unjudged items count 0);
 - recall@100 of the items matching at least one value the query names (grade >= 2), the ones a
@@ -15,6 +16,7 @@ zero_shot_bi_encoder` serves). Figures are given over all queries and over the h
 
   python bench/query_retrieval.py
   python bench/query_retrieval.py --set candidates.source_weights='{lexical: 1.0, query_semantic: 0.5}'
+  python bench/query_retrieval.py --model <artifact directory of a version trained with queries>
 """
 
 from __future__ import annotations
@@ -25,25 +27,26 @@ import time
 
 import numpy as np
 import pandas as pd
+import torch
 from pyspark.sql import DataFrame
 
-from llmrank_spark.config import load_config
+from llmrank_spark.config import Config, load_config, text_settings
 from llmrank_spark.data import generate_sample
+from llmrank_spark.events import item_event_counts
 from llmrank_spark.lakehouse import frame_from_pandas, get_spark
 from llmrank_spark.metrics import ndcg_at_k, recall_at_k
+from llmrank_spark.rerank import load_artifact
 from llmrank_spark.retrieval import blend, prepare_inputs
 from llmrank_spark.retrieval.lexical import lexical_candidates
 from llmrank_spark.retrieval.queries import checked_queries
 from llmrank_spark.retrieval.semantic import encoded_queries, query_semantic_candidates
+from llmrank_spark.text import item_text_frame
+from llmrank_spark.training.lists import LIST, rank_by_score
+from llmrank_spark.training.network import FusionRanker
+from llmrank_spark.training.query_lists import heldout_queries
+from llmrank_spark.training.trainer import score_lists, training_scorer
 
 RUN_DATE = dt.date(2026, 10, 30)
-HELD_OUT_SHARE = 0.2
-
-
-def heldout_queries(query_ids: pd.Series) -> pd.Series:
-    """The held-out fifth of the queries, by a hash of the id (stable across runs and machines)."""
-    hashed = pd.util.hash_pandas_object(query_ids, index=False).to_numpy()
-    return query_ids[hashed % 1000 < HELD_OUT_SHARE * 1000]
 
 
 def collect(frame: DataFrame) -> tuple[pd.DataFrame, float]:
@@ -77,6 +80,26 @@ def bi_encoder_order(blended: pd.DataFrame, queries: pd.DataFrame, item_ids, mat
     return ordered.assign(rank=ordered.groupby("request_id").cumcount() + 1)
 
 
+def fine_tuned_order(
+    path: str, blended: pd.DataFrame, tables: dict[str, pd.DataFrame], events: pd.DataFrame, config: Config
+) -> pd.DataFrame:
+    """The blend's lists re-ordered by the reranker artifact at `path`, scored as the rerank step serves
+    queries: its BERT logit through its linear head, on text built with its own settings."""
+    artifact = load_artifact(path)
+    head = artifact.manifest.fusion_head
+    model = FusionRanker(artifact.model, head.features if head else [], head, artifact.manifest.architecture)
+    text = config.rerank.model_copy(update=text_settings(artifact.manifest))
+    query_text = tables["queries"].set_index("query_id")["query_text"]
+    lists = (
+        blended.merge(item_text_frame(tables["items"], text), on="item_id", how="left")
+        .merge(events, on="item_id", how="left")
+        .assign(context_text=lambda frame: frame["request_id"].map(query_text))
+        .rename(columns={"request_id": LIST})
+    )
+    scorer = training_scorer(model, artifact.tokenizer, config.train, torch.device("cpu"))
+    return rank_by_score(lists, score_lists(model, scorer, lists))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -84,6 +107,9 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=100, help="items per query and retriever")
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--model", help="a reranker artifact directory (trained on queries) to re-order the blend with"
+    )
     args = parser.parse_args()
     config = load_config(
         overrides=[f"spark.master={args.master}", f"candidates.n_per_request={args.depth}", *args.overrides]
@@ -116,7 +142,13 @@ def main() -> None:
         "blend": blended.assign(rank=blended.retrieval_rank),
         "zero-shot bi-encoder over the blend": bi_encoder_order(blended, tables["queries"], item_ids, matrix),
     }
-    held_out = set(heldout_queries(tables["queries"]["query_id"]))
+    if args.model:
+        events = item_event_counts(interactions, RUN_DATE).toPandas()
+        orders["fine-tuned reranker over the blend"] = fine_tuned_order(
+            args.model, blended, tables, events, config
+        )
+    query_ids = tables["queries"]["query_id"]
+    held_out = set(query_ids[heldout_queries(query_ids, config.train.heldout_query_share)])
     print(
         f"{len(tables['queries'])} queries ({len(held_out)} held out), {len(tables['items']):,} items, "
         f"depth {args.depth}; lexical {lexical_s:.1f} s, semantic {semantic_s:.1f} s (Spark {args.master})"

@@ -252,6 +252,13 @@ class SampleConfig(_Section):
         60000, ge=1000, description="Events in the behaviour log, made of whole sessions of the users."
     )
     n_queries: int = Field(300, ge=10, description="Search queries, each with graded relevance labels.")
+    shopper_phrasing: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Chance that each term of a query is typed in a shopper's own words (a synonym, "
+        'e.g. "rainproof" for waterproof) rather than the catalogue\'s: the vocabulary gap of real search.',
+    )
     days: int = Field(60, ge=7, description="Days of history the behaviour log spans.")
 
 
@@ -728,7 +735,7 @@ TrainLoss = Literal["bce", "ranknet", "hinge", "listnet", "lambdaloss"]
 TRAIN_LOSSES = get_args(TrainLoss)
 # What the fusion head can weigh besides the BERT logit: each retriever's rank of the item, and the item's
 # popularity as log(1 + its events in interactions up to the run date), which every item has.
-FUSION_FEATURES = (*RETRIEVERS, "item_events")
+FUSION_FEATURES = (*RETRIEVERS, *QUERY_RETRIEVERS, "item_events")
 
 
 class TrainConfig(_Section):
@@ -781,6 +788,20 @@ class TrainConfig(_Section):
     )
     max_train_lists: int = Field(
         600, ge=1, description="Lists trained on at most (a seeded sample), to keep a CPU run within budget."
+    )
+    max_query_lists: int = Field(
+        200,
+        ge=0,
+        description="Search queries whose graded query_labels become training lists at most (a seeded "
+        "sample, beside the users' lists, in the same model); 0, or no queries or query_labels table: the "
+        "version learns from behaviour only and keeps queries in their retrieval order (docs/queries.md).",
+    )
+    heldout_query_share: float = Field(
+        0.3,
+        gt=0,
+        lt=1,
+        description="Share of the queries (by a hash of query_id) the version never trains on: it ranks "
+        "queries only if it beats their retrieval order on these beyond chance.",
     )
     max_validation_lists: int = Field(
         150,

@@ -3,13 +3,16 @@ that does not beat the retrieval order is never served."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
 from test_ranking import CANDIDATES, EVENTS, ITEMS, RUN_DATE, TOP_K, expected_scores
+from test_scoring import direct_scores
 from tiny_reranker import build_tiny_artifact, register_tiny_version
 
-from llmrank_spark.config import ConfigError
+from llmrank_spark.config import ConfigError, RerankConfig
 from llmrank_spark.lakehouse import frame_from_pandas, write_table
 from llmrank_spark.pipeline import steps
 from llmrank_spark.rerank import (
@@ -17,13 +20,16 @@ from llmrank_spark.rerank import (
     FEATURES,
     MANIFEST_FILE,
     RETRIEVAL_VERSION,
+    FusionHead,
     FusionModel,
     FusionSettings,
     fit_fusion,
     ranking_features,
     read_manifest,
     relevance_levels,
+    rerank_candidates,
 )
+from llmrank_spark.text import item_text_frame
 from llmrank_spark.training import (
     CHAMPION,
     CHAMPION_ALIAS,
@@ -37,6 +43,7 @@ from llmrank_spark.training import (
 )
 
 INPUTS = ["signal", "noise"]
+QUERY = pd.DataFrame({"query_id": ["u3"], "query_text": ["warm hat"]})
 
 
 def _lists(n_lists: int, seed: int) -> pd.DataFrame:
@@ -141,6 +148,52 @@ def test_the_rerank_step_serves_the_fusion_exactly_as_it_scores_in_process(spark
     assert np.isfinite(ranked["score"]).all()
 
 
+def test_a_version_ranking_queries_serves_them_through_its_head_and_users_through_its_fusion(
+    spark, fused_artifact, tmp_path
+):
+    """The LambdaMART learns from shopper features a query does not have: query lists are scored by the
+    BERT logit through the linear head (what the held-out query verdict measured), user lists as before."""
+    path, model, lists, cfg = fused_artifact
+    head = FusionHead(
+        features=["lexical", "item_events"], logit_weight=2.0, feature_weights=[3.0, 0.0], bias=0.5
+    )
+    both = tmp_path / "fused-both"
+    shutil.copytree(path, both)
+    manifest = read_manifest(both).model_copy(
+        update={"version": "fused-both", "fusion_head": head, "request_types": ["user", "query"]}
+    )
+    (both / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
+    searched = CANDIDATES[CANDIDATES["request_id"] == "u3"].assign(request_type="query")
+    searched["source_ranks"] = [{"lexical": rank} for rank in searched["retrieval_rank"]]
+    served = RerankConfig(mode="cross_encoder", model_path=str(both), top_k=TOP_K, micro_batch_size=4)
+    ranked = rerank_candidates(
+        spark,
+        frame_from_pandas(spark, pd.concat([CANDIDATES, searched]), "candidates"),
+        frame_from_pandas(spark, ITEMS, "items"),
+        frame_from_pandas(spark, EVENTS, "interactions"),
+        served,
+        RUN_DATE,
+        queries=frame_from_pandas(
+            spark, pd.DataFrame({"query_id": ["u3"], "query_text": ["warm hat"]}), "queries"
+        ),
+        candidates_cfg=cfg,
+    ).ranked.toPandas()
+
+    query_rows = searched.merge(item_text_frame(ITEMS, served), on="item_id")
+    logits = direct_scores(["warm hat"] * len(query_rows), query_rows["item_text"].tolist())
+    expected = 2.0 * logits + 3.0 / np.log2(1.0 + query_rows["retrieval_rank"].to_numpy()) + 0.5
+    by_query = ranked[ranked["request_type"] == "query"].merge(
+        query_rows.assign(expected=expected), on="item_id"
+    )
+    assert len(by_query) == TOP_K
+    np.testing.assert_allclose(by_query["score"], by_query["expected"], atol=1e-4)
+    by_user = ranked[ranked["request_type"] == "user"].merge(
+        lists.assign(expected=model.score(lists)), on=["request_id", "item_id"]
+    )
+    assert len(by_user) == TOP_K * 3 and set(ranked["model_version"]) == {"fused-both"}
+    np.testing.assert_allclose(by_user["score"], by_user["expected"], atol=1e-4)
+
+
 def test_the_gate_promotes_only_a_version_that_beats_retrieval_and_the_champion():
     requests = pd.Index([f"u{n}" for n in range(60)])
     rng = np.random.default_rng(0)
@@ -216,7 +269,7 @@ def test_train_logs_registers_and_gates_the_new_version_and_only_a_promoted_one_
     trained on the days before the gate, carries a LambdaMART fusion, is logged as an MLflow run (its
     parameters, the validation NDCG of each evaluated step, the gate's figures, the artifact), registered
     with its gate status, and gets the `champion` alias only if the gate promoted it; rerank serves the
-    alias."""
+    alias. It learns from the sample's judged queries too."""
     from llmrank_spark.config import load_config
 
     config = load_config(
@@ -230,6 +283,7 @@ def test_train_logs_registers_and_gates_the_new_version_and_only_a_promoted_one_
             "candidates.als_max_iter=2",
             "train.max_train_lists=16",
             "train.max_validation_lists=8",
+            "train.max_query_lists=8",
             "train.max_fusion_lists=30",
             "train.fusion_random_negatives=3",
             "train.eval_every_steps=2",
@@ -262,6 +316,11 @@ def test_train_logs_registers_and_gates_the_new_version_and_only_a_promoted_one_
     assert logged.params["loss"] == config.train.loss and logged.params["warm_from"] == "llmrank_reranker/1"
     manifest = read_manifest(artifact_dir(config, new))
     assert manifest.fusion is not None and manifest.fusion.inputs[-1] == BERT_SCORE
+    # It also trained on judged queries and was measured on held-out ones, which decided whether it
+    # ranks queries.
+    assert manifest.metrics["query_gate_requests"] >= 1
+    promoted = manifest.metrics["query_gate_change_low"] > 0
+    assert manifest.request_types == (["user", "query"] if promoted else ["user"])
     assert manifest.base_model.endswith("via v0")  # warm-started from the registered version
     champion = champion_version(config)
     assert champion is not None

@@ -32,6 +32,7 @@ SMALL_SAMPLE = [
     "evaluate.embedding_diversity=false",
     "train.max_train_lists=16",
     "train.max_validation_lists=8",
+    "train.max_query_lists=8",
     "train.eval_every_steps=2",
     f"run.run_date={RUN_DATE}",
 ]

@@ -5,6 +5,7 @@ import pytest
 
 from llmrank_spark.config import SampleConfig
 from llmrank_spark.data import CATEGORIES, END_OF_LOG, PRICE_BANDS, SEGMENTS, generate_sample, simulate
+from llmrank_spark.data.sample_lakehouse import SHOPPER_PHRASES
 from llmrank_spark.lakehouse import contract, frame_from_pandas, read_table, write_table
 
 FUNNEL_ORDER = ["view", "click", "add_to_cart", "purchase"]
@@ -142,7 +143,10 @@ def test_driving_attributes_measurably_drive_choices(world, tables):
     assert (rates["match"] > rates["chance"]).all(), rates
 
 
-def test_query_labels_grade_by_category_and_query_values(tables):
+def test_query_labels_grade_by_category_and_query_values():
+    """In the catalogue's words (no shopper phrasing), a query names its category and the values of
+    its grade-3 items."""
+    tables = simulate(SampleConfig(shopper_phrasing=0.0)).tables
     queries = tables["queries"]
     assert queries["query_id"].str.fullmatch(r"Q\d{4}").all()
     assert queries["query_class"].isin(list(CATEGORIES)).all()
@@ -159,6 +163,22 @@ def test_query_labels_grade_by_category_and_query_values(tables):
         assert all(word in item_words for word in words.split()), (row.query_text, row.attributes)
     assert exact["query_id"].nunique() >= 0.8 * len(queries)
     assert set(labels["relevance"]) == {0, 1, 2, 3}
+
+
+def test_shoppers_phrase_queries_in_their_own_words_and_nothing_else_changes(tables):
+    plain = simulate(SampleConfig(shopper_phrasing=0.0)).tables
+    phrased, catalogue = tables["queries"]["query_text"], plain["queries"]["query_text"]
+    # About half the terms are typed in shoppers' words, each a listed phrase of the catalogue's term.
+    assert 0.3 < (phrased != catalogue).mean() < 0.95
+    shopper_words = {phrase for phrases in SHOPPER_PHRASES.values() for phrase in phrases}
+    for typed, written in zip(phrased[phrased != catalogue], catalogue[phrased != catalogue], strict=True):
+        assert any(phrase in typed for phrase in shopper_words), (typed, written)
+    # Phrasing draws from its own generator: every other table is the same.
+    for name in ("items", "interactions", "users", "query_labels"):
+        pd.testing.assert_frame_equal(tables[name], plain[name])
+    pd.testing.assert_frame_equal(
+        tables["queries"].drop(columns="query_text"), plain["queries"].drop(columns="query_text")
+    )
 
 
 def test_a_small_config_still_reaches_n_events():

@@ -27,8 +27,11 @@ can be checked against a known truth. The generative story (every draw comes fro
    view -> click -> add_to_cart -> purchase with probabilities rising with the item's utility over the
    user's average in the category, so higher-utility items go further.
 4. Search. Queries join one or two attribute values to a category noun ("waterproof leather hiking
-   boots"); labels grade items 3 (category and every query value match), 2 (some), 1 (category only)
-   and 0 (another category). Every grade 3 and 2 item is judged, plus a sample of grade 1 and grade 0.
+   boots"), each term in a shopper's own words with probability ``shopper_phrasing`` ("rainproof
+   leather trekking boots", ``SHOPPER_PHRASES``): the vocabulary gap lexical retrieval cannot cross and
+   a model can learn from judged queries. Labels grade items 3 (category and every query value match),
+   2 (some), 1 (category only) and 0 (another category). Every grade 3 and 2 item is judged, plus a
+   sample of grade 1 and grade 0.
 5. ``sample_truth`` holds each segment's driver weights and their rank: what an attribute-importance job
    has to recover.
 """
@@ -326,6 +329,50 @@ PURCHASE_QUANTITY_PROBS = (0.86, 0.10, 0.04)  # 1, 2, 3 units
 HOURLY_TRAFFIC = np.array(
     [1, 0.6, 0.4, 0.3, 0.3, 0.5, 1, 2, 3, 3.5, 3.8, 4, 4.5, 4.2, 3.8, 3.6, 3.8, 4.2, 5, 6, 6.5, 5.5, 4, 2]
 )
+# How shoppers type a catalogue term when they do not use the catalogue's word: synonyms, spellings,
+# what a value is for. A term without an entry is always typed as the catalogue writes it.
+# fmt: off
+SHOPPER_PHRASES: dict[str, tuple[str, ...]] = {
+    # categories
+    "hiking boots": ("trekking boots", "walking boots", "hikers"), "running shoes": ("sneakers", "trainers"),
+    "rain jackets": ("raincoat", "shell jacket"), "backpacks": ("rucksack", "daypack"),
+    "t-shirts": ("tee", "tshirt"), "headphones": ("earphones", "headset"),
+    "coffee makers": ("coffee machine", "brewer"), "desk lamps": ("reading light", "table lamp"),
+    "water bottles": ("flask", "drinks bottle"), "yoga mats": ("exercise mat", "pilates mat"),
+    # price bands
+    "budget": ("cheap", "affordable"), "mid-range": ("mid priced",), "premium": ("luxury", "high-end"),
+    # colours
+    "brown": ("chocolate",), "grey": ("gray", "charcoal"), "olive": ("khaki",), "tan": ("beige", "camel"),
+    "red": ("crimson", "scarlet"), "neon yellow": ("hi-vis", "fluorescent"), "navy": ("dark blue",),
+    "yellow": ("mustard",), "purple": ("violet", "lilac"), "pink": ("rose",), "silver": ("chrome",),
+    "copper": ("bronze",), "brass": ("gold",),
+    # fit, cut, waterproofing
+    "wide": ("broad fit",), "narrow": ("slim fit",), "relaxed": ("loose",), "oversized": ("baggy",),
+    "low": ("ankle",), "high": ("high-top",), "waterproof": ("rainproof", "watertight"),
+    "water-resistant": ("showerproof", "splashproof"), "breathable": ("ventilated", "airy"),
+    # materials
+    "suede": ("nubuck",), "synthetic": ("vegan",), "recycled mesh": ("eco mesh",),
+    "engineered mesh": ("mesh upper",), "knit": ("knitted",), "recycled polyester": ("eco polyester",),
+    "gore-tex": ("goretex",), "cordura": ("ballistic nylon",), "organic cotton": ("eco cotton",),
+    "merino wool": ("merino",), "aluminium": ("aluminum", "alloy"), "recycled plastic": ("eco plastic",),
+    "stainless steel": ("inox",), "bpa-free plastic": ("tritan",), "pvc": ("vinyl",),
+    "natural rubber": ("rubber",),
+    # other attributes
+    "packable hood": ("stowaway hood",), "hoodless": ("no hood",), "minimalist": ("barefoot", "zero drop"),
+    "cushioned": ("padded",), "max-cushioned": ("plush", "maximal"), "road": ("pavement",),
+    "trail": ("off-road",), "track": ("racing spikes",), "crew neck": ("crewneck", "round neck"),
+    "v-neck": ("vneck",), "short sleeve": ("short sleeved",), "long sleeve": ("long sleeved",),
+    "bluetooth": ("wireless",), "true wireless": ("earbuds",), "wired": ("corded",),
+    "wifi": ("smart", "app controlled"), "manual": ("non-smart",), "noise-cancelling": ("anc",),
+    "over-ear": ("around ear",), "in-ear": ("earbud",), "drip": ("filter",), "pod": ("capsule",),
+    "french press": ("cafetiere", "plunger"), "pour-over": ("v60",), "warm white": ("soft light",),
+    "cool white": ("daylight",), "adjustable white": ("dimmable",), "rgb": ("colour changing",),
+    "insulated": ("thermos", "vacuum"), "uninsulated": ("single wall",), "3 mm": ("thin",),
+    "8 mm": ("thick",), "extra grip": ("non slip",), "1 cup": ("single serve",), "12 cups": ("family size",),
+    "15 l": ("15 litre",), "25 l": ("25 litre",), "35 l": ("35 litre",), "50 l": ("50 litre",),
+    "1 l": ("1 litre",), "500 ml": ("half litre",),
+}
+# fmt: on
 LABELLED_CATEGORY_ONLY = 20  # grade-1 items judged per query
 LABELLED_OTHER_CATEGORY = 10  # grade-0 items judged per query
 # fmt: off
@@ -377,6 +424,10 @@ def simulate(cfg: SampleConfig) -> SampleWorld:
     category_pref = _category_preferences(rng, segment)
     preferred = _preferred_values(rng, catalogue, segment)
     queries, query_spec = _queries(rng, cfg.n_queries)
+    # Its own generator: how queries are phrased changes no other draw of the sample.
+    queries["query_text"] = _phrased(
+        np.random.default_rng([cfg.seed, 1]), query_spec, queries, cfg.shopper_phrasing
+    )
     labels, query_matches = _query_labels(rng, catalogue, queries, query_spec)
     interactions = _interactions(
         rng, cfg, catalogue, users, segment, category_pref, preferred, queries, query_matches
@@ -585,6 +636,20 @@ def _queries(rng: np.random.Generator, n_queries: int) -> tuple[pd.DataFrame, li
         }
     )
     return queries, [spec for _, spec, _ in chosen]
+
+
+def _phrased(rng: np.random.Generator, query_spec: list, queries: pd.DataFrame, share: float) -> list[str]:
+    """Each query's text with each of its terms (values, then the category) typed in a shopper's words
+    (`SHOPPER_PHRASES`) with probability `share`, else in the catalogue's."""
+
+    def typed(term: str) -> str:
+        phrases = SHOPPER_PHRASES.get(term, ())
+        return str(rng.choice(phrases)) if phrases and rng.random() < share else term
+
+    return [
+        " ".join(typed(value.lower()) for _, value in spec) + " " + typed(category)
+        for spec, category in zip(query_spec, queries["query_class"], strict=True)
+    ]
 
 
 def _query_labels(

@@ -275,14 +275,31 @@ def train(spark: SparkSession, config: Config) -> StepRun:
         warm_from = None if warm is None else artifact_dir(config, warm)
         champion = champion_version(config)
         items, interactions, users = run.read("items"), run.read("interactions"), run.read_optional("users")
-        _check_inputs(config, items=items, interactions=interactions, users=users)
+        queries, query_labels = run.read_optional("queries"), run.read_optional("query_labels")
+        _check_inputs(
+            config,
+            items=items,
+            interactions=interactions,
+            users=users,
+            queries=queries,
+            query_labels=query_labels,
+        )
         gated = config.train.gate_days > 0
         # The gate's days stay out of training: the version is judged on days it never saw.
         seen = interactions.where(F.col("event_ts") < F.lit(training_end(config))) if gated else interactions
         data_snapshot = f"interactions@v{run.inputs['interactions']}"
         with training_run(config, run_name=f"train {config.run.run_date}") as mlflow_run:
             manifest, path, fitted = train_reranker(
-                spark, items, seen, users, config, data_snapshot, warm_from, Path(staging)
+                spark,
+                items,
+                seen,
+                users,
+                config,
+                data_snapshot,
+                warm_from,
+                Path(staging),
+                queries,
+                query_labels,
             )
             warm_note = "none" if warm is None else f"{warm.name}/{warm.version}"
             params = {**config.train.model_dump(), "data_snapshot": data_snapshot, "warm_from": warm_note}

@@ -37,7 +37,8 @@ WEIGHTS_DTYPE = "float32"
 # model_version of lists served in the candidates' own order: no validated reranker to serve yet.
 RETRIEVAL_VERSION = "retrieval-order"
 RequestType = Literal["user", "query"]
-TRAINED_REQUEST_TYPES: tuple[RequestType, ...] = ("user",)  # what `llmrank train` learns from today
+# What a manifest without `request_types` ranks: versions from before search queries were trained on.
+BEHAVIOUR_REQUEST_TYPES: tuple[RequestType, ...] = ("user",)
 
 ModelKind = Literal["cross_encoder", "bi_encoder", "retrieval"]
 
@@ -116,10 +117,11 @@ class ArtifactManifest(BaseModel):
     # When set, the served score is this LambdaMART over the ranking features and the BERT logit (the
     # raw logit, not fusion_head's score).
     fusion: FusionSpec | None = None
-    # The request types the version was trained and gated on. Requests of another type are served in
-    # their retrieval order: a model that never saw a search query ranks queries worse than BM25 does
+    # The request types the version ranks: users always, queries only when it beat their retrieval
+    # order on held-out queries (champion.query_verdict). Requests of another type are served in their
+    # retrieval order: a model that never saw a search query ranks queries worse than BM25 does
     # (docs/results.md, Search queries).
-    request_types: list[RequestType] = Field(default_factory=lambda: list(TRAINED_REQUEST_TYPES))
+    request_types: list[RequestType] = Field(default_factory=lambda: list(BEHAVIOUR_REQUEST_TYPES))
     created_at: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
 

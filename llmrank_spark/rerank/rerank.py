@@ -267,7 +267,9 @@ def rerank_candidates(
     spec, cfg = model_for(cfg)
     manifest = read_manifest(spec.path) if spec.kind == "cross_encoder" else None
     fusion = manifest.fusion if manifest is not None else None
-    head = manifest.fusion_head if manifest is not None and fusion is None else None
+    # Queries are always served through the linear head: the LambdaMART fusion learns from behaviour
+    # features of shoppers, which a query does not have.
+    head = manifest.fusion_head if manifest is not None else None
     # A fine-tuned version ranks the request types it was trained on; the others keep their retrieval
     # order (retrieval_score orders the list as retrieval_rank does).
     modelled = F.lit(True) if manifest is None else F.col("request_type").isin(manifest.request_types)
@@ -308,9 +310,10 @@ def rerank_candidates(
     served_types = None if manifest is None else set(manifest.request_types)
 
     def rank(scored_request: pd.DataFrame) -> pd.DataFrame:
-        if served_types is not None and scored_request["request_type"].iloc[0] not in served_types:
+        request_type = scored_request["request_type"].iloc[0]
+        if served_types is not None and request_type not in served_types:
             return rank_request(scored_request, cfg.top_k)  # scored by retrieval_score above
-        if fusion_key is not None:
+        if fusion_key is not None and request_type == "user":
             inputs = scored_request.assign(**{BERT_SCORE: scored_request["score"]})
             scored_request = scored_request.assign(score=_fusion_model(*fusion_key).score(inputs))
         elif head is not None:
@@ -327,16 +330,19 @@ def rerank_candidates(
     if fusion is not None:
         if candidates_cfg is None:
             raise ValueError(f"model {spec.version} fuses ranking features: pass candidates_cfg")
-        # Only the pairs the version ranks: the other request types keep their retrieval order.
-        pairs = candidates.where(modelled).select(*REQUEST_KEY, "item_id", "retrieval_rank", "source_ranks")
+        # Only the users' pairs the version ranks: queries go through the head, other types keep their
+        # retrieval order.
+        pairs = candidates.where(modelled & (F.col("request_type") == "user")).select(
+            *REQUEST_KEY, "item_id", "retrieval_rank", "source_ranks"
+        )
         features = ranking_features(spark, pairs, items, interactions, None, candidates_cfg, run_date)
         scorable = scorable.join(
             features.select(*REQUEST_KEY, "item_id", *FEATURES), [*REQUEST_KEY, "item_id"], "left"
         )
         extra = list(FEATURES)
-    elif head is not None:
+    if head is not None:
         scorable = scorable.join(F.broadcast(item_event_counts(interactions, run_date)), "item_id", "left")
-        extra = ["source_ranks", ITEM_EVENTS]
+        extra += ["source_ranks", ITEM_EVENTS]
     ranked = scorable.select(*kept, *extra).groupBy(*REQUEST_KEY).applyInPandas(rank, RANKED_SCHEMA)
     version = F.when(modelled, F.lit(spec.version)).otherwise(F.lit(RETRIEVAL_VERSION))
     ranked = ranked.withColumn("model_version", version).withColumn("run_date", F.lit(run_date))

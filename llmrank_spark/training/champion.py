@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -24,7 +25,11 @@ from llmrank_spark.config import Config
 from llmrank_spark.events import end_of_day, events_until
 from llmrank_spark.lakehouse import in_hashed_share
 from llmrank_spark.metrics import ndcg_at_k, relative_change
+from llmrank_spark.rerank import PairScorer
+from llmrank_spark.training.lists import LIST, list_labels, rank_by_score
+from llmrank_spark.training.network import FusionRanker
 from llmrank_spark.training.registry import artifact_dir, served_version
+from llmrank_spark.training.trainer import score_lists
 
 CHAMPION, REJECTED, REGISTERED = "champion", "rejected", "registered"  # a version's gate status
 GATE_K = 10
@@ -83,6 +88,20 @@ def decide(version: pd.Series, retrieval: pd.Series, champion: pd.Series | None)
         change_high=high,
         promoted=promoted,
         reason=reason,
+    )
+
+
+def query_verdict(model: FusionRanker, scorer: PairScorer, heldout: pd.DataFrame) -> GateResult:
+    """Whether a version may rank search queries: `decide` on the held-out queries' whole candidate lists
+    (`query_lists.served_query_lists`, graded by `query_labels`), the version's order as served against
+    their retrieval order. A version that trained on no query, or does not beat retrieval beyond chance
+    there, leaves queries in their retrieval order."""
+    labels = list_labels(heldout)
+    requests = pd.Index(sorted(heldout[LIST].unique()), name="request_id")
+    version = rank_by_score(heldout, score_lists(model, scorer, heldout))
+    retrieval = rank_by_score(heldout, -heldout["retrieval_rank"].to_numpy(dtype=np.float64))
+    return decide(
+        per_request_ndcg(version, labels, requests), per_request_ndcg(retrieval, labels, requests), None
     )
 
 

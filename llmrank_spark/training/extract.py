@@ -9,6 +9,7 @@ from pyspark.sql import functions as F
 
 from llmrank_spark.config import Config, RerankConfig, TrainConfig
 from llmrank_spark.events import ITEM_EVENTS, item_event_counts
+from llmrank_spark.lakehouse import in_hashed_share
 from llmrank_spark.rerank import (
     ranking_features,
 )
@@ -24,6 +25,12 @@ from llmrank_spark.training.lists import (
     subsample,
     target_contexts,
     target_grades,
+)
+from llmrank_spark.training.query_lists import (
+    heldout_queries,
+    query_grades,
+    sample_query_lists,
+    served_query_lists,
 )
 
 # ---- Spark layer -------------------------------------------------------------------------------------
@@ -57,15 +64,64 @@ def _assemble_lists(
     contexts: pd.Series,
     texts: pd.DataFrame,
     candidates: pd.DataFrame,
-    user_of: pd.Series,
+    key: str,
     item_events: pd.DataFrame,
 ) -> pd.DataFrame:
-    """Lists with their context text, item text and the retrieval features of each (user, item)."""
-    ranks = candidates[["request_id", ITEM, "source_ranks"]].rename(columns={"request_id": "user_id"})
-    frame = lists.assign(user_id=lists[LIST].map(user_of), context_text=lists[LIST].map(contexts))
+    """Lists (their request in column `key`) with the context text of each list, the item texts and the
+    retrieval features of each (request, item)."""
+    ranks = candidates[["request_id", ITEM, "source_ranks"]].rename(columns={"request_id": key})
+    frame = lists.assign(context_text=lists[LIST].map(contexts))
     # Left merges keep the lists' row order: each list's rows stay together, its positive first.
-    frame = frame.merge(texts, on=ITEM, how="left").merge(ranks, on=["user_id", ITEM], how="left")
+    frame = frame.merge(texts, on=ITEM, how="left").merge(ranks, on=[key, ITEM], how="left")
     return frame.merge(item_events, on=ITEM, how="left")
+
+
+def _query_lists(
+    candidates: pd.DataFrame,
+    queries: pd.DataFrame,
+    labels: pd.DataFrame,
+    texts: pd.DataFrame,
+    item_events: pd.DataFrame,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+) -> dict[str, pd.DataFrame]:
+    """{"train", "validation", "heldout_queries"}: sampled lists of a seeded fifth of the training queries
+    validate, of the rest (`max_query_lists` at most) train; the held-out queries' whole candidate lists
+    judge whether the version may rank queries (`query_verdict`)."""
+    graded = query_grades(labels)
+    query_ids = pd.Series(sorted(candidates["request_id"].unique()), dtype=object)
+    heldout = heldout_queries(query_ids, cfg.heldout_query_share)
+    training = rng.permutation(query_ids[~heldout].to_numpy())
+    validating = max(1, len(training) // 5)
+    chosen = {
+        "train": training[validating:][: cfg.max_query_lists],
+        "validation": training[:validating],
+        "heldout_queries": query_ids[heldout].to_numpy(),
+    }
+    text_of = queries.set_index("query_id")["query_text"]
+    built = {}
+    for name, ids in chosen.items():
+        part = candidates[candidates["request_id"].isin(ids)]
+        judged = graded[graded["query_id"].isin(ids)]
+        if name == "heldout_queries":
+            lists = served_query_lists(judged, part)
+        else:
+            lists = sample_query_lists(judged, part, cfg.list_size, rng)
+        contexts = lists.drop_duplicates(LIST).set_index(LIST)["query_id"].map(text_of)
+        built[name] = _assemble_lists(lists, contexts, texts, part, "query_id", item_events)
+    return built
+
+
+def _sampled_queries(queries: DataFrame, query_labels: DataFrame, cfg: TrainConfig) -> DataFrame:
+    """The judged queries training reads (query_id, query_text): a hashed sample large enough for
+    `max_query_lists` training lists, their validation fifth and the held-out share, so a search log of
+    millions of queries stays in Spark."""
+    judged = queries.select("query_id", "query_text").join(
+        query_labels.select("query_id").distinct(), "query_id", "left_semi"
+    )
+    wanted = cfg.max_query_lists * 1.25 / (1 - cfg.heldout_query_share)
+    share = min(1.0, wanted / max(judged.count(), 1))
+    return judged.where(in_hashed_share(share, "query_id"))
 
 
 # TrainConfig fields that change how a model learns from the lists, not which lists are built.
@@ -91,12 +147,24 @@ def training_lists(
     users: DataFrame | None,
     config: Config,
     data_snapshot: str,
+    queries: DataFrame | None = None,
+    query_labels: DataFrame | None = None,
 ) -> dict[str, pd.DataFrame]:
     """{"train": lists, "validation": lists}: rows (list_id, item_id, label, context_text, item_text,
-    source_ranks, item_events), `list_size` per list, from the time split and the candidate retrievers."""
+    source_ranks, item_events), `list_size` per list, from the time split and the candidate retrievers;
+    with `queries` and their graded `query_labels`, also the queries' lists (`_query_lists`) and
+    "heldout_queries", the lists of the queries it never trains on."""
     from llmrank_spark.retrieval import build_candidates
 
     cfg = config.train
+    judged_queries = None
+    if (
+        queries is not None
+        and query_labels is not None
+        and cfg.max_query_lists
+        and config.candidates.rank_queries
+    ):
+        judged_queries = _sampled_queries(queries, query_labels, cfg)
     key = "|".join(
         [
             data_snapshot,
@@ -105,6 +173,7 @@ def training_lists(
             config.candidates.model_dump_json(),
             config.rerank.model_dump_json(),
             cfg.model_dump_json(exclude=FIT_ONLY_FIELDS),
+            str(judged_queries is not None),
         ]
     )
     if key in BUILT_LISTS:
@@ -116,7 +185,10 @@ def training_lists(
     newest = history.agg(F.max("event_ts")).collect()[0][0]
     if newest is None:
         raise ValueError("interactions: no events before any user's targets; nothing to train on")
-    candidates = build_candidates(spark, items, history, users, config.candidates, newest.date()).candidates
+    every_list = build_candidates(
+        spark, items, history, users, config.candidates, newest.date(), queries=judged_queries
+    ).candidates
+    candidates = every_list.where(F.col("request_type") == "user")
     target_users = targets.select("user_id").distinct()
     targets_pd: pd.DataFrame = targets.toPandas()
     targets_pd = targets_pd.sort_values(["user_id", "event_ts", "item_id"], ignore_index=True)
@@ -162,8 +234,8 @@ def training_lists(
     for name, part in chosen.items():
         lists = sample_lists(part, candidates_pd, events, categories, cfg, rng, popularity)
         contexts = target_contexts(events, items_pd, part, text_cfg, users_pd).set_axis(part[LIST])
-        user_of = part.set_index(LIST)["user_id"]
-        built[name] = _assemble_lists(lists, contexts, texts, candidates_pd, user_of, item_events)
+        lists = lists.assign(user_id=lists[LIST].map(part.set_index(LIST)["user_id"]))
+        built[name] = _assemble_lists(lists, contexts, texts, candidates_pd, "user_id", item_events)
     if cfg.fusion == "lambdamart":
         fusion_targets = targets_pd[for_fusion]
         chosen_users = subsample(fusion_targets[["user_id"]].drop_duplicates(), cfg.max_fusion_lists, rng)[
@@ -190,5 +262,18 @@ def training_lists(
         contexts = target_contexts(events, items_pd, cutoffs, text_cfg, users_pd).set_axis(cutoffs[LIST])
         lists = lists.assign(context_text=lists["user_id"].map(contexts))
         built["fusion"] = lists.merge(texts, on=ITEM, how="left")
+    if judged_queries is not None and query_labels is not None:
+        query_candidates: pd.DataFrame = (
+            every_list.where(F.col("request_type") == "query")
+            .select("request_id", ITEM, "retrieval_rank", "source_ranks")
+            .toPandas()
+        )
+        query_candidates = query_candidates.sort_values(["request_id", ITEM], ignore_index=True)
+        labels_pd: pd.DataFrame = query_labels.join(judged_queries, "query_id", "left_semi").toPandas()
+        labels_pd = labels_pd.sort_values(["query_id", ITEM], ignore_index=True)
+        queries_pd: pd.DataFrame = judged_queries.toPandas()
+        by_part = _query_lists(query_candidates, queries_pd, labels_pd, texts, item_events, cfg, rng)
+        for name, lists in by_part.items():
+            built[name] = pd.concat([built[name], lists], ignore_index=True) if name in built else lists
     BUILT_LISTS[key] = built
     return built

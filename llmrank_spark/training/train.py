@@ -12,10 +12,12 @@ from llmrank_spark.config import Config, text_settings
 from llmrank_spark.rerank import (
     BASE_MODEL_NAME,
     ArtifactManifest,
+    RequestType,
     base_model_dir,
     load_tokenizer,
     save_artifact,
 )
+from llmrank_spark.training.champion import query_verdict
 from llmrank_spark.training.distributed import fit_with_distributor
 from llmrank_spark.training.extract import training_lists, training_text
 from llmrank_spark.training.fusion_training import train_fusion
@@ -33,13 +35,16 @@ def train_reranker(
     data_snapshot: str,
     warm_from: str | None,
     artifact_root: Path,
+    queries: DataFrame | None = None,
+    query_labels: DataFrame | None = None,
 ) -> tuple[ArtifactManifest, Path, FitResult]:
-    """Fine-tune a reranker version on the interactions and save its artifact under `artifact_root`;
-    return its manifest, its directory and how the fit went."""
+    """Fine-tune a reranker version on the interactions (and the graded `query_labels` of `queries`, when
+    given) and save its artifact under `artifact_root`; return its manifest, its directory and how the
+    fit went. The version ranks queries only if it beats their retrieval order on held-out queries."""
     cfg = config.train
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    built = training_lists(spark, items, interactions, users, config, data_snapshot)
+    built = training_lists(spark, items, interactions, users, config, data_snapshot, queries, query_labels)
 
     model, started_from = initial_model(warm_from, cfg.fusion_features, cfg.architecture)
     tokenizer = load_tokenizer(warm_from or base_model_dir())
@@ -55,6 +60,21 @@ def train_reranker(
         leaning = sorted(fusion.importance().items(), key=lambda item: -item[1])[:3]
         shares = ", ".join(f"{name} {share:.0%}" for name, share in leaning)
         print(f"[train] fusion: {fusion.spec.trees} trees; most gain from {shares}", flush=True)
+    request_types: list[RequestType] = ["user"]
+    query_metrics: dict[str, float] = {}
+    if "heldout_queries" in built:
+        scorer = training_scorer(model, tokenizer, cfg, torch.device("cpu"))
+        verdict = query_verdict(model, scorer, built["heldout_queries"])
+        query_metrics = {f"query_{name}": value for name, value in verdict.metrics().items()}
+        if verdict.promoted:
+            request_types.append("query")
+        served = "ranks queries" if verdict.promoted else "leaves queries in their retrieval order"
+        print(
+            f"[train] {verdict.requests} held-out queries: NDCG@10 retrieval {verdict.retrieval_ndcg:.4f} -> "
+            f"version {verdict.version_ndcg:.4f} ({verdict.change:+.1%} [{verdict.change_low:+.1%}, "
+            f"{verdict.change_high:+.1%}]): {served}, {verdict.reason}",
+            flush=True,
+        )
     version = f"{config.run.run_date:%Y%m%d}-{cfg.loss}-{uuid.uuid4().hex[:8]}"
     manifest = ArtifactManifest(
         version=version,
@@ -69,7 +89,9 @@ def train_reranker(
             "val_lists": float(built["validation"][LIST].nunique()),
             "best_step": float(result.steps),
             "train_seconds": result.seconds,
+            **query_metrics,
         },
+        request_types=request_types,
         fusion_head=model.head_spec(),
         fusion=None if fusion is None else fusion.spec,
     )
