@@ -13,6 +13,7 @@ from llmrank_spark.lakehouse import check_schema, contract, frame_from_pandas
 from llmrank_spark.retrieval import (
     blend,
     build_candidates,
+    item_popularity,
     popularity_candidates,
     positions,
     prepare_inputs,
@@ -269,3 +270,21 @@ def test_quotas_and_weights_name_only_known_retrievers():
         load_config(overrides=["candidates.quotas={covisits: 5}"])
     with pytest.raises(ConfigError, match="negative"):
         load_config(overrides=["candidates.source_weights={als: -1}"])
+
+
+def test_global_popularity_is_the_catalogue_order_less_each_users_exclusions(spark, tables):
+    """Ranked from the catalogue's head (no global window), deep enough for the user who excludes most."""
+    inputs = prepare_inputs(spark, *tables, CFG, RUN_DATE)
+    depth = 5
+    lists = popularity_candidates(inputs, depth).toPandas()
+    order = (
+        item_popularity(inputs)
+        .toPandas()
+        .sort_values(["popularity", "item_id"], ascending=[False, True])["item_id"]
+        .tolist()
+    )
+    excluded = inputs.exclusions.toPandas().groupby("request_id")["item_id"].agg(set)
+    assert excluded.map(len).max() >= 1  # some user's list has to reach past the head
+    for user, proposed in lists.sort_values("source_rank").groupby("request_id")["item_id"]:
+        expected = [item for item in order if item not in excluded.get(user, set())][:depth]
+        assert proposed.tolist() == expected, user

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -47,11 +49,30 @@ def ranked_within(popularity: DataFrame, group: str) -> DataFrame:
     """Popularity rank (1 = most popular, ties by item_id) and total popularity within each `group`."""
     most_popular = Window.partitionBy("group").orderBy(F.col("popularity").desc(), F.col("item_id"))
     return (
-        popularity.withColumn("group", F.col(group) if group != ALL_ITEMS else F.lit(ALL_ITEMS))
+        popularity.withColumn("group", F.col(group))
         .where(F.col("group").isNotNull())
         .withColumn("popularity_rank", F.row_number().over(most_popular))
         .withColumn("group_popularity", F.sum("popularity").over(Window.partitionBy("group")))
         .select("group", "item_id", "popularity", "popularity_rank", "group_popularity")
+    )
+
+
+def most_popular(inputs: RetrievalInputs, popularity: DataFrame, depth: int) -> DataFrame:
+    """The catalogue's most popular items ranked (1 = most popular, ties by item_id) as the one group
+    ALL_ITEMS, as deep as any request can reach: `depth` plus the most items any request excludes.
+
+    A rank over the whole catalogue is a window without a partition, which Spark sorts in one task over
+    every item. Only the head is ever read, so Spark's distributed top-k (each partition's best, merged)
+    picks it, and its rows (not the catalogue's) are numbered on the driver.
+    """
+    excluded = inputs.exclusions.groupBy("request_id").count().agg(F.max("count")).collect()[0][0]
+    reach = depth + int(excluded or 0)
+    head = popularity.orderBy(F.col("popularity").desc(), F.col("item_id")).limit(reach)
+    top: pd.DataFrame = head.select("item_id", "popularity").toPandas()
+    top = top.assign(group=ALL_ITEMS, popularity_rank=np.arange(1, len(top) + 1, dtype=np.int32))
+    return inputs.spark.createDataFrame(
+        top[["group", "item_id", "popularity", "popularity_rank"]],
+        "group string, item_id string, popularity double, popularity_rank int",
     )
 
 
@@ -61,7 +82,7 @@ def popularity_candidates(inputs: RetrievalInputs, depth: int) -> DataFrame:
     requests = inputs.users.select(
         "request_id", F.lit(ALL_ITEMS).alias("group"), F.lit(1.0).alias("affinity")
     )
-    ranking = ranked_within(item_popularity(inputs), ALL_ITEMS)
+    ranking = most_popular(inputs, item_popularity(inputs), depth)
     popular = popular_in_groups(inputs, requests, ranking, depth).withColumn(
         "source_score", F.col("popularity")
     )
