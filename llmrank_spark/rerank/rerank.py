@@ -340,7 +340,8 @@ def rerank_candidates(
             features.select(*REQUEST_KEY, "item_id", *FEATURES), [*REQUEST_KEY, "item_id"], "left"
         )
         extra = list(FEATURES)
-    if head is not None:
+    # The head's inputs, for the lists it scores: all of them, or with a fusion only the queries.
+    if head is not None and (fusion is None or "query" in (served_types or set())):
         scorable = scorable.join(F.broadcast(item_event_counts(interactions, run_date)), "item_id", "left")
         extra += ["source_ranks", ITEM_EVENTS]
     ranked = scorable.select(*kept, *extra).groupBy(*REQUEST_KEY).applyInPandas(rank, RANKED_SCHEMA)
