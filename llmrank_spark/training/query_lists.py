@@ -56,7 +56,8 @@ def sample_query_lists(
     rows = []
     for query_id in sorted(set(retrieved.index) | set(judged.index)):
         proposed = list(retrieved.get(query_id, []))
-        missed = [item for item in judged.get(query_id, []) if item not in set(proposed)]
+        in_proposed = set(proposed)
+        missed = [item for item in judged.get(query_id, []) if item not in in_proposed]
         pool = proposed + missed
         grades = np.array([grade_of.get((query_id, item), 0.0) for item in pool])
         if len(pool) < list_size or np.all(grades == grades[0]):
