@@ -278,10 +278,10 @@ def test_an_unreachable_fairness_target_leaves_the_lists_in_model_order_and_says
     )
 
 
-def test_user_and_query_requests_are_measured_apart_and_the_summary_has_a_query_line():
+def test_user_and_query_requests_are_measured_apart_and_the_summary_has_a_query_line(spark):
     """A run with both request types: NDCG and its lift per type (slices request_type=...), the user
     line about shoppers only, and the query line in the form the demo prints."""
-    from llmrank_spark.evaluation.evaluate import measure_run
+    from llmrank_spark.evaluation import measure_run
     from llmrank_spark.evaluation.report import summary_lines
     from llmrank_spark.metrics import ndcg_at_k
 
@@ -304,14 +304,13 @@ def test_user_and_query_requests_are_measured_apart_and_the_summary_has_a_query_
         }
     )
     metrics = measure_run(
-        ranked,
-        retrieval,
+        spark.createDataFrame(ranked.assign(request_type=ranked.request_id.map(keys))),
+        spark.createDataFrame(retrieval),
         ITEMS,
         pd.Series(1, index=ITEMS.item_id),
         config.evaluate,
         config.fairness,
-        labels=labels,
-        request_types=pd.Series(keys),
+        labels=spark.createDataFrame(labels),
     ).assign(run_date=RUN_DATE)
     value = metrics.set_index(["step", "metric", "slice"]).value
     for kind in ("user", "query"):

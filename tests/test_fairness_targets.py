@@ -8,8 +8,7 @@ from fairsearchcore import Fair
 from test_fairness import catalogue, random_lists
 
 from llmrank_spark.config import EvaluateConfig, FairnessConfig, FairnessTargetConfig, load_config
-from llmrank_spark.evaluation import write_report
-from llmrank_spark.evaluation.evaluate import measure_run
+from llmrank_spark.evaluation import measure_run, write_report
 from llmrank_spark.postprocess import (
     calibrate_run,
     check_targets,
@@ -174,7 +173,12 @@ def test_det_const_sort_is_the_reference_packages_order_and_moves_lists_towards_
     ).all()
 
 
-def test_the_metrics_rows_record_target_reached_value_and_strength(case):
+def spark_frames(spark, ranked: pd.DataFrame, retrieval: pd.DataFrame):
+    """The evaluate step's inputs as Spark frames (shoppers' requests)."""
+    return spark.createDataFrame(ranked.assign(request_type="user")), spark.createDataFrame(retrieval)
+
+
+def test_the_metrics_rows_record_target_reached_value_and_strength(spark, case):
     items, popularity, lists, policy = case
     cfg = fairness("list", max_provider_gini=0.85 * model_gini(lists, policy), min_long_tail_exposure=0.3)
     calibration = calibrate_run(lists, policy, cfg)
@@ -182,7 +186,7 @@ def test_the_metrics_rows_record_target_reached_value_and_strength(case):
     ranked = fair.assign(model_version="v1", fairness_strength=calibration.strength)
     retrieval = lists.assign(retrieval_rank=lists["rank"])[["request_id", "item_id", "retrieval_rank"]]
     evaluate = EvaluateConfig(ks=[10], embedding_diversity=False)
-    rows = measure_run(ranked, retrieval, items, popularity, evaluate, cfg)
+    rows = measure_run(*spark_frames(spark, ranked, retrieval), items, popularity, evaluate, cfg)
     value = rows[rows.step == "fairness"].set_index(["metric", "slice"]).value
     assert value[("fairness_strength", "all")] == calibration.strength
     assert {c.goal for c in calibration.checks} == {"provider_gini@10", "long_tail_exposure@10"}
@@ -197,7 +201,7 @@ def test_the_metrics_rows_record_target_reached_value_and_strength(case):
     assert not rows[rows.step != "fairness"].metric.str.startswith("target_").any()
 
 
-def test_a_target_sweep_measures_each_cut_at_its_own_strength_and_draws_its_cost(case, tmp_path):
+def test_a_target_sweep_measures_each_cut_at_its_own_strength_and_draws_its_cost(spark, case, tmp_path):
     items, popularity, lists, _ = case
     config = load_config(
         overrides=[
@@ -213,7 +217,14 @@ def test_a_target_sweep_measures_each_cut_at_its_own_strength_and_draws_its_cost
     retrieval = lists.assign(retrieval_rank=lists["rank"])[["request_id", "item_id", "retrieval_rank"]]
     # Labels: each request's item at model rank 2 is relevant, so a pass that moves it costs NDCG.
     labels = lists[lists["rank"] == 2][["request_id", "item_id"]].assign(relevance=1.0)
-    rows = measure_run(ranked, retrieval, items, popularity, config.evaluate, config.fairness, labels=labels)
+    rows = measure_run(
+        *spark_frames(spark, ranked, retrieval),
+        items,
+        popularity,
+        config.evaluate,
+        config.fairness,
+        labels=spark.createDataFrame(labels),
+    )
     value = rows.set_index(["step", "metric", "slice"]).value
     model_gini = value[("rerank", "provider_gini@10", "all")]
     # A 99% cut is out of reach: left out. Each other cut is met at its own strength, larger for more.

@@ -1,24 +1,35 @@
 """Evaluation: metrics of the ranked tables in Spark, and the report."""
 
 from llmrank_spark.evaluation.evaluate import (
-    MODEL,
-    RETRIEVAL,
     catalogue_frame,
     evaluate_tables,
     item_counts_until,
-    one_request_column,
-    sweep_step,
+    measure_run,
     user_labels,
 )
+from llmrank_spark.evaluation.orders import (
+    FAIR,
+    MODEL,
+    RETRIEVAL,
+    hashed_requests,
+    sampled_lists,
+    sweep_step,
+)
 from llmrank_spark.evaluation.report import sweep_points, value, write_report
+from llmrank_spark.evaluation.request_keys import one_request_column, request_key
 
 __all__ = [
+    "FAIR",
     "MODEL",
     "RETRIEVAL",
     "catalogue_frame",
     "evaluate_tables",
+    "hashed_requests",
     "item_counts_until",
+    "measure_run",
     "one_request_column",
+    "request_key",
+    "sampled_lists",
     "sweep_points",
     "sweep_step",
     "user_labels",

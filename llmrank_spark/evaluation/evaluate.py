@@ -1,22 +1,16 @@
 """The evaluate step: quality, exposure fairness and diversity of one run's lists, in every order it had.
 
-Each run is measured in up to four orders, so the `metrics` table shows what each stage added:
-
-- ``candidates``: the retrieval order (the blended candidate list, cut at the deepest k measured);
-- ``rerank``: the model order (`ranked.model_rank`), before any fairness or diversity pass;
-- ``fairness``: the final order written to `ranked` (only when `fairness.mode` is on or sweep);
-- ``fairness[gini_cut=0.20]``: with mode sweep and control target, the model order re-ordered at the
-  strength calibrated (on all the run's lists) for each cut of ``fairness.sweep_gini_cuts``; a cut out
-  of reach is left out;
-- ``fairness[lambda=0.30]``: with mode sweep and control weight, the model order re-ordered at each
-  sweep weight.
+Each run is measured in up to four orders (`evaluation.orders`), so the `metrics` table shows what each
+stage added: the retrieval order (``candidates``), the model order (``rerank``), the served order after
+the fairness pass (``fairness``) and, with `fairness.mode` sweep, each sweep point.
 
 With ``fairness.control`` target, the ``fairness`` order also gets the target checked on the whole run:
 ``target_required``, ``target_reached`` and ``target_met`` (1 or 0) per goal (the slice, e.g.
 ``provider_gini@10``), and ``fairness_strength``, the strength the pass used.
 
 Every order but the model's also gets ``ndcg@k_change`` against the model order, with its 95% bootstrap
-interval over the evaluated requests (``ndcg@k_change_low``, ``ndcg@k_change_high``).
+interval over the evaluated requests (``ndcg@k_change_low``, ``ndcg@k_change_high``); the served order
+gets ``ndcg@k_lift`` against the retrieval order the same way.
 
 Request types. A run with both shoppers and search queries gets its quality metrics, and the served
 order's lift, also per type (slices ``request_type=user`` and ``request_type=query``): the two are
@@ -28,11 +22,14 @@ AFTER the run: their events in the `evaluate.label_days` days after run_date, gr
 exposure, coverage and diversity are measured); quality is measured on back-dated runs, or by
 re-running evaluate for a date once its label window has passed.
 
-What reaches the driver, and why it is bounded: the lists (requests x top-K rows; the candidates cut at
-the deepest k), the labels of the ranked requests, one row per catalogue item (provider, category,
-interaction count), the users' group attributes and, with `embedding_diversity`, one 384-float text
-vector per item that appears in a list. The metrics themselves are the pure pandas functions of
-`metrics` and `fairness`.
+Where it runs. Every per-request value (NDCG, recall, MAP, MRR, intra-list diversity, the prefix
+guarantee) is computed in Spark, by the pure `metrics` functions over groups of whole lists
+(`per_request`), and averaged per slice in Spark (`slices`); exposure is summed per provider and bucket
+in Spark (`exposure`); each change's interval is a Poisson bootstrap in Spark (`bootstrap`). What
+reaches the driver: one row per (order, metric, slice), per (order, k, provider) and per bootstrap
+replicate, the catalogue (one row per item: providers, categories, popularity buckets) and the item
+interaction counts; never the lists, the labels or the users. A sweep's fairness points re-order each
+list in Spark; their strength or boosts are fitted on a hashed sample of whole lists.
 """
 
 from __future__ import annotations
@@ -41,178 +38,334 @@ import datetime as dt
 from collections.abc import Mapping
 
 import pandas as pd
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from llmrank_spark.config import Config, EvaluateConfig, FairnessConfig, FairnessTargetConfig
+from llmrank_spark.evaluation.bootstrap import BASELINE, OTHER, relative_changes
+from llmrank_spark.evaluation.exposure import exposure_totals, shown_items
+from llmrank_spark.evaluation.orders import FAIR, MODEL, RETRIEVAL, RunOrders, run_orders
+from llmrank_spark.evaluation.per_request import (
+    PREFIX_HELD,
+    REQUEST_VALUES_SCHEMA,
+    PrefixCheck,
+    request_values,
+)
+from llmrank_spark.evaluation.request_keys import one_request_column
+from llmrank_spark.evaluation.slices import ALL, REQUEST_TYPE, request_slices, slice_means
 from llmrank_spark.events import ITEM_EVENTS, end_of_day, item_event_counts
-from llmrank_spark.lakehouse import FAIRNESS_STRENGTH, REQUEST_KEY
-from llmrank_spark.metrics import (
-    ITEM,
-    METRIC_COLUMNS,
-    RANK,
-    REQUEST,
-    Embeddings,
-    evaluate_lists,
-    ndcg_at_k,
-    relative_change,
-    user_groups,
-)
-from llmrank_spark.postprocess import (
-    MODEL_RANK,
-    ProviderPolicy,
-    calibrate_run,
-    check_targets,
-    provider_policy,
-    run_reorderer,
-    with_providers,
-)
+from llmrank_spark.lakehouse import FAIRNESS_STRENGTH
+from llmrank_spark.metrics import ITEM, METRIC_COLUMNS, REQUEST, gini, popularity_buckets, shares_of
+from llmrank_spark.metrics.exposure import HEAD, MID, TAIL
+from llmrank_spark.postprocess import ProviderPolicy, provider_policy, targets_reached, with_providers
 
-RETRIEVAL, MODEL, FAIR = "candidates", "rerank", "fairness"
 METRICS_COLUMNS = ["step", "model_version", "metric", "slice", "value"]
-
-
-def sweep_step(lambda_: float) -> str:
-    return f"{FAIR}[lambda={lambda_:.2f}]"
-
-
-def target_sweep_step(gini_cut: float) -> str:
-    return f"{FAIR}[gini_cut={gini_cut:.2f}]"
-
-
-def orders_of_run(
-    ranked: pd.DataFrame,
-    retrieval: pd.DataFrame,
-    items: pd.DataFrame,
-    item_counts: pd.DataFrame | pd.Series,
-    fairness: FairnessConfig,
-) -> dict[str, pd.DataFrame]:
-    """step -> lists (request_id, item_id, rank, score) for each order of the run (see the module doc).
-
-    `ranked` is the run's `ranked` partition, `retrieval` its candidates (request_id, item_id,
-    retrieval_rank), `items` the catalogue with providers in `brand` (`fairness.with_providers`).
-    """
-    model_rank = ranked[MODEL_RANK].fillna(ranked[RANK]) if MODEL_RANK in ranked else ranked[RANK]
-    model_order = ranked.assign(**{RANK: model_rank.astype("int32")})
-    orders = {
-        RETRIEVAL: retrieval.assign(**{RANK: retrieval["retrieval_rank"].astype("int32")}),
-        MODEL: model_order,
-    }
-    if fairness.mode == "off":
-        return orders
-    orders[FAIR] = ranked
-    if fairness.mode != "sweep":
-        return orders
-    policy = provider_policy(items, item_counts, fairness.long_tail_head_share)
-    category = items.set_index(ITEM)["category"]
-    if fairness.control == "weight":
-        for lambda_ in fairness.sweep_weights:
-            reorder = run_reorderer(policy, fairness, category, lambda_, model_order)
-            orders[sweep_step(lambda_)] = reorder(model_order)
-        return orders
-    for cut in fairness.sweep_gini_cuts:
-        # Each cut calibrated on the run's own lists, all of them (they are on the driver already).
-        cfg = fairness.model_copy(update={"target": FairnessTargetConfig(provider_gini_cut=cut)})
-        calibration = calibrate_run(model_order, policy, cfg, category)
-        if calibration.strength is not None:
-            reorder = run_reorderer(policy, cfg, category, calibration.strength, model_order)
-            orders[target_sweep_step(cut)] = reorder(model_order).assign(
-                **{FAIRNESS_STRENGTH: calibration.strength}
-            )
-    return orders
+_EMBEDDING = "embedding"
+# Per-request values measured on every order but never averaged per user group: diversity and the
+# prefix guarantee (a target check, reported through target_reached).
+_NOT_PER_GROUP = ("ild_category@", "ild_embedding@", PREFIX_HELD)
 
 
 def measure_run(
-    ranked: pd.DataFrame,
-    retrieval: pd.DataFrame,
+    ranked: DataFrame,
+    retrieval: DataFrame,
     items: pd.DataFrame,
     item_counts: pd.Series,
     evaluate: EvaluateConfig,
     fairness: FairnessConfig,
     *,
-    labels: pd.DataFrame | None = None,
-    users: pd.DataFrame | None = None,
-    request_types: pd.Series | None = None,
-    embeddings: Embeddings | None = None,
+    labels: DataFrame | None = None,
+    users: DataFrame | None = None,
+    embeddings: DataFrame | None = None,
 ) -> pd.DataFrame:
     """The run's `metrics` rows (step, model_version, metric, slice, value), run_date added on write.
 
-    `items` is the catalogue (item_id, category, brand, attributes); providers follow
-    `fairness.provider_attribute`. `item_counts` maps item_id -> interactions up to the run: it sets the
-    popularity buckets and the long-tail providers. `labels` (request_id, item_id, relevance) switch on
-    the quality metrics, `users` the per-group quality, `request_types` (request_id -> 'user' or 'query')
-    the quality and its lift per request type (slice request_type=...), `embeddings` the embedding
+    `ranked` is the run's `ranked` partition and `retrieval` its candidates (request_id, item_id,
+    retrieval_rank), both with one request column (`one_request_column`, request_type kept). `items` is
+    the catalogue (item_id, category, brand, attributes); providers follow `fairness.provider_attribute`.
+    `item_counts` maps item_id -> interactions up to the run: it sets the popularity buckets and the
+    long-tail providers. `labels` (request_id, item_id, relevance) switch on the quality metrics,
+    `users` (the users table) the per-group quality, `embeddings` (item_id, embedding) the embedding
     diversity.
     """
+    spark = ranked.sparkSession
     catalogue = _catalogue_with_providers(items, fairness)
-    max_k = max(evaluate.ks)
-    retrieval = retrieval[retrieval["retrieval_rank"] <= max_k]
+    popular = bool(item_counts.sum() > 0)
+    has_providers = bool(catalogue["brand"].notna().any())
     # Without events or providers (the step warns) popularity buckets and long-tail shares are not measured.
-    popular = item_counts.sum() > 0
     policy = (
         provider_policy(catalogue, item_counts, fairness.long_tail_head_share)
-        if popular and catalogue["brand"].notna().any()
+        if popular and has_providers
         else None
     )
-    groups = _request_groups(users, evaluate) if users is not None and labels is not None else {}
-    by_type = {} if request_types is None else {"request_type": request_types}
-    model_version = ranked["model_version"].dropna().unique()
-    orders = orders_of_run(ranked, retrieval, catalogue, item_counts, fairness)
-    swept_cuts = {target_sweep_step(cut): cut for cut in fairness.sweep_gini_cuts}
-    judged = labels is not None and not labels.empty
-    # Per-request NDCG of the model order: the baseline every other order's change is measured against.
-    model_ndcg = {k: ndcg_at_k(orders[MODEL], labels, k) for k in evaluate.ks} if judged else {}
-    # What the run serves (the fair order when the pass ran), and its lift over the retrieval order.
-    served = FAIR if FAIR in orders else MODEL
-    retrieval_ndcg = {k: ndcg_at_k(orders[RETRIEVAL], labels, k) for k in evaluate.ks} if judged else {}
-    frames = []
-    for step, lists in orders.items():
-        rows = evaluate_lists(
-            lists[[REQUEST, ITEM, RANK]],
-            catalogue,
-            ks=evaluate.ks,
-            labels=labels if judged else None,
-            item_popularity=item_counts if popular else None,
-            popularity_split=(evaluate.popularity_head_share, evaluate.popularity_tail_share),
-            long_tail_providers=None if policy is None else policy.long_tail,
-            embeddings=embeddings,
-            request_groups=groups | by_type,
+    retrieval = retrieval.where(F.col("retrieval_rank") <= max(evaluate.ks))
+    orders = run_orders(ranked, retrieval, policy, catalogue.set_index(ITEM)["category"], fairness)
+    facts = spark.createDataFrame(
+        _item_facts(catalogue, item_counts if popular else None, evaluate),
+        "item_id string, category string, provider string, bucket string, in_catalogue boolean",
+    )
+    judged = labels is not None and not labels.isEmpty()
+    target = fairness.mode != "off" and fairness.control == "target" and policy is not None
+    prefix = None
+    if target and policy is not None and fairness.target.prefix_share is not None:
+        prefix = PrefixCheck(
+            frozenset({FAIR}), policy, fairness.target.prefix_share, fairness.target.prefix_alpha
         )
-        if judged and step != MODEL:
-            rows = pd.concat([rows, _ndcg_change_rows(model_ndcg, lists, labels, "change", by_type)])
-        if judged and step == served:
-            rows = pd.concat([rows, _ndcg_change_rows(retrieval_ndcg, lists, labels, "lift", by_type)])
-        if step == FAIR and fairness.control == "target" and policy is not None:
-            rows = pd.concat([rows, _target_rows(lists, orders[MODEL], policy, fairness)])
-        if step in swept_cuts and policy is not None:
-            target = FairnessTargetConfig(provider_gini_cut=swept_cuts[step])
-            swept = fairness.model_copy(update={"target": target})
-            rows = pd.concat([rows, _target_rows(lists, orders[MODEL], policy, swept)])
-        version = None if step == RETRIEVAL else ", ".join(sorted(model_version)) or None
-        frames.append(rows.assign(step=step, model_version=version))
-    return pd.concat(frames, ignore_index=True)[METRICS_COLUMNS]
+    buckets = int(spark.conf.get("spark.sql.shuffle.partitions") or 8)
+    lists = orders.lists.persist()
+    values = _request_values(lists, facts, labels if judged else None, embeddings, evaluate, prefix, buckets)
+    values = values.persist()
+    try:
+        slices = request_slices(ranked, users if judged else None, evaluate)
+        means = slice_means(values, slices)
+        exposure_ks = sorted({*evaluate.ks, fairness.exposure_k})
+        providers = exposure_totals(lists, facts.select(ITEM, F.col("provider").alias("group")), exposure_ks)
+        steps = orders.steps
+        rows = [
+            _mean_rows(means, steps, evaluate, judged),
+            _coverage_rows(
+                shown_items(lists, facts.where("in_catalogue"), evaluate.ks), steps, evaluate, catalogue
+            ),
+        ]
+        if has_providers:
+            rows.append(_provider_rows(providers, steps, evaluate, catalogue, policy))
+        if popular:
+            popularity = exposure_totals(
+                lists, facts.select(ITEM, F.col("bucket").alias("group")), evaluate.ks
+            )
+            rows.append(_bucket_rows(popularity, steps, evaluate))
+        if judged:
+            rows.append(_change_rows(values, slices, steps, evaluate, buckets))
+        if policy is not None:
+            rows.append(_target_rows(orders, providers, means, policy, fairness, target))
+        metrics = pd.concat(rows, ignore_index=True).dropna(subset=["value"])
+    finally:
+        values.unpersist()
+        lists.unpersist()
+    versions = sorted(v[0] for v in ranked.select("model_version").distinct().collect() if v[0] is not None)
+    version = ", ".join(versions) or None
+    metrics["model_version"] = [None if step == RETRIEVAL else version for step in metrics["step"]]
+    return metrics.astype({"value": float})[METRICS_COLUMNS]
+
+
+def _request_values(
+    lists: DataFrame,
+    facts: DataFrame,
+    labels: DataFrame | None,
+    embeddings: DataFrame | None,
+    evaluate: EvaluateConfig,
+    prefix: PrefixCheck | None,
+    buckets: int,
+) -> DataFrame:
+    """(step, request_id, metric, value) of every list: `per_request.request_values` over groups of whole
+    lists (every order of a request in one group, with the request's labels), hashed into `buckets`."""
+    rows = lists.join(facts.select(ITEM, "category"), ITEM, "left")
+    embedding = None
+    if embeddings is not None:
+        embedding = _EMBEDDING
+        rows = rows.join(embeddings.select(ITEM, F.col("embedding").alias(_EMBEDDING)), ITEM, "left")
+    bucket = F.pmod(F.xxhash64(REQUEST), F.lit(buckets))
+    rows = rows.withColumn("bucket", bucket)
+    ks = list(evaluate.ks)
+
+    def measure(group: pd.DataFrame, judged: pd.DataFrame | None) -> pd.DataFrame:
+        return request_values(group.drop(columns="bucket"), judged, ks, embedding=embedding, prefix=prefix)
+
+    if labels is None:
+        return rows.groupBy("bucket").applyInPandas(lambda group: measure(group, None), REQUEST_VALUES_SCHEMA)
+    judged = labels.select(REQUEST, ITEM, F.col("relevance").cast("double")).withColumn("bucket", bucket)
+    return (
+        rows.groupBy("bucket")
+        .cogroup(judged.groupBy("bucket"))
+        .applyInPandas(lambda group, own: measure(group, own.drop(columns="bucket")), REQUEST_VALUES_SCHEMA)
+    )
+
+
+def _item_facts(
+    catalogue: pd.DataFrame, item_counts: pd.Series | None, evaluate: EvaluateConfig
+) -> pd.DataFrame:
+    """(item_id, category, provider, bucket, in_catalogue) of every catalogue item and every item with
+    interactions: the per-item facts the Spark aggregations join the lists to."""
+    if catalogue[ITEM].duplicated().any():
+        twice = catalogue.loc[catalogue[ITEM].duplicated(), ITEM].iloc[0]
+        raise ValueError(f"items: item_id '{twice}' appears more than once; deduplicate the catalogue")
+    facts = catalogue.set_index(ITEM)[["category", "brand"]].rename(columns={"brand": "provider"})
+    facts["in_catalogue"] = True
+    if item_counts is not None:
+        every = facts.index.union(item_counts.index)
+        facts = facts.reindex(every)
+        facts["in_catalogue"] = facts["in_catalogue"].fillna(False).astype(bool)
+        split = (evaluate.popularity_head_share, evaluate.popularity_tail_share)
+        facts["bucket"] = popularity_buckets(item_counts.reindex(every, fill_value=0), *split)
+    else:
+        facts["bucket"] = None
+    facts = facts.astype({"category": object, "provider": object, "bucket": object})
+    facts = facts.where(facts.notna(), None).rename_axis(ITEM).reset_index()
+    return facts[[ITEM, "category", "provider", "bucket", "in_catalogue"]]
+
+
+def _rows(step: str, rows: list[tuple[str, str, float]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=METRIC_COLUMNS).assign(step=step)
+
+
+def _mean_rows(means: pd.DataFrame, steps: list[str], evaluate: EvaluateConfig, judged: bool) -> pd.DataFrame:
+    """Each per-request value's mean over all requests; the quality metrics' also per group of requests
+    (slice `attribute=group`) with the gap between the best and worst group (`<metric>_gap`), and the
+    number of evaluated requests (`evaluated_requests@k`)."""
+    frames = []
+    for step in steps:
+        own = means[(means["step"] == step) & (means["metric"] != PREFIX_HELD)]
+        overall = own[own["attribute"] == ALL]
+        rows = [(m, ALL, v) for m, v in zip(overall["metric"], overall["value"], strict=True)]
+        if judged:
+            evaluated = overall.set_index("metric")["requests"]
+            rows += [
+                (f"evaluated_requests@{k}", ALL, float(evaluated.get(f"ndcg@{k}", 0))) for k in evaluate.ks
+            ]
+        grouped = own[(own["attribute"] != ALL) & ~own["metric"].str.startswith(_NOT_PER_GROUP)]
+        for (metric, attribute), groups in grouped.groupby(["metric", "attribute"], sort=True):
+            rows += [
+                (metric, f"{attribute}={g}", v) for g, v in zip(groups["group"], groups["value"], strict=True)
+            ]
+            rows.append((f"{metric}_gap", attribute, float(groups["value"].max() - groups["value"].min())))
+        frames.append(_rows(step, rows))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _coverage_rows(
+    shown: pd.DataFrame, steps: list[str], evaluate: EvaluateConfig, catalogue: pd.DataFrame
+) -> pd.DataFrame:
+    """coverage@k: the share of the catalogue's items each order shows in some top k."""
+    count = shown.set_index(["step", "k"])["shown"]
+    size = catalogue[ITEM].nunique()
+    if not size:
+        raise ValueError("catalogue coverage: the items table is empty; evaluate needs the catalogue")
+    frames = [
+        _rows(step, [(f"coverage@{k}", ALL, float(count.get((step, k), 0)) / size) for k in evaluate.ks])
+        for step in steps
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _shares(totals: pd.DataFrame, step: str, k: int, groups: list[str]) -> pd.Series | None:
+    """The shares of one order's top-k exposure (`totals`: step, k, group, exposure); None when no item of
+    its lists has a group."""
+    own = totals[(totals["step"] == step) & (totals["k"] == k)].set_index("group")["exposure"]
+    return shares_of(own, groups) if own.sum() > 0 else None
+
+
+def _provider_rows(
+    totals: pd.DataFrame,
+    steps: list[str],
+    evaluate: EvaluateConfig,
+    catalogue: pd.DataFrame,
+    policy: ProviderPolicy | None,
+) -> pd.DataFrame:
+    """exposure@k per provider, provider_gini@k, and the long-tail providers' share of exposure."""
+    providers = sorted(catalogue["brand"].dropna().unique())
+    frames = []
+    for step in steps:
+        rows = []
+        for k in evaluate.ks:
+            shares = _shares(totals, step, k, providers)
+            if shares is None:
+                continue
+            rows += [(f"exposure@{k}", f"provider={p}", s) for p, s in shares.items()]
+            rows.append((f"provider_gini@{k}", ALL, gini(shares)))
+            if policy is not None:
+                long_tail = float(shares[shares.index.isin(list(policy.long_tail))].sum())
+                rows.append((f"exposure@{k}", "provider_group=long_tail", long_tail))
+        frames.append(_rows(step, rows))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _bucket_rows(totals: pd.DataFrame, steps: list[str], evaluate: EvaluateConfig) -> pd.DataFrame:
+    """exposure@k per popularity bucket (head, mid, tail)."""
+    frames = []
+    for step in steps:
+        rows = []
+        for k in evaluate.ks:
+            shares = _shares(totals, step, k, [HEAD, MID, TAIL])
+            if shares is not None:
+                rows += [(f"exposure@{k}", f"popularity={b}", s) for b, s in shares.items()]
+        frames.append(_rows(step, rows))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _change_rows(
+    values: DataFrame, slices: DataFrame, steps: list[str], evaluate: EvaluateConfig, buckets: int
+) -> pd.DataFrame:
+    """ndcg@k_change of every order against the model order and ndcg@k_lift of the served order against
+    the retrieval order, each with its 95% bootstrap interval (_low, _high), over all requests and per
+    request type (`bootstrap.relative_changes`)."""
+    served = FAIR if FAIR in steps else MODEL
+    comparisons = [(step, MODEL, "change") for step in steps if step != MODEL]
+    comparisons += [(served, RETRIEVAL, "lift")] if RETRIEVAL in steps else []
+    ndcg = values.where(F.col("metric").isin([f"ndcg@{k}" for k in evaluate.ks]))
+    pairs = None
+    for step, baseline, what in comparisons:
+        other = ndcg.where(F.col("step") == step).select(REQUEST, "metric", F.col("value").alias(OTHER))
+        base = ndcg.where(F.col("step") == baseline).select(REQUEST, "metric", F.col("value").alias(BASELINE))
+        one = other.join(base, [REQUEST, "metric"]).select(
+            F.lit(step).alias("step"), F.lit(what).alias("what"), "metric", REQUEST, BASELINE, OTHER
+        )
+        pairs = one if pairs is None else pairs.unionByName(one)
+    if pairs is None:
+        return pd.DataFrame(columns=[*METRIC_COLUMNS, "step"])
+    by_type = slices.where(F.col("attribute").isin(ALL, REQUEST_TYPE)).select(
+        REQUEST,
+        F.when(F.col("attribute") == ALL, F.lit(ALL))
+        .otherwise(F.concat(F.col("attribute"), F.lit("="), F.col("group")))
+        .alias("slice"),
+    )
+    keys = ["step", "what", "metric", "slice"]
+    changes = relative_changes(pairs.join(by_type, REQUEST), keys, buckets)
+    rows = []
+    for row in changes.itertuples(index=False):
+        name = f"{row.metric}_{row.what}"
+        rows += [
+            (row.step, name, row.slice, row.change),
+            (row.step, f"{name}_low", row.slice, row.low),
+            (row.step, f"{name}_high", row.slice, row.high),
+        ]
+    return pd.DataFrame(rows, columns=["step", *METRIC_COLUMNS])
 
 
 def _target_rows(
-    fair: pd.DataFrame, model_order: pd.DataFrame, policy: ProviderPolicy, fairness: FairnessConfig
+    orders: RunOrders,
+    providers: pd.DataFrame,
+    means: pd.DataFrame,
+    policy: ProviderPolicy,
+    fairness: FairnessConfig,
+    target: bool,
 ) -> pd.DataFrame:
-    """The fairness target on the whole run: per goal (the slice) the value required, the value reached
-    and whether it is met (1 or 0), and the strength the pass used (`ranked.fairness_strength`; none when
-    the lists stayed in model order)."""
-    checks = check_targets(fair, model_order, policy, fairness.target, fairness.exposure_k)
-    rows = [
-        row
-        for c in checks
-        for row in (
-            ("target_required", c.goal, c.required),
-            ("target_reached", c.goal, c.reached),
-            ("target_met", c.goal, float(c.met)),
-        )
-    ]
-    strength = fair[FAIRNESS_STRENGTH].dropna() if FAIRNESS_STRENGTH in fair else pd.Series(dtype=float)
-    if len(strength):
-        rows.append((FAIRNESS_STRENGTH, "all", float(strength.iloc[0])))
-    return pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    """The fairness target on the whole run, for the served fair order (control target) and each target
+    sweep point: per goal (the slice) the value required, the value reached and whether it is met (1 or
+    0), and the strength the pass used (none when the lists stayed in model order)."""
+    goals: dict[str, FairnessTargetConfig] = {FAIR: fairness.target} if target else {}
+    goals |= {step: FairnessTargetConfig(provider_gini_cut=cut) for step, cut in orders.cuts.items()}
+    groups, k = list(policy.need.index), fairness.exposure_k
+    model_shares = _shares(providers, MODEL, k, groups)
+    held = means[(means["metric"] == PREFIX_HELD) & (means["attribute"] == ALL)].set_index("step")["value"]
+    frames = []
+    for step, goal in goals.items():
+        shares = _shares(providers, step, k, groups)
+        if shares is None:
+            continue
+        checks = targets_reached(shares, model_shares, float(held.get(step, 1.0)), policy, goal, k)
+        rows = [
+            row
+            for c in checks
+            for row in (
+                ("target_required", c.goal, c.required),
+                ("target_reached", c.goal, c.reached),
+                ("target_met", c.goal, float(c.met)),
+            )
+        ]
+        if step in orders.strengths:
+            rows.append((FAIRNESS_STRENGTH, ALL, orders.strengths[step]))
+        frames.append(_rows(step, rows))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*METRIC_COLUMNS, "step"])
 
 
 def _catalogue_with_providers(items: pd.DataFrame, fairness: FairnessConfig) -> pd.DataFrame:
@@ -224,44 +377,7 @@ def _catalogue_with_providers(items: pd.DataFrame, fairness: FairnessConfig) -> 
         return items.assign(brand=None)
 
 
-def _ndcg_change_rows(
-    baseline_ndcg: Mapping[int, pd.Series],
-    lists: pd.DataFrame,
-    labels: pd.DataFrame,
-    what: str,
-    request_groups: Mapping[str, pd.Series],
-) -> pd.DataFrame:
-    """ndcg@k_<what>: the relative NDCG@k change of `lists` against a baseline order (k -> its per-request
-    NDCG@k), with the 95% paired bootstrap interval over requests as ndcg@k_<what>_low and _high
-    (`metrics.relative_change`), over all requests and per group of `request_groups` (attribute ->
-    (request_id -> group)). "change" is against the model order, "lift" the served order's against the
-    retrieval order."""
-    rows = []
-    for k, baseline in baseline_ndcg.items():
-        other = ndcg_at_k(lists, labels, k)
-        slices = {"all": baseline.index}
-        for attribute, groups in request_groups.items():
-            present = groups.reindex(baseline.index).dropna()
-            slices |= {f"{attribute}={g}": present.index[present == g] for g in sorted(present.unique())}
-        name = f"ndcg@{k}_{what}"
-        for slice_, requests in slices.items():
-            change, low, high = relative_change(baseline.loc[requests], other)
-            rows += [(name, slice_, change), (f"{name}_low", slice_, low), (f"{name}_high", slice_, high)]
-    return pd.DataFrame(rows, columns=METRIC_COLUMNS).dropna(subset=["value"])
-
-
-def _request_groups(users: pd.DataFrame, evaluate: EvaluateConfig) -> dict[str, pd.Series]:
-    """attribute -> (user_id -> group) for the configured attributes the users table has values of."""
-    wanted = [
-        a
-        for a in evaluate.user_group_attributes
-        if (a == "age_band" and "age" in users and users["age"].notna().any())
-        or (a in users and users[a].notna().any())
-    ]
-    return user_groups(users, wanted, evaluate.age_band_edges)
-
-
-# ---- Spark layer --------------------------------------------------------------------------------------
+# ---- The step's inputs ---------------------------------------------------------------------------------
 
 
 def item_counts_until(interactions: DataFrame, run_date: dt.date) -> pd.Series:
@@ -300,29 +416,6 @@ def query_labels_of(labels: DataFrame, requests: DataFrame) -> DataFrame:
     ).join(requests, "request_id", "left_semi")
 
 
-# The ASCII unit separator: never part of a request type, so "type<US>id" is one string per request key.
-_KEY_SEPARATOR = "\x1f"
-
-
-def request_key(request_type: Column, request_id: Column) -> Column:
-    """One string per full request key (request_type, request_id)."""
-    return F.concat_ws(_KEY_SEPARATOR, request_type, request_id)
-
-
-def one_request_column(frame: DataFrame) -> DataFrame:
-    """`frame` with request_id replaced by its `request_key`: the pure per-request functions (metrics,
-    fairness) group by request_id alone, and a user and a query of the same id must stay two requests."""
-    return frame.withColumn("request_id", request_key(*(F.col(c) for c in REQUEST_KEY)))
-
-
-def _request_types(ranked: DataFrame) -> pd.Series | None:
-    """request key -> request type of the run's requests, when it has both kinds (with one kind, the
-    "all" rows are that kind's); one row per request reaches the driver."""
-    kinds = ranked.select(*REQUEST_KEY).distinct().withColumn("kind", F.col("request_type"))
-    keyed: pd.DataFrame = one_request_column(kinds).toPandas()
-    return keyed.set_index("request_id")["kind"] if keyed["kind"].nunique() > 1 else None
-
-
 def _required(tables: Mapping[str, DataFrame | None], table: str) -> DataFrame:
     frame = tables[table]
     if frame is None:
@@ -350,22 +443,15 @@ def evaluate_tables(tables: Mapping[str, DataFrame | None], config: Config) -> p
         from llmrank_spark.retrieval import item_embeddings
 
         listed = ranked.select("item_id").unionByName(candidates.select("item_id")).distinct()
-        vectors: pd.DataFrame = item_embeddings(
-            items.join(listed, "item_id", "left_semi"), config.candidates
-        ).toPandas()
-        embeddings = vectors.set_index("item_id")["embedding"]
-    users = tables.get("users")
-    if users is not None:  # groups are looked up by request: a user's key, so no query joins a user group
-        users = users.withColumn("user_id", request_key(F.lit("user"), F.col("user_id"))).toPandas()
+        embeddings = item_embeddings(items.join(listed, "item_id", "left_semi"), config.candidates)
     return measure_run(
-        one_request_column(ranked).toPandas(),
-        one_request_column(candidates).select("request_id", "item_id", "retrieval_rank").toPandas(),
+        one_request_column(ranked),
+        one_request_column(candidates).select(REQUEST, ITEM, "retrieval_rank"),
         catalogue_frame(items),
         item_counts_until(interactions, run_date),
         cfg,
         config.fairness,
-        labels=one_request_column(labels).select("request_id", "item_id", "relevance").toPandas(),
-        users=users,
-        request_types=_request_types(ranked),
+        labels=one_request_column(labels).select(REQUEST, ITEM, "relevance"),
+        users=tables.get("users"),
         embeddings=embeddings,
     )

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from llmrank_spark.config import Config
-from llmrank_spark.evaluation.evaluate import FAIR, MODEL, RETRIEVAL
+from llmrank_spark.evaluation.orders import FAIR, MODEL, RETRIEVAL
 
 SWEEP = re.compile(r"^fairness\[lambda=([0-9.]+)\]$")
 ORDER_NAMES = {RETRIEVAL: "retrieval order", MODEL: "model order", FAIR: "fair order"}

@@ -12,18 +12,21 @@ from llmrank_spark.metrics.exposure import (
     gini,
     popularity_buckets,
     share_held_above,
+    shares_of,
 )
-from llmrank_spark.metrics.groups import age_bands, group_quality, user_groups
+from llmrank_spark.metrics.groups import age_band_labels, age_bands, group_quality, user_groups
 from llmrank_spark.metrics.lists import ITEM, RANK, REQUEST
 from llmrank_spark.metrics.relevance import average_precision, mrr, ndcg_at_k, recall_at_k, relative_change
-from llmrank_spark.metrics.summary import METRIC_COLUMNS, evaluate_lists
+from llmrank_spark.metrics.summary import METRIC_COLUMNS, QUALITY_METRICS, evaluate_lists
 
 __all__ = [
     "ITEM",
     "METRIC_COLUMNS",
+    "QUALITY_METRICS",
     "RANK",
     "REQUEST",
     "Embeddings",
+    "age_band_labels",
     "age_bands",
     "average_precision",
     "catalogue_coverage",
@@ -39,6 +42,7 @@ __all__ = [
     "recall_at_k",
     "relative_change",
     "share_held_above",
+    "shares_of",
     "unit_vectors",
     "user_groups",
 ]

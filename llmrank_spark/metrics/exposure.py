@@ -22,7 +22,14 @@ def exposure_shares(
     """
     lists = top_k(ranked, k)
     group = lists[ITEM].map(item_group)
-    exposure = pd.Series(position_discount(lists[RANK]), index=lists.index).groupby(group).sum()
+    return shares_of(
+        pd.Series(position_discount(lists[RANK]), index=lists.index).groupby(group).sum(), groups
+    )
+
+
+def shares_of(exposure: pd.Series, groups: Iterable[str] | None = None) -> pd.Series:
+    """Exposure summed per group (group -> amount) as shares that sum to 1; the `groups` that got none
+    appear with share 0. The evaluate step sums the exposure in Spark and shares it here."""
     if groups is not None:
         exposure = exposure.reindex(exposure.index.union(pd.Index(list(groups))), fill_value=0.0)
     total = exposure.sum()

@@ -23,12 +23,16 @@ def group_quality(per_request: pd.Series, request_group: pd.Series) -> tuple[pd.
 
 def age_bands(age: pd.Series, edges: Sequence[int]) -> pd.Series:
     """Ages cut into bands labelled '<18', '18-24', ..., '56+' at the given ascending edges."""
+    bins = [-np.inf, *edges, np.inf]
+    return pd.cut(age, bins=bins, labels=age_band_labels(edges), right=False).astype(object)
+
+
+def age_band_labels(edges: Sequence[int]) -> list[str]:
+    """The band labels of ages cut at `edges`: '<18', '18-24', ..., '56+' (one more than edges)."""
     if list(edges) != sorted(set(edges)) or not len(edges):
         raise ValueError(f"age band edges must be ascending and distinct, got {list(edges)}")
     labels = [f"<{edges[0]}"] + [f"{lo}-{hi - 1}" for lo, hi in itertools.pairwise(edges)]
-    labels.append(f"{edges[-1]}+")
-    bins = [-np.inf, *edges, np.inf]
-    return pd.cut(age, bins=bins, labels=labels, right=False).astype(object)
+    return [*labels, f"{edges[-1]}+"]
 
 
 def user_groups(

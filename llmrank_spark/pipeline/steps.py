@@ -8,8 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -18,7 +16,6 @@ from llmrank_spark.lakehouse import (
     FAIRNESS_STRENGTH,
     REQUEST_KEY,
     frame_from_pandas,
-    in_hashed_share,
     read_table,
 )
 from llmrank_spark.pipeline.preflight import (
@@ -137,7 +134,13 @@ def fairness_pass(
     fairness = config.fairness
     if fairness.mode == "off":
         return _with_strength(ranked, None), None
-    from llmrank_spark.evaluation import catalogue_frame, item_counts_until, one_request_column
+    from llmrank_spark.evaluation import (
+        catalogue_frame,
+        hashed_requests,
+        item_counts_until,
+        one_request_column,
+        sampled_lists,
+    )
     from llmrank_spark.postprocess import calibrate_run, provider_policy, run_reorderer, with_providers
 
     catalogue = with_providers(catalogue_frame(items), fairness.provider_attribute)
@@ -148,15 +151,11 @@ def fairness_pass(
         *([fairness.fit_requests] if fairness.strategy == "run" else []),
         *([fairness.target.calibration_requests] if fairness.control == "target" else []),
     ]
-    sample = None
-    if wanted:
-        requests = ranked.select(*REQUEST_KEY).distinct().count()
-        share = min(1.0, max(wanted) / max(requests, 1))
-        sample = one_request_column(ranked.where(in_hashed_share(share, *REQUEST_KEY))).toPandas()
+    sample = sampled_lists(one_request_column(ranked), max(wanted)) if wanted else None
     strength: float | None = fairness.weight
     calibration = None
     if fairness.control == "target" and sample is not None and not sample.empty:
-        lists = _hashed_requests(sample, fairness.target.calibration_requests)
+        lists = hashed_requests(sample, fairness.target.calibration_requests)
         calibration = calibrate_run(lists, policy, fairness, category)
         strength = calibration.strength
     if strength is None:
@@ -165,16 +164,6 @@ def fairness_pass(
     columns = ranked.columns
     fair = ranked.groupBy(*REQUEST_KEY).applyInPandas(lambda one: reorder(one)[columns], ranked.schema)
     return _with_strength(fair, strength), calibration
-
-
-def _hashed_requests(lists: pd.DataFrame, requests: int) -> pd.DataFrame:
-    """The whole lists of `requests` requests of `lists`, picked by a hash of their ids (not by their
-    order, which may follow the ids' age); all of them when there are no more."""
-    ids = pd.Series(lists["request_id"].unique())
-    if len(ids) <= requests:
-        return lists
-    kept = ids.iloc[np.argsort(pd.util.hash_pandas_object(ids, index=False).to_numpy())[:requests]]
-    return lists[lists["request_id"].isin(kept)]
 
 
 def _with_strength(ranked: DataFrame, strength: float | None) -> DataFrame:

@@ -2,7 +2,12 @@
 
 from llmrank_spark.postprocess.det_const_sort import det_const_sort_rerank
 from llmrank_spark.postprocess.diversity import mmr_rerank
-from llmrank_spark.postprocess.fa_ir import meet_prefix_table, prefix_guarantee_held, prefix_table
+from llmrank_spark.postprocess.fa_ir import (
+    meet_prefix_table,
+    prefix_guarantee_held,
+    prefix_guarantee_per_list,
+    prefix_table,
+)
 from llmrank_spark.postprocess.fairness import (
     ProviderPolicy,
     fair_rerank,
@@ -18,6 +23,7 @@ from llmrank_spark.postprocess.targets import (
     calibrate,
     calibrate_run,
     check_targets,
+    targets_reached,
 )
 
 __all__ = [
@@ -33,10 +39,12 @@ __all__ = [
     "meet_prefix_table",
     "mmr_rerank",
     "prefix_guarantee_held",
+    "prefix_guarantee_per_list",
     "prefix_table",
     "provider_boosts",
     "provider_policy",
     "run_reorderer",
+    "targets_reached",
     "with_providers",
     "within_list_relevance",
 ]

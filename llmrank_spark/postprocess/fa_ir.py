@@ -104,19 +104,26 @@ def meet_prefix_table(
     )
 
 
+def prefix_guarantee_per_list(
+    lists: pd.DataFrame, policy: ProviderPolicy, proportion: float, alpha: float
+) -> pd.Series:
+    """request_id -> whether the list (in `rank` order) holds, at every prefix i, min(m[i], the list's
+    long-tail items) long-tail items, m the prefix table for the list's length: FA*IR's guarantee as far
+    as the list's candidates allow it."""
+    ordered = lists.sort_values([REQUEST, "rank"], kind="mergesort")
+    flags = long_tail_flags(ordered, policy).astype(int)
+    held = {}
+    for request, positions in ordered.groupby(REQUEST, sort=False).indices.items():
+        counts = np.cumsum(flags[positions])
+        table = np.asarray(prefix_table(len(counts), proportion, alpha))
+        held[request] = bool((counts >= np.minimum(table, counts[-1])).all())
+    return pd.Series(held, dtype=bool, name="prefix_guarantee_held")
+
+
 def prefix_guarantee_held(
     lists: pd.DataFrame, policy: ProviderPolicy, proportion: float, alpha: float
 ) -> float:
-    """Share of lists (in `rank` order) whose every prefix i holds min(m[i], the list's long-tail items)
-    long-tail items, m the prefix table for the list's length: FA*IR's guarantee as far as the list's
-    candidates allow it."""
+    """Share of lists that hold FA*IR's prefix guarantee (`prefix_guarantee_per_list`); 1 with no list."""
     if lists.empty:
         return 1.0
-    ordered = lists.sort_values([REQUEST, "rank"], kind="mergesort")
-    flags = long_tail_flags(ordered, policy).astype(int)
-    held = []
-    for positions in ordered.groupby(REQUEST, sort=False).indices.values():
-        counts = np.cumsum(flags[positions])
-        table = np.asarray(prefix_table(len(counts), proportion, alpha))
-        held.append(bool((counts >= np.minimum(table, counts[-1])).all()))
-    return float(np.mean(held))
+    return float(prefix_guarantee_per_list(lists, policy, proportion, alpha).mean())

@@ -80,13 +80,36 @@ def check_targets(
     top k, over every provider of the catalogue (as the evaluate step measures it)."""
     providers = policy.need.index
     shares = exposure_shares(lists, policy.item_provider, k, groups=providers)
+    before = None
+    if target.provider_gini_cut is not None:
+        before = exposure_shares(model_order, policy.item_provider, k, groups=providers)
+    held = None
+    if target.prefix_share is not None:
+        held = prefix_guarantee_held(lists, policy, target.prefix_share, target.prefix_alpha)
+    return targets_reached(shares, before, held, policy, target, k)
+
+
+def targets_reached(
+    shares: pd.Series,
+    model_shares: pd.Series | None,
+    prefix_held: float | None,
+    policy: ProviderPolicy,
+    target: FairnessTargetConfig,
+    k: int,
+) -> list[TargetCheck]:
+    """Each goal `target` sets, from what the lists reached: their exposure shares@k per provider, the
+    model order's (for the relative Gini cut) and the share of lists holding the prefix guarantee. Both
+    the calibration (lists on the driver) and the evaluate step (shares summed in Spark) check this way."""
     checks = []
     if target.provider_gini_cut is not None or target.max_provider_gini is not None:
         reached = gini(shares)
         ceilings = []
         if target.provider_gini_cut is not None:
-            before = gini(exposure_shares(model_order, policy.item_provider, k, groups=providers))
-            ceilings.append((1 - target.provider_gini_cut) * before)
+            if model_shares is None:
+                raise ValueError(
+                    "fairness target: a provider_gini_cut needs the model order's exposure shares"
+                )
+            ceilings.append((1 - target.provider_gini_cut) * gini(model_shares))
         if target.max_provider_gini is not None:
             ceilings.append(target.max_provider_gini)
         checks.append(TargetCheck(provider_gini_goal(k), min(ceilings), reached, at_most=True))
@@ -94,8 +117,9 @@ def check_targets(
         reached = float(shares[shares.index.isin(list(policy.long_tail))].sum())
         checks.append(TargetCheck(long_tail_goal(k), target.min_long_tail_exposure, reached, at_most=False))
     if target.prefix_share is not None:
-        held = prefix_guarantee_held(lists, policy, target.prefix_share, target.prefix_alpha)
-        checks.append(TargetCheck(PREFIX_GUARANTEE, 1.0, held, at_most=False))
+        if prefix_held is None:
+            raise ValueError("fairness target: a prefix_share needs the share of lists holding it")
+        checks.append(TargetCheck(PREFIX_GUARANTEE, 1.0, prefix_held, at_most=False))
     return checks
 
 
