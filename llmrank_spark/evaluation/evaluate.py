@@ -440,10 +440,10 @@ def evaluate_tables(tables: Mapping[str, DataFrame | None], config: Config) -> p
         labels = labels.unionByName(query_judged.withColumn("request_type", F.lit("query")))
     embeddings = None
     if cfg.embedding_diversity:
-        from llmrank_spark.retrieval import item_embeddings
+        from llmrank_spark.retrieval import item_vectors
 
         listed = ranked.select("item_id").unionByName(candidates.select("item_id")).distinct()
-        embeddings = item_embeddings(items.join(listed, "item_id", "left_semi"), config.candidates)
+        embeddings = item_vectors(ranked.sparkSession, config, items.join(listed, "item_id", "left_semi"))
     return measure_run(
         one_request_column(ranked),
         one_request_column(candidates).select(REQUEST, ITEM, "retrieval_rank"),

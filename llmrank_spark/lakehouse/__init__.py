@@ -11,7 +11,14 @@ from llmrank_spark.lakehouse.contracts import (
     frame_from_pandas,
     in_hashed_share,
 )
-from llmrank_spark.lakehouse.delta import latest_version, load, read_table, table_exists, write_table
+from llmrank_spark.lakehouse.delta import (
+    latest_version,
+    load,
+    read_table,
+    sql_name,
+    table_exists,
+    write_table,
+)
 from llmrank_spark.lakehouse.rejects import (
     CHECKED_COLUMNS,
     CHECKED_SCHEMA,
@@ -55,6 +62,7 @@ __all__ = [
     "latest_version",
     "load",
     "read_table",
+    "sql_name",
     "table_exists",
     "write_table",
 ]

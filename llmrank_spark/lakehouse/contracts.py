@@ -315,6 +315,32 @@ CONTRACTS: dict[str, TableContract] = {
             written_by="`llmrank attributes`",
         ),
         TableContract(
+            "item_embeddings",
+            "output",
+            "Item text vectors, kept across runs: an item is encoded again only when its text or the encoder "
+            "changes.",
+            (
+                Column("item_id", "string", "The item (items.item_id).", key=True),
+                Column(
+                    "encoder",
+                    "string",
+                    "The text encoder and its version, e.g. all-MiniLM-L6-v2@0.1.0 (the package's).",
+                    key=True,
+                ),
+                Column(
+                    "text_hash",
+                    "string",
+                    "SHA-256 of the item text the vector encodes (`candidates.semantic_item_template`).",
+                ),
+                Column("embedding", "array<float>", "The unit-length text vector."),
+                Column("encoded_on", "date", "run_date of the run that encoded this text."),
+            ),
+            written_by="`llmrank candidates` (Delta MERGE: only new and changed items are written)",
+            extra_doc="One row per (item, encoder). Every step that needs item vectors (candidates, rerank "
+            "with a fusion, train, evaluate) reads it and encodes only the items whose text it does not "
+            "hold; only the candidates step writes it.",
+        ),
+        TableContract(
             "metrics",
             "output",
             "Quality, fairness and diversity measurements per run and step.",

@@ -120,6 +120,12 @@ class StepRun:
         self.rows[table] = written.count()
         self.outputs[table] = latest_version(self.spark, self.config, table)
 
+    def record(self, table: str, rows: int) -> None:
+        """Log a table the step changed itself (a Delta MERGE, not `write`): its new version and the rows
+        it wrote."""
+        self.rows[table] = rows
+        self.outputs[table] = latest_version(self.spark, self.config, table)
+
     def summary(self) -> str:
         lines = [
             f"{t}: {self.rows[t]:,} rows (Delta v{self.outputs[t]}) at {self.config.table_path(t)}"

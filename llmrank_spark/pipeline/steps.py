@@ -54,15 +54,25 @@ def ingest_movielens(spark: SparkSession, config: Config, path: str | Path) -> S
 
 def candidates(spark: SparkSession, config: Config) -> StepRun:
     """First stage: blended multi-source candidate lists for every active user and every search query."""
-    from llmrank_spark.retrieval import build_candidates
+    from llmrank_spark.retrieval import build_candidates, item_vectors, refresh_item_vectors
 
     with StepRun(spark, config, "candidates") as run:
-        run.check_outputs("candidates", "rejects")
+        run.check_outputs("candidates", "rejects", "item_embeddings")
         items, interactions, users = run.read("items"), run.read("interactions"), run.read_optional("users")
         queries = run.read_optional("queries") if config.candidates.rank_queries else None
         _check_inputs(config, items=items, interactions=interactions, users=users, queries=queries)
+        refresh = refresh_item_vectors(spark, config, items, config.run.run_date)
+        run.record("item_embeddings", refresh.encoded)
+        run.notes.append(refresh.describe())
         lists = build_candidates(
-            spark, items, interactions, users, config.candidates, config.run.run_date, queries=queries
+            spark,
+            items,
+            interactions,
+            users,
+            config.candidates,
+            config.run.run_date,
+            queries=queries,
+            item_vectors=item_vectors(spark, config, items),
         )
         with materialised(lists.candidates):
             run.write("candidates", lists.candidates)
@@ -73,6 +83,7 @@ def candidates(spark: SparkSession, config: Config) -> StepRun:
 def rerank(spark: SparkSession, config: Config) -> StepRun:
     """Second stage: score every candidate with the broadcast BERT model and keep each list's top-K."""
     from llmrank_spark.rerank import model_for, rerank_candidates
+    from llmrank_spark.retrieval import item_vectors
     from llmrank_spark.training import served_config
 
     with StepRun(spark, config, "rerank") as run:
@@ -104,6 +115,7 @@ def rerank(spark: SparkSession, config: Config) -> StepRun:
             users=users,
             faults=config.faults,
             candidates_cfg=config.candidates,
+            item_vectors=item_vectors(spark, config, items),
         )
         run.notes.append(f"served model: {spec.version}{_registry_note(requested, config)}")
         with materialised(result.outcome, run.progress.sized(todays.count(), "pairs")):

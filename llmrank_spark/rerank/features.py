@@ -32,7 +32,6 @@ from llmrank_spark.retrieval import (
     RetrievalInputs,
     als_factors,
     covisit_scores,
-    item_embeddings,
     item_popularity,
     prepare_inputs,
     recency_profiles,
@@ -197,7 +196,7 @@ def ranking_features_from(pairs: DataFrame, inputs: RetrievalInputs) -> DataFram
     else:
         frame = frame.withColumn("als_score", F.lit(None).cast("double"))
 
-    embeddings = item_embeddings(inputs.items, inputs.cfg)
+    embeddings = inputs.item_vectors
     frame = (
         frame.join(_profiles(inputs, embeddings).toDF("_user", "_profile"), "_user", "left")
         .join(embeddings.toDF("item_id", "_embedding"), "item_id", "left")
@@ -225,6 +224,9 @@ def ranking_features(
     users: DataFrame | None,
     cfg: CandidatesConfig,
     as_of: dt.date,
+    item_vectors: DataFrame | None = None,
 ) -> DataFrame:
-    """`pairs` with every column of `FEATURES` from the events up to the end of `as_of`."""
-    return ranking_features_from(pairs, prepare_inputs(spark, items, interactions, users, cfg, as_of))
+    """`pairs` with every column of `FEATURES` from the events up to the end of `as_of`; `item_vectors`
+    (item_id, embedding) are the catalogue's stored text vectors, if a step read them."""
+    inputs = prepare_inputs(spark, items, interactions, users, cfg, as_of, item_vectors)
+    return ranking_features_from(pairs, inputs)

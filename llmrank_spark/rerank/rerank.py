@@ -251,6 +251,7 @@ def rerank_candidates(
     users: DataFrame | None = None,
     faults: FaultsConfig | None = None,
     candidates_cfg: CandidatesConfig | None = None,
+    item_vectors: DataFrame | None = None,
 ) -> RerankResult:
     """The `ranked` rows for one run, each request's top-K candidates by reranker score, and the `rejects`.
 
@@ -335,7 +336,9 @@ def rerank_candidates(
         pairs = candidates.where(modelled & (F.col("request_type") == "user")).select(
             *REQUEST_KEY, "item_id", "retrieval_rank", "source_ranks"
         )
-        features = ranking_features(spark, pairs, items, interactions, None, candidates_cfg, run_date)
+        features = ranking_features(
+            spark, pairs, items, interactions, None, candidates_cfg, run_date, item_vectors
+        )
         scorable = scorable.join(
             features.select(*REQUEST_KEY, "item_id", *FEATURES), [*REQUEST_KEY, "item_id"], "left"
         )

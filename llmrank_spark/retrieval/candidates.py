@@ -71,12 +71,14 @@ def build_candidates(
     cfg: CandidatesConfig,
     run_date: dt.date,
     queries: DataFrame | None = None,
+    item_vectors: DataFrame | None = None,
 ) -> CandidateLists:
     """The `candidates` table for run_date: exactly `n_per_request` items for every active user (those in
     `users` and in `interactions`) and, with `cfg.rank_queries`, for every row of `queries`, whenever the
     catalogue holds that many they may be shown; and the rejects: events left out of retrieval, queries
-    that cannot be ranked, and requests left without any candidate."""
-    inputs = prepare_inputs(spark, items, interactions, users, cfg, run_date)
+    that cannot be ranked, and requests left without any candidate. `item_vectors` (item_id, embedding)
+    are the catalogue's stored text vectors (`item_vectors`); without them the catalogue is encoded."""
+    inputs = prepare_inputs(spark, items, interactions, users, cfg, run_date, item_vectors)
     retrieved = retrieve_all(inputs, cfg.n_per_request)
     candidates = blend(list(retrieved.values()), inputs.exclusions, cfg, run_date)
     rejects = as_rejects(inputs.rejected, run_date, "candidates", "interactions").unionByName(

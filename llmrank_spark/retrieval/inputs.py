@@ -36,15 +36,26 @@ class RetrievalInputs:
     users: DataFrame  # request_id of every active user, input_table: "interactions" if they have events
     has_events: bool
     rejected: DataFrame  # events left out: request_type, request_id, item_id, reason, detail
+    # item_id, embedding: the catalogue's text vectors when a step read them from the item_embeddings
+    # table (`item_vectors`); None encodes the catalogue here.
+    stored_vectors: DataFrame | None = None
+
+    @cached_property
+    def item_vectors(self) -> DataFrame:
+        """(item_id, embedding) of the catalogue: the stored vectors, or the catalogue encoded now."""
+        from llmrank_spark.retrieval.semantic import item_embeddings
+
+        return (
+            self.stored_vectors if self.stored_vectors is not None else item_embeddings(self.items, self.cfg)
+        )
 
     @cached_property
     def item_text_matrix(self) -> tuple[np.ndarray, np.ndarray]:
-        """(sorted item ids, their MiniLM text vectors) on the driver, encoded once per run for the user
+        """(sorted item ids, their MiniLM text vectors) on the driver, collected once per run for the user
         and the query semantic retrievers."""
-        from llmrank_spark.retrieval.semantic import item_embeddings
         from llmrank_spark.retrieval.vector_search import collect_matrix
 
-        return collect_matrix(item_embeddings(self.items, self.cfg), "embedding", self.cfg, "items")
+        return collect_matrix(self.item_vectors, "embedding", self.cfg, "items")
 
 
 def decay(age_seconds, half_life_days: float):
@@ -85,6 +96,7 @@ def prepare_inputs(
     users: DataFrame | None,
     cfg: CandidatesConfig,
     run_date: dt.date,
+    item_vectors: DataFrame | None = None,
 ) -> RetrievalInputs:
     """Events up to run_date's end on catalogue items, weighted by type and recency; histories; exclusions.
 
@@ -138,4 +150,5 @@ def prepare_inputs(
         ),
         has_events=latest is not None,
         rejected=rejected_events(past, items, cfg),
+        stored_vectors=item_vectors,
     )

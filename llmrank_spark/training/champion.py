@@ -132,7 +132,7 @@ def gate_version(
     """Measure `version_path` (and the champion) on the back-dated run at `gate_cutoff` as served."""
     from llmrank_spark.evaluation import user_labels
     from llmrank_spark.rerank import rerank_candidates
-    from llmrank_spark.retrieval import build_candidates
+    from llmrank_spark.retrieval import build_candidates, item_vectors
 
     cutoff = gate_cutoff(config)
     history = interactions.where(F.col("event_ts") < F.lit(training_end(config)))
@@ -143,7 +143,10 @@ def gate_version(
     labelled = labels.select("request_id").distinct()
     share = min(1.0, config.train.gate_max_requests / max(labelled.count(), 1))
     sample = labelled.where(in_hashed_share(share, "request_id"))
-    candidates = build_candidates(spark, items, history, None, config.candidates, cutoff).candidates
+    vectors = item_vectors(spark, config, items)
+    candidates = build_candidates(
+        spark, items, history, None, config.candidates, cutoff, item_vectors=vectors
+    ).candidates
     # Computed once, and its long query plan cut: the rerank below stacks the features' plan on it.
     candidates = candidates.join(sample, "request_id", "left_semi").localCheckpoint()
     labels_pd: pd.DataFrame = labels.join(sample, "request_id", "left_semi").toPandas()
@@ -153,7 +156,14 @@ def gate_version(
     def served(path: str) -> pd.Series:
         cfg = config.rerank.model_copy(update={"mode": "cross_encoder", "model_path": path})
         result = rerank_candidates(
-            spark, candidates, items, history, cfg, cutoff, candidates_cfg=config.candidates
+            spark,
+            candidates,
+            items,
+            history,
+            cfg,
+            cutoff,
+            candidates_cfg=config.candidates,
+            item_vectors=vectors,
         )
         ranked = result.ranked.select("request_id", "item_id", "rank").toPandas()
         return per_request_ndcg(ranked, labels_pd, requests)

@@ -154,7 +154,7 @@ def training_lists(
     source_ranks, item_events), `list_size` per list, from the time split and the candidate retrievers;
     with `queries` and their graded `query_labels`, also the queries' lists (`_query_lists`) and
     "heldout_queries", the lists of the queries it never trains on."""
-    from llmrank_spark.retrieval import build_candidates
+    from llmrank_spark.retrieval import build_candidates, item_vectors
 
     cfg = config.train
     judged_queries = None
@@ -185,8 +185,16 @@ def training_lists(
     newest = history.agg(F.max("event_ts")).collect()[0][0]
     if newest is None:
         raise ValueError("interactions: no events before any user's targets; nothing to train on")
+    vectors = item_vectors(spark, config, items)
     every_list = build_candidates(
-        spark, items, history, users, config.candidates, newest.date(), queries=judged_queries
+        spark,
+        items,
+        history,
+        users,
+        config.candidates,
+        newest.date(),
+        queries=judged_queries,
+        item_vectors=vectors,
     ).candidates
     candidates = every_list.where(F.col("request_type") == "user")
     target_users = targets.select("user_id").distinct()
@@ -251,7 +259,9 @@ def training_lists(
         pairs = spark.createDataFrame(
             ranked, "request_id string, item_id string, retrieval_rank int, source_ranks map<string,int>"
         ).withColumn("request_type", F.lit("user"))
-        features = ranking_features(spark, pairs, items, history, users, config.candidates, newest.date())
+        features = ranking_features(
+            spark, pairs, items, history, users, config.candidates, newest.date(), vectors
+        )
         features_pd: pd.DataFrame = features.drop("request_type", "source_ranks", "retrieval_rank").toPandas()
         lists = lists.merge(
             features_pd.rename(columns={"request_id": "user_id"}), on=["user_id", ITEM], how="left"
