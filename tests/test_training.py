@@ -660,3 +660,23 @@ def test_fit_stops_at_the_first_validation_after_its_time_budget(tmp_path):
 
     # Without a budget, 3 epochs of 6 steps; with one already spent, it stops at the first validation.
     assert [s for s, _ in result.evaluations] == [0, 2]
+
+
+def test_only_a_hashed_sample_of_target_users_the_caps_can_use_is_collected(spark):
+    from llmrank_spark.training.extract import sampled_targets, users_to_collect
+
+    targets = spark.createDataFrame(
+        pd.DataFrame({"user_id": [f"u{n}" for n in range(5000) for _ in range(3)], "item_id": "i"})
+    )
+    caps = {"max_train_lists": 30, "max_validation_lists": 10, "max_fusion_lists": 10}
+    cfg = TrainConfig(**caps, lists_per_user=4, fusion_user_share=0.5)
+    # BERT's 10 users (30 lists / 3 per user, 10 validation lists) over half the users, the fusion's 10
+    # over the other half, twice over.
+    assert users_to_collect(cfg) == 40
+    kept = sampled_targets(targets, cfg).toPandas()
+    per_user = kept.groupby("user_id").size()
+    assert 20 <= len(per_user) <= 80 and (per_user == 3).all(), "about 40 users, each with every target"
+    again = sampled_targets(targets, cfg).toPandas()
+    assert sorted(again.user_id.unique()) == sorted(per_user.index), "the same users on every run"
+    # Fewer users than the caps can use: every target stays.
+    assert sampled_targets(targets, TrainConfig(max_fusion_lists=5000)).count() == 15000

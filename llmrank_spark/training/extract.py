@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -57,6 +59,31 @@ def split_for_training(interactions: DataFrame, cfg: TrainConfig) -> tuple[DataF
         .drop("cutoff")
     )
     return history, targets.join(cutoff, "user_id", "left_semi").drop("recency")
+
+
+# Target users are drawn in Spark, before anything is collected, this many times as many as the caps can
+# use: the seeded draws on the driver then still choose among more lists than they keep.
+_OVERSAMPLE = 2
+
+
+def users_to_collect(cfg: TrainConfig) -> int:
+    """How many target users' events and candidates the list sampling can use, oversampled: BERT's users
+    (training lists come `lists_per_user - 1` per user, validation one) over the share of users that are
+    not the fusion's, and the fusion's over theirs."""
+    bert_users = max(cfg.max_validation_lists, math.ceil(cfg.max_train_lists / (cfg.lists_per_user - 1)))
+    if cfg.fusion != "lambdamart":
+        return _OVERSAMPLE * bert_users
+    share = cfg.fusion_user_share
+    return math.ceil(_OVERSAMPLE * max(bert_users / (1 - share), cfg.max_fusion_lists / share))
+
+
+def sampled_targets(targets: DataFrame, cfg: TrainConfig) -> DataFrame:
+    """`targets` (user_id, ...) of a hashed sample of about `users_to_collect` users, every target of a
+    kept user; all of them when there are no more. Only this sample's events and candidates reach the
+    driver, however many shoppers the interactions hold."""
+    users = targets.select("user_id").distinct().count()
+    share = users_to_collect(cfg) / max(users, 1)
+    return targets if share >= 1 else targets.where(in_hashed_share(share, "user_id"))
 
 
 def _assemble_lists(
@@ -182,6 +209,7 @@ def training_lists(
     text_cfg = training_text(config)
 
     history, targets = split_for_training(interactions, cfg)
+    targets = sampled_targets(targets, cfg)
     newest = history.agg(F.max("event_ts")).collect()[0][0]
     if newest is None:
         raise ValueError("interactions: no events before any user's targets; nothing to train on")
