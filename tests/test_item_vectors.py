@@ -23,6 +23,9 @@ def test_only_new_and_changed_items_are_encoded_again(spark, config):
     first = refresh_item_vectors(spark, config, items, DAY)
     assert (first.encoded, first.kept) == (len(ITEMS), 0)
     before = stored(spark, config)
+    returned = first.vectors.toPandas().set_index("item_id").embedding
+    assert sorted(returned.index) == sorted(ITEMS.item_id)
+    assert all(np.array_equal(returned[i], before.embedding[i]) for i in ITEMS.item_id)
     assert set(before.index) == set(ITEMS.item_id) and (before.encoded_on == DAY).all()
     assert np.allclose([np.linalg.norm(v) for v in before.embedding], 1.0, atol=1e-5)
 

@@ -54,7 +54,7 @@ def ingest_movielens(spark: SparkSession, config: Config, path: str | Path) -> S
 
 def candidates(spark: SparkSession, config: Config) -> StepRun:
     """First stage: blended multi-source candidate lists for every active user and every search query."""
-    from llmrank_spark.retrieval import build_candidates, item_vectors, refresh_item_vectors
+    from llmrank_spark.retrieval import build_candidates, refresh_item_vectors
 
     with StepRun(spark, config, "candidates") as run:
         run.check_outputs("candidates", "rejects", "item_embeddings")
@@ -72,7 +72,7 @@ def candidates(spark: SparkSession, config: Config) -> StepRun:
             config.candidates,
             config.run.run_date,
             queries=queries,
-            item_vectors=item_vectors(spark, config, items),
+            item_vectors=refresh.vectors,
         )
         with materialised(lists.candidates):
             run.write("candidates", lists.candidates)

@@ -68,10 +68,12 @@ def item_vectors(spark: SparkSession, config: Config, items: DataFrame) -> DataF
 
 @dataclass(frozen=True)
 class Refresh:
-    """What `refresh_item_vectors` did: items encoded (new or changed text), items whose vector was kept."""
+    """What `refresh_item_vectors` did: items encoded (new or changed text), items whose vector was kept,
+    and `vectors` (item_id, embedding): every item's current vector, read from the table."""
 
     encoded: int
     kept: int
+    vectors: DataFrame
 
     def describe(self) -> str:
         return f"item vectors: {self.encoded:,} encoded, {self.kept:,} kept from {TABLE}"
@@ -79,8 +81,9 @@ class Refresh:
 
 def refresh_item_vectors(spark: SparkSession, config: Config, items: DataFrame, run_date: dt.date) -> Refresh:
     """Encode the items whose current text the table lacks for the current encoder, and merge them in (one
-    row per item and encoder; a changed text replaces its row). Returns what it encoded."""
-    texts = text_hashes(items, config.candidates)
+    row per item and encoder; a changed text replaces its row). Returns what it encoded, and the vectors
+    of `items` from the table, which now holds every one of them: no reader has to render texts again."""
+    texts = text_hashes(items, config.candidates).persist()  # rendered once: the plan below reads it twice
     stored = _stored(spark, config, texts)
     stale = texts if stored is None else texts.join(stored.select("item_id"), "item_id", "left_anti")
     fresh = (
@@ -110,4 +113,7 @@ def refresh_item_vectors(spark: SparkSession, config: Config, items: DataFrame, 
             spark.catalog.dropTempView(view)
     finally:
         fresh.unpersist()
-    return Refresh(encoded, texts.count() - encoded)
+        texts.unpersist()
+    current = read_table(spark, config, TABLE).where(F.col("encoder") == F.lit(encoder_name()))
+    vectors = current.join(items.select("item_id"), "item_id", "left_semi").select("item_id", "embedding")
+    return Refresh(encoded, items.count() - encoded, vectors)
