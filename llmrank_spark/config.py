@@ -564,6 +564,13 @@ class EvaluateConfig(_Section):
         description="Measure intra-list diversity by MiniLM text embedding of the ranked items (loads the "
         "packaged encoder).",
     )
+    trend_days: int = Field(
+        90,
+        ge=1,
+        description="Days back from run_date the report's trend chart covers; only those runs' overall "
+        "('all') rows of `metrics` are read for it, so the report's input stays small however long the "
+        "table's history.",
+    )
 
 
 FairnessStrategy = Literal["list", "run", "fa_ir", "det_const_sort"]

@@ -329,3 +329,22 @@ def test_user_and_query_requests_are_measured_apart_and_the_summary_has_a_query_
     user_line = f"NDCG@3: retrieval {value[('candidates', 'ndcg@3', 'request_type=user')]:.4f} -> served "
     assert lines[0].startswith(user_line)
     assert re.fullmatch(r"query NDCG@3: retrieval 1\.0000 -> served 0\.\d{4}", lines[1]), lines[1]
+
+
+def test_the_report_reads_its_run_and_only_the_overall_rows_of_the_trend_window(spark):
+    from llmrank_spark.evaluation import report_history
+
+    dates = [RUN_DATE - dt.timedelta(days=d) for d in (0, 1, 30, 31, 200)] + [RUN_DATE + dt.timedelta(days=1)]
+    metrics = spark.createDataFrame(
+        pd.DataFrame(
+            [
+                {"run_date": d, "step": "rerank", "metric": "ndcg@10", "slice": s, "value": 0.5}
+                for d in dates
+                for s in ("all", "gender=F")
+            ]
+        )
+    )
+    history = report_history(metrics, RUN_DATE, trend_days=30)
+    kept = set(zip(history.run_date, history.slice, strict=True))
+    run, earlier = dates[0], dates[1:3]  # one day and 30 days back are in the window; 31 and 200 are not
+    assert kept == {(run, "all"), (run, "gender=F"), *((d, "all") for d in earlier)}

@@ -15,7 +15,7 @@ from llmrank_spark.evaluation.orders import (
     sampled_lists,
     sweep_step,
 )
-from llmrank_spark.evaluation.report import sweep_points, value, write_report
+from llmrank_spark.evaluation.report import report_history, sweep_points, value, write_report
 from llmrank_spark.evaluation.request_keys import one_request_column, request_key
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "item_counts_until",
     "measure_run",
     "one_request_column",
+    "report_history",
     "request_key",
     "sampled_lists",
     "sweep_points",

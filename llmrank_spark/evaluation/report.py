@@ -9,6 +9,7 @@ be rebuilt for any past run. Plots are matplotlib figures (Agg backend: no displ
 
 from __future__ import annotations
 
+import datetime as dt
 import html
 import re
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from llmrank_spark.config import Config
 from llmrank_spark.evaluation.orders import FAIR, MODEL, RETRIEVAL
@@ -232,8 +235,19 @@ def _gini_of(shares: pd.Series) -> float:
     return gini(shares.to_numpy())
 
 
+def report_history(metrics: DataFrame, run_date: dt.date, trend_days: int) -> pd.DataFrame:
+    """What the report reads of the `metrics` table: every row of run_date, and the overall ('all') rows
+    of the runs in the `trend_days` before it for the trend chart; filtered in Spark."""
+    first = run_date - dt.timedelta(days=trend_days)
+    dates = F.col("run_date")
+    wanted = (dates == F.lit(run_date)) | (
+        (F.col("slice") == "all") & (dates >= F.lit(first)) & (dates < F.lit(run_date))
+    )
+    return metrics.where(wanted).toPandas()
+
+
 def plot_trends(history: pd.DataFrame, step: str, k: int, path: Path) -> Path:
-    """Headline metrics of one order across every run in the table, by run date."""
+    """Headline metrics of one order across the runs of `history`, by run date."""
     wanted = [f"{m}@{k}" for m in ("ndcg", "recall", "provider_gini", "coverage", "ild_category")]
     rows = history[(history.step == step) & (history.slice == "all") & history.metric.isin(wanted)]
     table = rows.pivot_table(index="run_date", columns="metric", values="value").sort_index()
@@ -341,7 +355,7 @@ def _html_table(table: pd.DataFrame) -> str:
 
 
 def write_report(history: pd.DataFrame, config: Config) -> Report:
-    """The report of config.run.run_date from the `metrics` table (`history`: every run's rows)."""
+    """The report of config.run.run_date from the `metrics` table (`history`: `report_history`'s rows)."""
     run_date = config.run.run_date
     history = history.assign(run_date=pd.to_datetime(history["run_date"]).dt.date)
     metrics = history[history.run_date == run_date]

@@ -185,7 +185,7 @@ def _with_strength(ranked: DataFrame, strength: float | None) -> DataFrame:
 
 def evaluate(spark: SparkSession, config: Config) -> StepRun:
     """Measure the run's lists (retrieval, model and fair order) into `metrics` and write the run report."""
-    from llmrank_spark.evaluation import evaluate_tables, write_report
+    from llmrank_spark.evaluation import evaluate_tables, report_history, write_report
 
     with StepRun(spark, config, "evaluate") as run:
         run.check_outputs("metrics")
@@ -200,7 +200,8 @@ def evaluate(spark: SparkSession, config: Config) -> StepRun:
             )
         rows = evaluate_tables(tables, config).assign(run_date=config.run.run_date)
         run.write("metrics", frame_from_pandas(spark, rows, "metrics"))
-        history = read_table(spark, config, "metrics", version=run.outputs["metrics"]).toPandas()
+        written = read_table(spark, config, "metrics", version=run.outputs["metrics"])
+        history = report_history(written, config.run.run_date, config.evaluate.trend_days)
         report = write_report(history, config)
         run.notes += [f"report: {report.index}", *report.summary]
     return run
