@@ -56,7 +56,8 @@ def test_steps_read_stored_vectors_and_encode_only_what_the_table_lacks(spark, c
     # A step reading the table with a newer catalogue: the unknown item is encoded there, not written.
     newer = pd.concat([ITEMS, ITEMS.iloc[[3]].assign(item_id="i9", title="Garden Hose Reel")])
     newer_items = frame_from_pandas(spark, newer, "items")
-    vectors = item_vectors(spark, config, newer_items).toPandas().set_index("item_id").embedding
+    table = read_table(spark, config, "item_embeddings")
+    vectors = item_vectors(table, newer_items, config.candidates).toPandas().set_index("item_id").embedding
     assert sorted(vectors.index) == sorted(newer.item_id)
     assert latest_version(spark, config, "item_embeddings") == version
     fresh = item_embeddings(newer_items, config.candidates).toPandas().set_index("item_id").embedding

@@ -425,7 +425,8 @@ def _required(tables: Mapping[str, DataFrame | None], table: str) -> DataFrame:
 
 def evaluate_tables(tables: Mapping[str, DataFrame | None], config: Config) -> pd.DataFrame:
     """The run's metrics rows from its Spark tables (ranked, candidates, items, interactions; optionally
-    users, query_labels), each already pinned by the step; see the module doc for what is collected."""
+    users, query_labels, item_embeddings), each already pinned by the step; see the module doc for what
+    is collected."""
     run_date, cfg = config.run.run_date, config.evaluate
     todays = F.col("run_date") == F.lit(run_date)
     ranked = _required(tables, "ranked").where(todays)
@@ -443,7 +444,8 @@ def evaluate_tables(tables: Mapping[str, DataFrame | None], config: Config) -> p
         from llmrank_spark.retrieval import item_vectors
 
         listed = ranked.select("item_id").unionByName(candidates.select("item_id")).distinct()
-        embeddings = item_vectors(ranked.sparkSession, config, items.join(listed, "item_id", "left_semi"))
+        listed_items = items.join(listed, "item_id", "left_semi")
+        embeddings = item_vectors(tables.get("item_embeddings"), listed_items, config.candidates)
     return measure_run(
         one_request_column(ranked),
         one_request_column(candidates).select(REQUEST, ITEM, "retrieval_rank"),

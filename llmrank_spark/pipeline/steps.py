@@ -115,7 +115,7 @@ def rerank(spark: SparkSession, config: Config) -> StepRun:
             users=users,
             faults=config.faults,
             candidates_cfg=config.candidates,
-            item_vectors=item_vectors(spark, config, items),
+            item_vectors=item_vectors(run.read_optional("item_embeddings"), items, config.candidates),
         )
         run.notes.append(f"served model: {spec.version}{_registry_note(requested, config)}")
         with materialised(result.outcome, run.progress.sized(todays.count(), "pairs")):
@@ -191,7 +191,8 @@ def evaluate(spark: SparkSession, config: Config) -> StepRun:
         run.check_outputs("metrics")
         _check_report_writable(config)
         required = {table: run.read(table) for table in ("ranked", "candidates", "items", "interactions")}
-        tables = required | {table: run.read_optional(table) for table in ("users", "query_labels")}
+        optional = ("users", "query_labels", "item_embeddings")
+        tables = required | {table: run.read_optional(table) for table in optional}
         check_partition(required["ranked"], "ranked", config.run.run_date, "rerank")
         _check_inputs(config, **tables)
         if not fairness_runs(required["items"], required["interactions"], config, run.warn):
@@ -257,6 +258,7 @@ def train(spark: SparkSession, config: Config) -> StepRun:
     """Fine-tune the reranker, gate it against the retrieval order and the champion on the last
     `train.gate_days`, and register it in MLflow (with the `champion` alias only if it passed;
     `champion.py`). Warm-started from the newest registered version when train.warm_start."""
+    from llmrank_spark.retrieval import item_vectors
     from llmrank_spark.training import (
         CHAMPION,
         REGISTERED,
@@ -286,6 +288,7 @@ def train(spark: SparkSession, config: Config) -> StepRun:
             queries=queries,
             query_labels=query_labels,
         )
+        vectors = item_vectors(run.read_optional("item_embeddings"), items, config.candidates)
         gated = config.train.gate_days > 0
         # The gate's days stay out of training: the version is judged on days it never saw.
         seen = interactions.where(F.col("event_ts") < F.lit(training_end(config))) if gated else interactions
@@ -302,6 +305,7 @@ def train(spark: SparkSession, config: Config) -> StepRun:
                 Path(staging),
                 queries,
                 query_labels,
+                vectors,
             )
             warm_note = "none" if warm is None else f"{warm.name}/{warm.version}"
             params = {**config.train.model_dump(), "data_snapshot": data_snapshot, "warm_from": warm_note}
@@ -311,7 +315,7 @@ def train(spark: SparkSession, config: Config) -> StepRun:
             if gated:
                 # Measured from the staged copy: the same files as the logged artifact, no download.
                 champion_dir = None if champion is None else artifact_dir(config, champion)
-                result = gate_version(spark, items, interactions, config, str(path), champion_dir)
+                result = gate_version(spark, items, interactions, config, str(path), champion_dir, vectors)
                 status = CHAMPION if result.promoted else REJECTED
                 mlflow_run.log_metrics(result.metrics())
                 gate_tags = {"gate_reason": result.reason} | {

@@ -3,8 +3,8 @@
 Every step that needs vectors (the semantic retrievers, the fusion's text similarity, training, the
 embedding diversity) used to encode the whole catalogue, every night. Now the candidates step, the first
 of the night, encodes only the items whose text (by its SHA-256) the table does not hold for the current
-encoder, and merges them in (`refresh_item_vectors`); every step reads the table and encodes on the fly
-only what it still lacks (`item_vectors`), without writing.
+encoder, and merges them in (`refresh_item_vectors`); every other step reads the table (pinned and logged
+in `runs` like any input) and encodes on the fly only what it still lacks (`item_vectors`), never writing.
 """
 
 from __future__ import annotations
@@ -48,22 +48,22 @@ def text_hashes(items: DataFrame, cfg: CandidatesConfig) -> DataFrame:
     return items.select(*columns).mapInPandas(digest, "item_id string, text_hash string")
 
 
-def _stored(spark: SparkSession, config: Config, texts: DataFrame) -> DataFrame | None:
-    """(item_id, embedding) of the stored vectors of `texts` whose text is unchanged; None: no table."""
-    if not table_exists(spark, config, TABLE):
-        return None
-    stored = read_table(spark, config, TABLE).where(F.col("encoder") == F.lit(encoder_name()))
-    return stored.join(texts, ["item_id", "text_hash"], "left_semi").select("item_id", "embedding")
+def _current(table: DataFrame, texts: DataFrame) -> DataFrame:
+    """(item_id, embedding) of the rows of the `item_embeddings` table that encode `texts` (item_id,
+    text_hash) with the current encoder."""
+    current = table.where(F.col("encoder") == F.lit(encoder_name()))
+    return current.join(texts, ["item_id", "text_hash"], "left_semi").select("item_id", "embedding")
 
 
-def item_vectors(spark: SparkSession, config: Config, items: DataFrame) -> DataFrame:
-    """(item_id, embedding) of every item of `items`: the table's vector where it holds the item's current
-    text, a fresh encoding otherwise (not written back; the candidates step does that)."""
-    stored = _stored(spark, config, text_hashes(items, config.candidates))
-    if stored is None:
-        return item_embeddings(items, config.candidates)
+def item_vectors(table: DataFrame | None, items: DataFrame, cfg: CandidatesConfig) -> DataFrame:
+    """(item_id, embedding) of every item of `items`: the vector of `table` (the `item_embeddings` table
+    as the step read it; None: none yet) where it holds the item's current text, a fresh encoding
+    otherwise (not written back; the candidates step does that)."""
+    if table is None:
+        return item_embeddings(items, cfg)
+    stored = _current(table, text_hashes(items, cfg))
     missing = items.join(stored.select("item_id"), "item_id", "left_anti")
-    return stored.unionByName(item_embeddings(missing, config.candidates))
+    return stored.unionByName(item_embeddings(missing, cfg))
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def refresh_item_vectors(spark: SparkSession, config: Config, items: DataFrame, 
     row per item and encoder; a changed text replaces its row). Returns what it encoded, and the vectors
     of `items` from the table, which now holds every one of them: no reader has to render texts again."""
     texts = text_hashes(items, config.candidates).persist()  # rendered once: the plan below reads it twice
-    stored = _stored(spark, config, texts)
+    stored = _current(read_table(spark, config, TABLE), texts) if table_exists(spark, config, TABLE) else None
     stale = texts if stored is None else texts.join(stored.select("item_id"), "item_id", "left_anti")
     fresh = (
         item_embeddings(items.join(stale.select("item_id"), "item_id", "left_semi"), config.candidates)

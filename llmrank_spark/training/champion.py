@@ -128,11 +128,13 @@ def gate_version(
     config: Config,
     version_path: str,
     champion_path: str | None,
+    item_vectors: DataFrame | None = None,
 ) -> GateResult:
-    """Measure `version_path` (and the champion) on the back-dated run at `gate_cutoff` as served."""
+    """Measure `version_path` (and the champion) on the back-dated run at `gate_cutoff` as served;
+    `item_vectors` (item_id, embedding) are the catalogue's stored text vectors, None encodes them."""
     from llmrank_spark.evaluation import user_labels
     from llmrank_spark.rerank import rerank_candidates
-    from llmrank_spark.retrieval import build_candidates, item_vectors
+    from llmrank_spark.retrieval import build_candidates, item_embeddings
 
     cutoff = gate_cutoff(config)
     history = interactions.where(F.col("event_ts") < F.lit(training_end(config)))
@@ -143,7 +145,7 @@ def gate_version(
     labelled = labels.select("request_id").distinct()
     share = min(1.0, config.train.gate_max_requests / max(labelled.count(), 1))
     sample = labelled.where(in_hashed_share(share, "request_id"))
-    vectors = item_vectors(spark, config, items)
+    vectors = item_embeddings(items, config.candidates) if item_vectors is None else item_vectors
     candidates = build_candidates(
         spark, items, history, None, config.candidates, cutoff, item_vectors=vectors
     ).candidates

@@ -176,12 +176,14 @@ def training_lists(
     data_snapshot: str,
     queries: DataFrame | None = None,
     query_labels: DataFrame | None = None,
+    item_vectors: DataFrame | None = None,
 ) -> dict[str, pd.DataFrame]:
     """{"train": lists, "validation": lists}: rows (list_id, item_id, label, context_text, item_text,
     source_ranks, item_events), `list_size` per list, from the time split and the candidate retrievers;
     with `queries` and their graded `query_labels`, also the queries' lists (`_query_lists`) and
-    "heldout_queries", the lists of the queries it never trains on."""
-    from llmrank_spark.retrieval import build_candidates, item_vectors
+    "heldout_queries", the lists of the queries it never trains on. `item_vectors` (item_id, embedding)
+    are the catalogue's stored text vectors; None encodes them."""
+    from llmrank_spark.retrieval import build_candidates, item_embeddings
 
     cfg = config.train
     judged_queries = None
@@ -213,7 +215,7 @@ def training_lists(
     newest = history.agg(F.max("event_ts")).collect()[0][0]
     if newest is None:
         raise ValueError("interactions: no events before any user's targets; nothing to train on")
-    vectors = item_vectors(spark, config, items)
+    vectors = item_embeddings(items, config.candidates) if item_vectors is None else item_vectors
     every_list = build_candidates(
         spark,
         items,

@@ -37,14 +37,18 @@ def train_reranker(
     artifact_root: Path,
     queries: DataFrame | None = None,
     query_labels: DataFrame | None = None,
+    item_vectors: DataFrame | None = None,
 ) -> tuple[ArtifactManifest, Path, FitResult]:
     """Fine-tune a reranker version on the interactions (and the graded `query_labels` of `queries`, when
     given) and save its artifact under `artifact_root`; return its manifest, its directory and how the
-    fit went. The version ranks queries only if it beats their retrieval order on held-out queries."""
+    fit went. The version ranks queries only if it beats their retrieval order on held-out queries.
+    `item_vectors` (item_id, embedding) are the catalogue's stored text vectors; None encodes them."""
     cfg = config.train
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    built = training_lists(spark, items, interactions, users, config, data_snapshot, queries, query_labels)
+    built = training_lists(
+        spark, items, interactions, users, config, data_snapshot, queries, query_labels, item_vectors
+    )
 
     model, started_from = initial_model(warm_from, cfg.fusion_features, cfg.architecture)
     tokenizer = load_tokenizer(warm_from or base_model_dir())
