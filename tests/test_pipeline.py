@@ -111,12 +111,14 @@ def test_runs_table_traces_every_step_to_the_versions_it_read_and_wrote(spark, o
     runs = spark.read.format("delta").load(config.table_path("runs"))
     assert runs.where("status != 'succeeded'").count() == 0
     last_rerank = runs.where("step = 'rerank'").orderBy(F.col("started_at").desc()).first()
-    assert set(last_rerank.inputs) == {"candidates", "items", "interactions", "queries"}
+    assert set(last_rerank.inputs) == {"candidates", "items", "interactions", "queries", "item_embeddings"}
     assert set(last_rerank.outputs) == {"ranked", "rejects"}
     assert last_rerank.outputs["ranked"] == latest_version(spark, config.table_path("ranked"))
     last_candidates = runs.where("step = 'candidates'").orderBy(F.col("started_at").desc()).first()
-    # The rerank read exactly the candidates version the candidates step had just written.
+    # The rerank read exactly the candidates version the candidates step had just written, and the item
+    # vectors it had kept.
     assert last_rerank.inputs["candidates"] == last_candidates.outputs["candidates"]
+    assert last_rerank.inputs["item_embeddings"] == last_candidates.outputs["item_embeddings"]
     assert last_rerank.rows["ranked"] == first_run["ranked"]["rows"]
 
     # `llmrank runs` prints the same lineage, one line per step run, oldest first.
