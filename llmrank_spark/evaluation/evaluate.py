@@ -61,9 +61,9 @@ from llmrank_spark.postprocess import ProviderPolicy, provider_policy, targets_r
 
 METRICS_COLUMNS = ["step", "model_version", "metric", "slice", "value"]
 _EMBEDDING = "embedding"
-# Per-request values measured on every order but never averaged per user group: diversity and the
-# prefix guarantee (a target check, reported through target_reached).
-_NOT_PER_GROUP = ("ild_category@", "ild_embedding@", PREFIX_HELD)
+# Per-request values averaged over all requests only, never per group: the intra-list diversities. (The
+# prefix guarantee is no metric row at all: `_mean_rows` leaves it to the target rows.)
+_NOT_PER_GROUP = ("ild_category@", "ild_embedding@")
 
 
 def measure_run(

@@ -57,14 +57,17 @@ def request_values(
     for step, one_order in lists.groupby(STEP, sort=True):
         order = one_order.drop(columns=STEP).reset_index(drop=True)
         check_lists(order)
-        category = order.drop_duplicates(ITEM).set_index(ITEM)["category"].dropna()
+        per_item = order.drop_duplicates(ITEM).set_index(ITEM)
+        category = per_item["category"].dropna()
+        # An item without a vector (none in the table, not in the catalogue) is left out here, so that
+        # `unit_vectors` names it instead of failing on a null.
+        vectors = None if embedding is None else per_item[embedding].dropna()
         values: list[pd.Series] = []
         for k in ks:
             if labels is not None:
                 values += [metric(order, labels, k) for metric in QUALITY_METRICS]
             values.append(intra_list_diversity_by_category(order, category, k).rename(f"ild_category@{k}"))
-            if embedding is not None:
-                vectors = order.drop_duplicates(ITEM).set_index(ITEM)[embedding]
+            if vectors is not None:
                 by_embedding = intra_list_diversity_by_embedding(order, vectors, k)
                 values.append(by_embedding.rename(f"ild_embedding@{k}"))
         if prefix is not None and step in prefix.steps:
