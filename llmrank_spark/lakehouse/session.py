@@ -32,6 +32,12 @@ LOCAL_DEFAULTS = {
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
     "spark.driver.memory": "4g",
+    # Broadcast a join side only once its size is measured (adaptive execution, after the shuffle that
+    # made it), never on the planner's estimate: the estimate of an explode or a mapInPandas output is
+    # its input's size, and a side estimated under 10 MiB that is really far larger ran the driver out of
+    # heap building the broadcast (bench/scale.py, 10,000 users with a 1 GiB driver).
+    "spark.sql.autoBroadcastJoinThreshold": "-1",
+    "spark.sql.adaptive.autoBroadcastJoinThreshold": "10m",
     "spark.databricks.delta.schema.autoMerge.enabled": "false",
     # Outputs are read incrementally downstream; new Delta tables get the change data feed.
     "spark.databricks.delta.properties.defaults.enableChangeDataFeed": "true",

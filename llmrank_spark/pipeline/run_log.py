@@ -42,8 +42,12 @@ def materialised(
     failure in it (a crashed scorer, an injected fault) happens before the first commit: every output
     table keeps its previous version. Cached blocks lost with an executor are recomputed by Spark.
     `progress` (say, `Progress.sized`) is entered while that work runs.
+
+    On disk, not in memory: the frame is read back only by the writes, and it is the size of the step's
+    output (5 million candidate rows at 50,000 users), which in an executor's heap left the tasks and
+    broadcasts that follow without room (bench/scale.py, 1 GiB local driver: out of heap caching it).
     """
-    frame.persist(StorageLevel.MEMORY_AND_DISK)
+    frame.persist(StorageLevel.DISK_ONLY)
     try:
         with progress or nullcontext():
             frame.count()
