@@ -244,8 +244,12 @@ def training_lists(
     # Spark returns rows in no fixed order; sorted, the seeded sampling draws the same lists every run.
     candidates_pd = candidates_pd.sort_values(["request_id", ITEM], ignore_index=True)
     items_pd: pd.DataFrame = items.toPandas()
-    # Only a user template reads the users table: without one it stays in Spark.
-    users_pd = users.toPandas() if users is not None and text_cfg.user_template else None
+    # Only a user template reads the users table, and only the sampled users' rows reach the driver.
+    users_pd = (
+        users.join(target_users, "user_id", "left_semi").toPandas()
+        if users is not None and text_cfg.user_template
+        else None
+    )
     item_events: pd.DataFrame = item_event_counts(history, newest.date()).toPandas()
 
     # The newest target of each user is the validation slice; the older ones are training lists.
