@@ -1,7 +1,7 @@
 """Scale: the whole nightly on a sample lakehouse of N users, with the driver held to a small JVM heap.
 
   python bench/scale.py --users 10000                      # 10,000 users x 100 candidates
-  python bench/scale.py --users 200000 --driver-memory 1g  # 20 million candidate rows
+  python bench/scale.py --users 200000                     # 20 million candidate rows
 
 The sample generator writes a lakehouse scaled from the default sample: the same 50 events per user,
 the catalogue fixed at --items, the 300 queries as they are, and the run date two weeks before the log
@@ -39,8 +39,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 NIGHTLY = ("candidates", "rerank", "attributes", "evaluate")
-# Two executors of one core and 4 GiB each, in their own JVMs beside the driver: the 2-core machine as a
-# small cluster (Spark's local-cluster master, which the pip-installed pyspark supports).
+# Two workers of one core and 4 GiB each (executor heap: --executor-memory), in their own JVMs beside the
+# driver: the 2-core machine as a small cluster (Spark's local-cluster master, which pip's pyspark runs).
 LOCAL_CLUSTER = "local-cluster[2,1,4096]"
 # Events per user of the default sample (60,000 events, 1,200 users); its 300 queries are kept as they are.
 EVENTS_PER_USER = 50
@@ -178,7 +178,7 @@ def register_tiny_champion(config_path: Path) -> str:
     return "tiny-scale-v1"
 
 
-def rows_table(root: Path, config_path: Path, figures: list[StepFigures]) -> tuple[list[str], int]:
+def rows_table(config_path: Path, figures: list[StepFigures]) -> tuple[list[str], int]:
     """Per step: rows read and written, from the run log (Delta versions read, rows written)."""
     from llmrank_spark.config import load_config
     from llmrank_spark.lakehouse import get_spark, read_table
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   {step}: exit {code}, {seconds:.0f}s, heap {figures[-1].heap_mib} MiB", flush=True)
         if code:
             break
-    lines, candidate_rows = rows_table(root, write_config(root, args, "4g", None, "local[*]"), figures)
+    lines, candidate_rows = rows_table(write_config(root, args, "4g", None, "local[*]"), figures)
     print("\n".join(lines))
     heap = max(f.heap_mib for f in figures)
     python = max(f.python_mib for f in figures)

@@ -44,8 +44,8 @@ def materialised(
     `progress` (say, `Progress.sized`) is entered while that work runs.
 
     On disk, not in memory: the frame is read back only by the writes, and it is the size of the step's
-    output (5 million candidate rows at 50,000 users), which in an executor's heap left the tasks and
-    broadcasts that follow without room (bench/scale.py, 1 GiB local driver: out of heap caching it).
+    output (5 million candidate rows at 50,000 users), which held in an executor's storage memory
+    competes with the tasks that follow for its heap.
     """
     frame.persist(StorageLevel.DISK_ONLY)
     try:
