@@ -103,10 +103,15 @@ def run_child(command: str, config: Path, peak_file: Path) -> int:
 
 
 def write_config(
-    root: Path, args: argparse.Namespace, driver_memory: str, gc_log: Path | None, master: str
+    root: Path,
+    args: argparse.Namespace,
+    name: str,
+    driver_memory: str,
+    master: str,
+    gc_log: Path | None = None,
 ) -> Path:
-    """The bench's config: the defaults (conf/local.yaml) with the scaled sample, the run date with labels
-    after it, the master, and the driver's heap and GC log."""
+    """The bench's config `<root>/<name>.yaml`: the defaults (conf/local.yaml) with the scaled sample, the
+    run date with labels after it, the master, the driver's heap and, for a measured step, its GC log."""
     from llmrank_spark.data.sample_lakehouse import END_OF_LOG
 
     end = END_OF_LOG.date()
@@ -125,7 +130,6 @@ def write_config(
         },
         "candidates": {"n_per_request": args.candidates},
     }
-    name = "generate" if gc_log is None else gc_log.stem
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(tree, sort_keys=False))
     return path
@@ -223,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("LLMRANK_LOG_DIR", str(root / "logs"))
     if not (args.reuse and (root / "lakehouse").exists()):
-        generate = write_config(root, args, "8g", None, "local[*]")
+        generate = write_config(root, args, "generate", "8g", "local[*]")
         print(f"generating the sample lakehouse of {args.users:,} users under {root}", flush=True)
         code, seconds, _ = run_command("generate-sample", generate, root)
         if code:
@@ -235,14 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     for step in args.steps.split(","):
         gc_log = root / f"gc-{step}.log"
         gc_log.unlink(missing_ok=True)
-        config = write_config(root, args, args.driver_memory, gc_log, args.master)
+        config = write_config(root, args, step, args.driver_memory, args.master, gc_log)
         print(f"-- {step} (driver {args.driver_memory})", flush=True)
         code, seconds, python_mib = run_command(step, config, root)
         figures.append(StepFigures(step, seconds, peak_heap_mib(gc_log), python_mib, code))
         print(f"   {step}: exit {code}, {seconds:.0f}s, heap {figures[-1].heap_mib} MiB", flush=True)
         if code:
             break
-    lines, candidate_rows = rows_table(write_config(root, args, "4g", None, "local[*]"), figures)
+    lines, candidate_rows = rows_table(write_config(root, args, "count-rows", "4g", "local[*]"), figures)
     print("\n".join(lines))
     heap = max(f.heap_mib for f in figures)
     python = max(f.python_mib for f in figures)
