@@ -6,8 +6,10 @@ names; 2: some of them; 1: the category only; 0: another category). Each retriev
 `source_weights`, `fusion_k`) cut at the same depth. The zero-shot bi-encoder re-orders the blend's
 list by the cosine of the packaged MiniLM's query and item vectors (what `rerank.mode
 zero_shot_bi_encoder` serves); with `--model`, a fine-tuned reranker re-orders it as the rerank step
-serves queries. Figures are given over all queries and over the held-out queries
-(`train.heldout_query_share`, hashed by id), the ones a version trained on queries never saw.
+serves queries; with `--query-encoder`, the semantic retriever (and so the blend) uses the query
+encoder an artifact holds (training/query_encoder.py) instead of the packaged MiniLM. Figures are
+given over all queries and over the held-out queries (`train.heldout_query_share`, hashed by id), the
+ones a version trained on queries never saw.
 
 - NDCG@10 against the graded labels (unjudged items count 0);
 - recall@100 of the items matching at least one value the query names (grade >= 2), the ones a
@@ -17,6 +19,7 @@ serves queries. Figures are given over all queries and over the held-out queries
   python bench/query_retrieval.py
   python bench/query_retrieval.py --set candidates.source_weights='{lexical: 1.0, query_semantic: 0.5}'
   python bench/query_retrieval.py --model <artifact directory of a version trained with queries>
+  python bench/query_retrieval.py --query-encoder <artifact directory of a version with a query encoder>
 """
 
 from __future__ import annotations
@@ -35,11 +38,16 @@ from llmrank_spark.data import generate_sample
 from llmrank_spark.events import item_event_counts
 from llmrank_spark.lakehouse import frame_from_pandas, get_spark
 from llmrank_spark.metrics import ndcg_at_k, recall_at_k
-from llmrank_spark.rerank import load_artifact
+from llmrank_spark.rerank import load_artifact, query_encoder_dir
 from llmrank_spark.retrieval import blend, prepare_inputs
 from llmrank_spark.retrieval.lexical import lexical_candidates
 from llmrank_spark.retrieval.queries import checked_queries
-from llmrank_spark.retrieval.semantic import encoded_queries, query_semantic_candidates
+from llmrank_spark.retrieval.semantic import (
+    Encoder,
+    QueryEncoder,
+    encoded_queries,
+    query_semantic_candidates,
+)
 from llmrank_spark.text import item_text_frame
 from llmrank_spark.training.lists import LIST, rank_by_score
 from llmrank_spark.training.network import FusionRanker
@@ -110,6 +118,11 @@ def main() -> None:
     parser.add_argument(
         "--model", help="a reranker artifact directory (trained on queries) to re-order the blend with"
     )
+    parser.add_argument(
+        "--query-encoder",
+        metavar="ARTIFACT",
+        help="a reranker artifact directory holding a query encoder: the semantic retriever uses it",
+    )
     args = parser.parse_args()
     config = load_config(
         overrides=[f"spark.master={args.master}", f"candidates.n_per_request={args.depth}", *args.overrides]
@@ -125,12 +138,18 @@ def main() -> None:
     rankable = rankable.select("request_id", "query_text").localCheckpoint()
 
     lexical, lexical_s = collect(lexical_candidates(spark, items, rankable, config.candidates, args.depth))
-    semantic, semantic_s = collect(query_semantic_candidates(inputs, rankable, args.depth))
+    encoder = None
+    if args.query_encoder:
+        directory = query_encoder_dir(args.query_encoder)
+        if directory is None:
+            parser.error(f"--query-encoder {args.query_encoder}: that artifact holds no query encoder")
+        encoder = QueryEncoder(Encoder("query encoder", directory))
+    semantic, semantic_s = collect(query_semantic_candidates(inputs, rankable, args.depth, encoder))
     blended, _ = collect(
         blend(
             [spark.createDataFrame(lexical), spark.createDataFrame(semantic)],
             None,
-            config.candidates,
+            config.candidates if encoder is None else config.candidates.with_query_encoder(),
             RUN_DATE,
             request_type="query",
         )
@@ -138,7 +157,9 @@ def main() -> None:
     item_ids, matrix = inputs.item_text_matrix
     orders = {
         "lexical (BM25)": lexical.assign(rank=lexical.source_rank),
-        "semantic (MiniLM)": semantic.assign(rank=semantic.source_rank),
+        "semantic (query encoder)" if encoder else "semantic (MiniLM)": semantic.assign(
+            rank=semantic.source_rank
+        ),
         "blend": blended.assign(rank=blended.retrieval_rank),
         "zero-shot bi-encoder over the blend": bi_encoder_order(blended, tables["queries"], item_ids, matrix),
     }

@@ -277,6 +277,13 @@ class CandidatesConfig(_Section):
         description="Also build a list for every row of the `queries` table, when the lakehouse has one "
         "(request_type 'query'; retrievers lexical and query_semantic).",
     )
+    query_encoder: Literal["registered", "packaged"] = Field(
+        "registered",
+        description='Encoder of the query semantic retriever. "registered": the fine-tuned query encoder of '
+        "the newest registered version that ships one (train.query_encoder_epochs; it ships only if it "
+        "retrieved better than the packaged MiniLM for held-out queries, docs/queries.md), else the "
+        'packaged MiniLM. "packaged": always the packaged MiniLM.',
+    )
     max_query_chars: int = Field(
         500,
         ge=1,
@@ -310,6 +317,17 @@ class CandidatesConfig(_Section):
         },
         description="Per retriever: its weight in the reciprocal-rank fusion, where an item scores the sum "
         "over retrievers of weight / (fusion_k + its rank there). A retriever left out weighs 1.",
+    )
+    query_encoder_quotas: dict[str, int] = Field(
+        default_factory=lambda: {"lexical": 5, "query_semantic": 10},
+        description="The query retrievers' quotas when a fine-tuned query encoder serves the query "
+        "semantic retriever (query_encoder); they replace those of `quotas`. The encoder then retrieves "
+        "better than BM25, so it leads the blend (docs/results.md, Search queries).",
+    )
+    query_encoder_weights: dict[str, float] = Field(
+        default_factory=lambda: {"lexical": 0.25, "query_semantic": 1.0},
+        description="The query retrievers' fusion weights when a fine-tuned query encoder serves the query "
+        "semantic retriever; they replace those of `source_weights`.",
     )
     fusion_k: int = Field(
         30,
@@ -402,7 +420,16 @@ class CandidatesConfig(_Section):
         "Events of a type left out are ignored and listed in the rejects table.",
     )
 
-    @field_validator("quotas", "source_weights")
+    def with_query_encoder(self) -> CandidatesConfig:
+        """These settings as the query blend uses them when a fine-tuned query encoder serves."""
+        return self.model_copy(
+            update={
+                "quotas": {**self.quotas, **self.query_encoder_quotas},
+                "source_weights": {**self.source_weights, **self.query_encoder_weights},
+            }
+        )
+
+    @field_validator("quotas", "source_weights", "query_encoder_quotas", "query_encoder_weights")
     @classmethod
     def _known_sources(cls, per_source: dict[str, float]) -> dict[str, float]:
         known = (*RETRIEVERS, *QUERY_RETRIEVERS)
@@ -809,6 +836,26 @@ class TrainConfig(_Section):
         lt=1,
         description="Share of the queries (by a hash of query_id) the version never trains on: it ranks "
         "queries only if it beats their retrieval order on these beyond chance.",
+    )
+    query_encoder_epochs: int = Field(
+        1,
+        ge=0,
+        description="Passes of the query encoder's fine-tuning (MiniLM as a bi-encoder on the training "
+        "queries' judged items, docs/queries.md); it ships in the artifact, and the candidates step's query "
+        "semantic retriever uses it, only if it retrieves better than the packaged MiniLM for the held-out "
+        "queries. 0: no query encoder.",
+    )
+    query_encoder_pairs: int = Field(
+        8,
+        ge=1,
+        description="Best-graded items per training query that the query encoder learns from, each with a "
+        "hard negative (an item of the query's category without the values it names).",
+    )
+    query_encoder_batch_size: int = Field(
+        32,
+        ge=2,
+        description="Pairs per step of the query encoder's fine-tuning; the other pairs of a batch are "
+        "each pair's in-batch negatives.",
     )
     max_validation_lists: int = Field(
         150,

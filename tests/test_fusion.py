@@ -321,6 +321,11 @@ def test_train_logs_registers_and_gates_the_new_version_and_only_a_promoted_one_
     assert manifest.metrics["query_gate_requests"] >= 1
     promoted = manifest.metrics["query_gate_change_low"] > 0
     assert manifest.request_types == (["user", "query"] if promoted else ["user"])
+    # And a query encoder, judged on the same held-out queries: shipped (and tagged) only if it passed.
+    assert manifest.metrics["query_encoder_gate_requests"] >= 1
+    ships = manifest.metrics["query_encoder_gate_change_low"] > 0
+    assert manifest.query_encoder == ships
+    assert (new.tags.get("query_encoder") == "true") == ships
     assert manifest.base_model.endswith("via v0")  # warm-started from the registered version
     champion = champion_version(config)
     assert champion is not None

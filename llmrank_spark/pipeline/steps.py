@@ -55,6 +55,8 @@ def ingest_movielens(spark: SparkSession, config: Config, path: str | Path) -> S
 def candidates(spark: SparkSession, config: Config) -> StepRun:
     """First stage: blended multi-source candidate lists for every active user and every search query."""
     from llmrank_spark.retrieval import build_candidates, refresh_item_vectors
+    from llmrank_spark.retrieval.semantic import QueryEncoder
+    from llmrank_spark.training import registered_query_encoder
 
     with StepRun(spark, config, "candidates") as run:
         run.check_outputs("candidates", "rejects", "item_embeddings")
@@ -64,6 +66,14 @@ def candidates(spark: SparkSession, config: Config) -> StepRun:
         refresh = refresh_item_vectors(spark, config, items, config.run.run_date)
         run.record("item_embeddings", refresh.encoded)
         run.notes.append(refresh.describe())
+        registered = registered_query_encoder(config) if queries is not None else None
+        query_encoder = None
+        if registered is not None:
+            # The query encoder's item vectors are kept beside the packaged ones, under its own name.
+            for_queries = refresh_item_vectors(spark, config, items, config.run.run_date, registered)
+            run.record("item_embeddings", refresh.encoded + for_queries.encoded)
+            run.notes.append(f"{for_queries.describe()} ({registered.directory})")
+            query_encoder = QueryEncoder(registered, for_queries.vectors)
         lists = build_candidates(
             spark,
             items,
@@ -73,6 +83,7 @@ def candidates(spark: SparkSession, config: Config) -> StepRun:
             config.run.run_date,
             queries=queries,
             item_vectors=refresh.vectors,
+            query_encoder=query_encoder,
         )
         with materialised(lists.candidates):
             run.write("candidates", lists.candidates)

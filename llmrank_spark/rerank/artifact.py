@@ -28,6 +28,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 BASE_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MANIFEST_FILE = "reranker.json"
 WEIGHTS_FILE = "model.safetensors"
+# The artifact's sub-directory holding its query encoder, in sentence-transformers' format.
+QUERY_ENCODER_DIR = "query_encoder"
 # model_version of the scores made without a fine-tuned reranker, so no reader mistakes them for one.
 ZERO_SHOT_VERSION = "zero-shot-minilm-bi-encoder"
 
@@ -57,11 +59,12 @@ def base_model_dir() -> Path:
 
 
 @cache
-def load_sentence_encoder(device: str = "cpu"):
-    """The packaged MiniLM as a sentence-transformers bi-encoder, loaded once per process and device."""
+def load_sentence_encoder(device: str = "cpu", path: str | None = None):
+    """A sentence-transformers bi-encoder, loaded once per process, device and directory: the packaged
+    MiniLM, or the fine-tuned query encoder of an artifact at `path` (`QUERY_ENCODER_DIR`)."""
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(base_model_dir()), device=device, trust_remote_code=False)
+    return SentenceTransformer(path or str(base_model_dir()), device=device, trust_remote_code=False)
 
 
 class FusionHead(BaseModel):
@@ -122,6 +125,10 @@ class ArtifactManifest(BaseModel):
     # retrieval order: a model that never saw a search query ranks queries worse than BM25 does
     # (docs/results.md, Search queries).
     request_types: list[RequestType] = Field(default_factory=lambda: list(BEHAVIOUR_REQUEST_TYPES))
+    # True when the artifact holds a query encoder (QUERY_ENCODER_DIR): MiniLM fine-tuned on judged
+    # queries that retrieved better than the packaged one for held-out queries; the candidates step's
+    # query semantic retriever then uses it (training/query_encoder.py).
+    query_encoder: bool = False
     created_at: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
 
@@ -158,7 +165,18 @@ def read_manifest(path: str | Path) -> ArtifactManifest:
                 f"reranker artifact {path} has no {required}; point rerank.model_path at a directory written "
                 f"by save_artifact (`llmrank train`), or set rerank.mode=zero_shot_bi_encoder"
             )
-    return ArtifactManifest.model_validate_json((path / MANIFEST_FILE).read_text())
+    manifest = ArtifactManifest.model_validate_json((path / MANIFEST_FILE).read_text())
+    if manifest.query_encoder and not (path / QUERY_ENCODER_DIR / WEIGHTS_FILE).is_file():
+        raise ArtifactError(
+            f"reranker artifact {path} states a query encoder but has no {QUERY_ENCODER_DIR}/{WEIGHTS_FILE}; "
+            f"copy the whole artifact directory, or retrain it with `llmrank train`"
+        )
+    return manifest
+
+
+def query_encoder_dir(path: str | Path) -> str | None:
+    """The query encoder directory of the artifact at `path`, or None when it has none."""
+    return str(Path(path).resolve() / QUERY_ENCODER_DIR) if read_manifest(path).query_encoder else None
 
 
 def cross_encoder_spec(model_path: str | None) -> ModelSpec:

@@ -52,6 +52,7 @@ from llmrank_spark.retrieval.blending import blend
 from llmrank_spark.retrieval.inputs import prepare_inputs
 from llmrank_spark.retrieval.queries import query_lists
 from llmrank_spark.retrieval.registry import retrieve_all
+from llmrank_spark.retrieval.semantic import QueryEncoder
 
 
 @dataclass(frozen=True)
@@ -72,12 +73,15 @@ def build_candidates(
     run_date: dt.date,
     queries: DataFrame | None = None,
     item_vectors: DataFrame | None = None,
+    query_encoder: QueryEncoder | None = None,
 ) -> CandidateLists:
     """The `candidates` table for run_date: exactly `n_per_request` items for every active user (those in
     `users` and in `interactions`) and, with `cfg.rank_queries`, for every row of `queries`, whenever the
     catalogue holds that many they may be shown; and the rejects: events left out of retrieval, queries
     that cannot be ranked, and requests left without any candidate. `item_vectors` (item_id, embedding)
-    are the catalogue's stored text vectors (`item_vectors`); without them the catalogue is encoded."""
+    are the catalogue's stored text vectors (`item_vectors`); without them the catalogue is encoded.
+    `query_encoder`: a fine-tuned query encoder for the query semantic retriever (with the catalogue's
+    vectors under it, when kept); None: the packaged MiniLM."""
     inputs = prepare_inputs(spark, items, interactions, users, cfg, run_date, item_vectors)
     retrieved = retrieve_all(inputs, cfg.n_per_request)
     candidates = blend(list(retrieved.values()), inputs.exclusions, cfg, run_date)
@@ -90,7 +94,7 @@ def build_candidates(
         )
     )
     if queries is not None and cfg.rank_queries:
-        query_candidates, rejected_queries = query_lists(inputs, queries, run_date)
+        query_candidates, rejected_queries = query_lists(inputs, queries, run_date, query_encoder)
         requested = queries.select(
             F.col("query_id").alias("request_id"), F.lit("queries").alias("input_table")
         )

@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 
 from llmrank_spark.config import CandidatesConfig, Config
 from llmrank_spark.lakehouse import read_table, sql_name, table_exists, write_table
-from llmrank_spark.retrieval.semantic import item_embeddings
+from llmrank_spark.retrieval.semantic import Encoder, item_embeddings
 from llmrank_spark.text import ITEM_FIELDS, render_item_texts
 
 TABLE = "item_embeddings"
@@ -48,10 +48,14 @@ def text_hashes(items: DataFrame, cfg: CandidatesConfig) -> DataFrame:
     return items.select(*columns).mapInPandas(digest, "item_id string, text_hash string")
 
 
-def _current(table: DataFrame, texts: DataFrame) -> DataFrame:
+def packaged_encoder() -> Encoder:
+    return Encoder(encoder_name())
+
+
+def _current(table: DataFrame, texts: DataFrame, encoder: Encoder) -> DataFrame:
     """(item_id, embedding) of the rows of the `item_embeddings` table that encode `texts` (item_id,
-    text_hash) with the current encoder."""
-    current = table.where(F.col("encoder") == F.lit(encoder_name()))
+    text_hash) with `encoder`."""
+    current = table.where(F.col("encoder") == F.lit(encoder.name))
     return current.join(texts, ["item_id", "text_hash"], "left_semi").select("item_id", "embedding")
 
 
@@ -61,7 +65,7 @@ def item_vectors(table: DataFrame | None, items: DataFrame, cfg: CandidatesConfi
     otherwise (not written back; the candidates step does that)."""
     if table is None:
         return item_embeddings(items, cfg)
-    stored = _current(table, text_hashes(items, cfg))
+    stored = _current(table, text_hashes(items, cfg), packaged_encoder())
     missing = items.join(stored.select("item_id"), "item_id", "left_anti")
     return stored.unionByName(item_embeddings(missing, cfg))
 
@@ -75,23 +79,37 @@ class Refresh:
     kept: int
     vectors: DataFrame
 
+    encoder: Encoder
+
     def describe(self) -> str:
-        return f"item vectors: {self.encoded:,} encoded, {self.kept:,} kept from {TABLE}"
+        return (
+            f"item vectors of {self.encoder.name}: {self.encoded:,} encoded, {self.kept:,} kept from {TABLE}"
+        )
 
 
-def refresh_item_vectors(spark: SparkSession, config: Config, items: DataFrame, run_date: dt.date) -> Refresh:
-    """Encode the items whose current text the table lacks for the current encoder, and merge them in (one
-    row per item and encoder; a changed text replaces its row). Returns what it encoded, and the vectors
-    of `items` from the table, which now holds every one of them: no reader has to render texts again."""
+def refresh_item_vectors(
+    spark: SparkSession, config: Config, items: DataFrame, run_date: dt.date, encoder: Encoder | None = None
+) -> Refresh:
+    """Encode the items whose current text the table lacks for `encoder` (default: the packaged MiniLM),
+    and merge them in (one row per item and encoder; a changed text replaces its row). Returns what it
+    encoded, and the vectors of `items` from the table, which now holds every one of them: no reader has
+    to render texts again."""
+    encoder = encoder or packaged_encoder()
     texts = text_hashes(items, config.candidates).persist()  # rendered once: the plan below reads it twice
-    stored = _current(read_table(spark, config, TABLE), texts) if table_exists(spark, config, TABLE) else None
+    stored = (
+        _current(read_table(spark, config, TABLE), texts, encoder)
+        if table_exists(spark, config, TABLE)
+        else None
+    )
     stale = texts if stored is None else texts.join(stored.select("item_id"), "item_id", "left_anti")
     fresh = (
-        item_embeddings(items.join(stale.select("item_id"), "item_id", "left_semi"), config.candidates)
+        item_embeddings(
+            items.join(stale.select("item_id"), "item_id", "left_semi"), config.candidates, encoder.directory
+        )
         .join(stale, "item_id")
         .select(
             "item_id",
-            F.lit(encoder_name()).alias("encoder"),
+            F.lit(encoder.name).alias("encoder"),
             "text_hash",
             "embedding",
             F.lit(run_date).alias("encoded_on"),
@@ -114,6 +132,6 @@ def refresh_item_vectors(spark: SparkSession, config: Config, items: DataFrame, 
     finally:
         fresh.unpersist()
         texts.unpersist()
-    current = read_table(spark, config, TABLE).where(F.col("encoder") == F.lit(encoder_name()))
+    current = read_table(spark, config, TABLE).where(F.col("encoder") == F.lit(encoder.name))
     vectors = current.join(items.select("item_id"), "item_id", "left_semi").select("item_id", "embedding")
-    return Refresh(encoded, items.count() - encoded, vectors)
+    return Refresh(encoded, items.count() - encoded, vectors, encoder)

@@ -1,8 +1,9 @@
 """Search queries as requests: which rows of the `queries` table are ranked, and their candidate lists.
 
-A query's list comes from the lexical (BM25) and the query semantic (MiniLM) retrievers, blended like a
-user's. Query lists are request_type 'query' and never mix with user lists: every join and window is by
-request and the two kinds are built apart, so a query and a user with the same id stay two requests.
+A query's list comes from the lexical (BM25) and the query semantic (MiniLM, or the query encoder
+fine-tuned on judged queries) retrievers, blended like a user's. Query lists are request_type 'query'
+and never mix with user lists: every join and window is by request and the two kinds are built apart,
+so a query and a user with the same id stay two requests.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from llmrank_spark.lakehouse import EMPTY_QUERY_TEXT, QUERY_TOO_LONG
 from llmrank_spark.retrieval.blending import blend
 from llmrank_spark.retrieval.inputs import RetrievalInputs
 from llmrank_spark.retrieval.lexical import lexical_candidates
-from llmrank_spark.retrieval.semantic import query_semantic_candidates
+from llmrank_spark.retrieval.semantic import QueryEncoder, query_semantic_candidates
 from llmrank_spark.text import clean_text
 
 CHECKED_QUERIES_SCHEMA = "request_id string, query_text string, reason string, detail string"
@@ -67,18 +68,20 @@ def checked_queries(queries: DataFrame, max_chars: int) -> DataFrame:
 
 
 def query_lists(
-    inputs: RetrievalInputs, queries: DataFrame, run_date: dt.date
+    inputs: RetrievalInputs, queries: DataFrame, run_date: dt.date, encoder: QueryEncoder | None = None
 ) -> tuple[DataFrame, DataFrame]:
     """The `candidates` rows of every rankable query (request_type 'query'), and the rejected queries as
-    (request_type, request_id, item_id, reason, detail) rows."""
+    (request_type, request_id, item_id, reason, detail) rows. `encoder`: the fine-tuned query encoder
+    of the query semantic retriever; None: the packaged MiniLM."""
     checked = checked_queries(queries, inputs.cfg.max_query_chars).localCheckpoint()
     rankable = checked.where(F.col("reason").isNull()).select("request_id", "query_text")
     depth = inputs.cfg.n_per_request
     retrieved = [
         lexical_candidates(inputs.spark, inputs.items, rankable, inputs.cfg, depth),
-        query_semantic_candidates(inputs, rankable, depth),
+        query_semantic_candidates(inputs, rankable, depth, encoder),
     ]
-    candidates = blend(retrieved, None, inputs.cfg, run_date, request_type="query")
+    cfg = inputs.cfg if encoder is None else inputs.cfg.with_query_encoder()
+    candidates = blend(retrieved, None, cfg, run_date, request_type="query")
     rejected = checked.where(F.col("reason").isNotNull()).select(
         F.lit("query").alias("request_type"),
         "request_id",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -12,7 +14,7 @@ from pyspark.sql import functions as F
 from llmrank_spark.config import CandidatesConfig
 from llmrank_spark.retrieval.inputs import RetrievalInputs
 from llmrank_spark.retrieval.retrieved import empty_retrieval
-from llmrank_spark.retrieval.vector_search import broadcast_top_k, profile_queries
+from llmrank_spark.retrieval.vector_search import broadcast_top_k, collect_matrix, profile_queries
 from llmrank_spark.text import ITEM_FIELDS, render_item_texts
 
 EMBEDDING_SCHEMA = "item_id string, embedding array<float>"
@@ -30,14 +32,16 @@ def embed_items(items: pd.DataFrame, template: str, attribute_limit: int, encode
     )
 
 
-def item_embeddings(items: DataFrame, cfg: CandidatesConfig) -> DataFrame:
-    """(item_id, embedding): MiniLM text vectors of the catalogue, one encoder per Python worker."""
+def item_embeddings(items: DataFrame, cfg: CandidatesConfig, encoder_dir: str | None = None) -> DataFrame:
+    """(item_id, embedding): text vectors of the catalogue, one encoder per Python worker: the packaged
+    MiniLM, or the query encoder at `encoder_dir`."""
     template, attribute_limit = cfg.semantic_item_template, cfg.semantic_item_attributes
 
     def encode(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from llmrank_spark.rerank import load_sentence_encoder, task_device
 
-        encoder = load_sentence_encoder(str(task_device("auto")))  # cached: loaded once per worker
+        # cached: loaded once per worker
+        encoder = load_sentence_encoder(str(task_device("auto")), encoder_dir)
         for batch in batches:
             yield embed_items(batch, template, attribute_limit, encoder)
 
@@ -60,11 +64,15 @@ def semantic_candidates(inputs: RetrievalInputs, depth: int) -> DataFrame:
     )
 
 
-def encoded_queries(batch: pd.DataFrame, item_ids: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Query vectors: each query's text encoded by the same MiniLM model as the items, unit length."""
+def encoded_queries(
+    batch: pd.DataFrame, item_ids: np.ndarray, matrix: np.ndarray, encoder_dir: str | None = None
+) -> np.ndarray:
+    """Query vectors: each query's text encoded by the same model as the items (the packaged MiniLM, or
+    the query encoder at `encoder_dir`), unit length."""
     from llmrank_spark.rerank import load_sentence_encoder, task_device
 
-    encoder = load_sentence_encoder(str(task_device("auto")))  # cached: loaded once per worker
+    # cached: loaded once per worker
+    encoder = load_sentence_encoder(str(task_device("auto")), encoder_dir)
     vectors = encoder.encode(
         batch["query_text"].tolist(),
         batch_size=ENCODE_BATCH_SIZE,
@@ -74,12 +82,43 @@ def encoded_queries(batch: pd.DataFrame, item_ids: np.ndarray, matrix: np.ndarra
     return vectors.astype(np.float32)
 
 
-def query_semantic_candidates(inputs: RetrievalInputs, queries: DataFrame, depth: int) -> DataFrame:
-    """Items whose text is nearest (cosine) to the query's MiniLM vector; `queries` holds (request_id,
-    query_text). Nothing is excluded: a search shows what was bought before too."""
-    item_ids, matrix = inputs.item_text_matrix
+@dataclass(frozen=True)
+class Encoder:
+    """A text encoder of item and query texts: its name (the `encoder` key of `item_embeddings`) and its
+    sentence-transformers directory; None is the packaged MiniLM."""
+
+    name: str
+    directory: str | None = None
+
+
+@dataclass(frozen=True)
+class QueryEncoder:
+    """The fine-tuned query encoder the query semantic retriever uses instead of the packaged MiniLM, and
+    the catalogue's vectors under it (item_id, embedding) as the candidates step keeps them in
+    `item_embeddings`; None encodes the catalogue here."""
+
+    encoder: Encoder
+    item_vectors: DataFrame | None = None
+
+
+def query_semantic_candidates(
+    inputs: RetrievalInputs, queries: DataFrame, depth: int, encoder: QueryEncoder | None = None
+) -> DataFrame:
+    """Items whose text is nearest (cosine) to the query's vector; `queries` holds (request_id,
+    query_text). Both are encoded by the packaged MiniLM, or by a fine-tuned query `encoder`
+    (training/query_encoder.py). Nothing is excluded: a search shows what was bought before too."""
+    if encoder is None:
+        item_ids, matrix = inputs.item_text_matrix
+    else:
+        vectors = encoder.item_vectors
+        if vectors is None:
+            vectors = item_embeddings(inputs.items, inputs.cfg, encoder.encoder.directory)
+        item_ids, matrix = collect_matrix(vectors, "embedding", inputs.cfg, "items")
     if not len(item_ids):
         return empty_retrieval(inputs, "query_semantic")
+    query_vectors = partial(
+        encoded_queries, encoder_dir=None if encoder is None else encoder.encoder.directory
+    )
     return broadcast_top_k(
-        inputs.spark, queries, None, item_ids, matrix, depth, "query_semantic", encoded_queries
+        inputs.spark, queries, None, item_ids, matrix, depth, "query_semantic", query_vectors
     )

@@ -15,9 +15,7 @@ from llmrank_spark.lakehouse import in_hashed_share
 from llmrank_spark.rerank import (
     ranking_features,
 )
-from llmrank_spark.text import (
-    item_text_frame,
-)
+from llmrank_spark.text import item_text_frame, render_item_texts
 from llmrank_spark.training.fusion_training import fusion_lists, fusion_users
 from llmrank_spark.training.lists import (
     ITEM,
@@ -28,6 +26,7 @@ from llmrank_spark.training.lists import (
     target_contexts,
     target_grades,
 )
+from llmrank_spark.training.query_encoder import encoder_triples
 from llmrank_spark.training.query_lists import (
     heldout_queries,
     query_grades,
@@ -139,6 +138,29 @@ def _query_lists(
     return built
 
 
+def _query_encoder_data(
+    queries: pd.DataFrame, labels: pd.DataFrame, items: pd.DataFrame, config: Config, rng: np.random.Generator
+) -> dict[str, pd.DataFrame]:
+    """{"query_encoder_pairs": the training queries' triples (`encoder_triples`), "query_encoder_heldout":
+    the held-out queries' judgements (query_id, query_text, item_id, relevance), "semantic_item_texts":
+    (item_id, item_text) of the catalogue as the query semantic retriever embeds it}."""
+    cfg, candidates_cfg = config.train, config.candidates
+    texts = render_item_texts(
+        items, candidates_cfg.semantic_item_template, candidates_cfg.semantic_item_attributes
+    )
+    item_text = pd.Series(texts.to_numpy(), index=items[ITEM].to_numpy())
+    heldout = heldout_queries(queries["query_id"], cfg.heldout_query_share)
+    return {
+        "query_encoder_pairs": encoder_triples(
+            queries[~heldout], labels, item_text, cfg.query_encoder_pairs, rng
+        ),
+        "query_encoder_heldout": labels.merge(queries[heldout], on="query_id")[
+            ["query_id", "query_text", ITEM, "relevance"]
+        ],
+        "semantic_item_texts": item_text.rename("item_text").rename_axis(ITEM).reset_index(),
+    }
+
+
 def _sampled_queries(queries: DataFrame, query_labels: DataFrame, cfg: TrainConfig) -> DataFrame:
     """The judged queries training reads (query_id, query_text): a hashed sample large enough for
     `max_query_lists` training lists, their validation fifth and the held-out share, so a search log of
@@ -155,7 +177,7 @@ def _sampled_queries(queries: DataFrame, query_labels: DataFrame, cfg: TrainConf
 FIT_ONLY_FIELDS = {
     "loss", "batch_lists", "epochs", "learning_rate", "head_learning_rate", "classifier_learning_rate",
     "trainable_layers", "eval_every_steps", "patience", "fusion_features", "warm_start", "model_root",
-    "threads", "distributor_processes",
+    "threads", "distributor_processes", "query_encoder_epochs", "query_encoder_batch_size",
 }  # fmt: skip
 # Lists built in this process, by data snapshot and list settings: training several losses on one
 # snapshot (bench/heldout_eval.py) runs the retrievers once, not once per loss.
@@ -319,5 +341,7 @@ def training_lists(
         by_part = _query_lists(query_candidates, queries_pd, labels_pd, texts, item_events, cfg, rng)
         for name, lists in by_part.items():
             built[name] = pd.concat([built[name], lists], ignore_index=True) if name in built else lists
+        if cfg.query_encoder_epochs:
+            built |= _query_encoder_data(queries_pd, labels_pd, items_pd, config, rng)
     BUILT_LISTS[key] = built
     return built

@@ -19,7 +19,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from llmrank_spark.config import URI_SCHEME, Config, ConfigError
-from llmrank_spark.rerank import MANIFEST_FILE, ArtifactManifest
+from llmrank_spark.rerank import MANIFEST_FILE, ArtifactError, ArtifactManifest, query_encoder_dir
+from llmrank_spark.retrieval.semantic import Encoder
 
 # Set before mlflow's first import, which starts its usage telemetry: a run sends nothing beyond the
 # configured stores (and an offline cluster would only retry). MLFLOW_DISABLE_TELEMETRY=false turns it on.
@@ -38,6 +39,7 @@ CHAMPION_ALIAS = "champion"
 ARTIFACT_PATH = "reranker"  # the artifact's directory inside its MLflow run
 STATUS_TAG = "gate_status"  # champion, rejected, or registered (no gate ran)
 VERSION_TAG = "artifact_version"  # the manifest's version: what `ranked.model_version` names
+QUERY_ENCODER_TAG = "query_encoder"  # "true" on a version whose artifact ships a query encoder
 # What MLflow accepts in a metric, parameter or tag name (`ndcg@10` is not).
 MLFLOW_NAME_UNSAFE = re.compile(r"[^\w./ :-]")
 
@@ -130,6 +132,8 @@ class TrainingRun:
                 raise
         run = self.client.get_run(self.run_id)
         tags = {STATUS_TAG: status, VERSION_TAG: manifest.version, **tags}
+        if manifest.query_encoder:
+            tags[QUERY_ENCODER_TAG] = "true"
         return self.client.create_model_version(
             name,
             source=f"{run.info.artifact_uri}/{ARTIFACT_PATH}",
@@ -202,6 +206,31 @@ def newest_version(config: Config) -> ModelVersion | None:
     name = config.mlflow.model_name
     versions = registry_client(config).search_model_versions(f"name='{name}'")
     return max(versions, key=lambda version: int(version.version), default=None)
+
+
+def registered_query_encoder(config: Config) -> Encoder | None:
+    """The query encoder the query semantic retriever uses with candidates.query_encoder "registered":
+    that of the newest registered version shipping one (it beat the packaged MiniLM on held-out queries
+    when it was trained, whatever the shoppers' gate decided); None: the packaged MiniLM."""
+    if config.candidates.query_encoder != "registered":
+        return None
+    if config.mlflow.tracking_uri is None:
+        root = config.lakehouse.root
+        if URI_SCHEME.match(root) or not local_store(config).is_dir():
+            return None  # no local registry yet, so no version: opening one here would create it
+    name = config.mlflow.model_name
+    versions = registry_client(config).search_model_versions(f"name='{name}'")
+    holding = [version for version in versions if version.tags.get(QUERY_ENCODER_TAG) == "true"]
+    newest = max(holding, key=lambda version: int(version.version), default=None)
+    if newest is None:
+        return None
+    directory = query_encoder_dir(artifact_dir(config, newest))
+    if directory is None:
+        raise ArtifactError(
+            f"{name} version {newest.version} is tagged {QUERY_ENCODER_TAG}=true but its artifact's "
+            f"{MANIFEST_FILE} states none; remove the tag, or set candidates.query_encoder to packaged"
+        )
+    return Encoder(f"query-encoder@{newest.tags.get(VERSION_TAG, newest.version)}", directory)
 
 
 def model_root(config: Config) -> Path:

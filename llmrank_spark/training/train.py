@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from pyspark.sql import DataFrame, SparkSession
@@ -11,6 +13,7 @@ from pyspark.sql import DataFrame, SparkSession
 from llmrank_spark.config import Config, text_settings
 from llmrank_spark.rerank import (
     BASE_MODEL_NAME,
+    QUERY_ENCODER_DIR,
     ArtifactManifest,
     RequestType,
     base_model_dir,
@@ -21,8 +24,9 @@ from llmrank_spark.training.champion import query_verdict
 from llmrank_spark.training.distributed import fit_with_distributor
 from llmrank_spark.training.extract import training_lists, training_text
 from llmrank_spark.training.fusion_training import train_fusion
-from llmrank_spark.training.lists import LIST
+from llmrank_spark.training.lists import ITEM, LIST
 from llmrank_spark.training.network import initial_model
+from llmrank_spark.training.query_encoder import train_query_encoder
 from llmrank_spark.training.trainer import FitResult, fit, training_scorer
 
 
@@ -79,6 +83,15 @@ def train_reranker(
             f"{verdict.change_high:+.1%}]): {served}, {verdict.reason}",
             flush=True,
         )
+    query_encoder = None
+    if "query_encoder_pairs" in built and len(built["query_encoder_pairs"]):
+        texts = built["semantic_item_texts"].set_index(ITEM)["item_text"]
+        query_encoder = train_query_encoder(
+            built["query_encoder_pairs"], built["query_encoder_heldout"], texts, cfg
+        )
+        query_metrics |= query_encoder.metrics()
+        print(f"[train] {query_encoder.describe()}", flush=True)
+    ships_encoder = query_encoder is not None and query_encoder.verdict.promoted
     version = f"{config.run.run_date:%Y%m%d}-{cfg.loss}-{uuid.uuid4().hex[:8]}"
     manifest = ArtifactManifest(
         version=version,
@@ -98,8 +111,21 @@ def train_reranker(
         request_types=request_types,
         fusion_head=model.head_spec(),
         fusion=None if fusion is None else fusion.spec,
+        query_encoder=ships_encoder,
     )
-    path = save_artifact(
-        model.encoder, tokenizer, artifact_root / version, manifest, [fusion] if fusion else []
-    )
+    extras: list = [fusion] if fusion else []
+    if ships_encoder and query_encoder is not None:
+        extras.append(QueryEncoderFiles(query_encoder.encoder))
+    path = save_artifact(model.encoder, tokenizer, artifact_root / version, manifest, extras)
     return manifest, path, result
+
+
+@dataclass(frozen=True)
+class QueryEncoderFiles:
+    """A fine-tuned query encoder as one of `save_artifact`'s extras: its sentence-transformers directory
+    (safetensors weights, tokenizer, pooling) under the artifact's QUERY_ENCODER_DIR."""
+
+    encoder: Any  # sentence_transformers.SentenceTransformer (untyped)
+
+    def save(self, directory: Path) -> None:
+        self.encoder.save(str(directory / QUERY_ENCODER_DIR))
