@@ -33,6 +33,9 @@ SMALL_SAMPLE = [
     "train.max_train_lists=16",
     "train.max_validation_lists=8",
     "train.max_query_lists=8",
+    # The query encoder's fine-tuning and serving are tested in test_query_encoder.py and the train step
+    # end to end in test_fusion.py; here it would only add minutes.
+    "train.query_encoder_epochs=0",
     "train.eval_every_steps=2",
     f"run.run_date={RUN_DATE}",
 ]

@@ -173,6 +173,46 @@ def test_the_candidates_step_uses_the_newest_registered_version_shipping_an_enco
 
 
 @pytest.mark.slow
+def test_the_candidates_step_retrieves_with_the_registered_encoder_and_keeps_its_vectors(
+    spark, tmp_path, tiny_encoder_artifact
+):
+    from llmrank_spark.config import load_config
+    from llmrank_spark.lakehouse import read_table
+    from llmrank_spark.pipeline import steps
+    from llmrank_spark.retrieval.item_vectors import encoder_name
+    from llmrank_spark.training import REJECTED
+
+    config = load_config(
+        overrides=[
+            f"lakehouse.root={tmp_path / 'lakehouse'}",
+            "run.run_date=2026-10-16",
+            "sample.n_items=100",
+            "sample.n_users=50",
+            "sample.n_events=1000",
+            "sample.n_queries=10",
+            "candidates.n_per_request=10",
+            "candidates.als_max_iter=1",
+            "candidates.als_rank=2",
+        ]
+    )
+    steps.generate_sample(spark, config)
+    register_tiny_version(config, tiny_encoder_artifact[0], REJECTED)
+    run = steps.candidates(spark, config)
+    n_items = read_table(spark, config, "items").count()
+    expected = f"item vectors of query-encoder@tiny-test-v1: {n_items:,} encoded, 0 kept"
+    assert any(line.startswith(expected) for line in run.notes), run.notes
+    rows = read_table(spark, config, "item_embeddings").toPandas()
+    assert rows.groupby("encoder").size().to_dict() == {
+        encoder_name(): n_items,
+        "query-encoder@tiny-test-v1": n_items,
+    }
+    candidates = read_table(spark, config, "candidates").toPandas()
+    queries = candidates[candidates.request_type == "query"]
+    assert queries.request_id.nunique() == 10 and (queries.groupby("request_id").size() == 10).all()
+    assert "query_semantic" in set(queries["sources"].explode())
+
+
+@pytest.mark.slow
 def test_a_query_encoders_item_vectors_are_kept_beside_the_packaged_ones(
     spark, config, tiny_encoder_artifact
 ):

@@ -324,7 +324,8 @@ CONTRACTS: dict[str, TableContract] = {
                 Column(
                     "encoder",
                     "string",
-                    "The text encoder and its version, e.g. all-MiniLM-L6-v2@0.1.0 (the package's).",
+                    "The text encoder and its version: all-MiniLM-L6-v2@0.1.0 (the package's), or "
+                    "query-encoder@<artifact version> (a fine-tuned query encoder, docs/queries.md).",
                     key=True,
                 ),
                 Column(

@@ -341,7 +341,6 @@ def training_lists(
         by_part = _query_lists(query_candidates, queries_pd, labels_pd, texts, item_events, cfg, rng)
         for name, lists in by_part.items():
             built[name] = pd.concat([built[name], lists], ignore_index=True) if name in built else lists
-        if cfg.query_encoder_epochs:
-            built |= _query_encoder_data(queries_pd, labels_pd, items_pd, config, rng)
+        built |= _query_encoder_data(queries_pd, labels_pd, items_pd, config, rng)
     BUILT_LISTS[key] = built
     return built

@@ -84,7 +84,7 @@ def train_reranker(
             flush=True,
         )
     query_encoder = None
-    if "query_encoder_pairs" in built and len(built["query_encoder_pairs"]):
+    if cfg.query_encoder_epochs and len(built.get("query_encoder_pairs", ())):
         texts = built["semantic_item_texts"].set_index(ITEM)["item_text"]
         query_encoder = train_query_encoder(
             built["query_encoder_pairs"], built["query_encoder_heldout"], texts, cfg
