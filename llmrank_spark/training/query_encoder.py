@@ -21,6 +21,7 @@ import pandas as pd
 
 from llmrank_spark.config import TrainConfig
 from llmrank_spark.metrics import ndcg_at_k
+from llmrank_spark.retrieval.vector_search import rank_against
 from llmrank_spark.training.champion import GATE_K, GateResult, decide
 
 ENCODE_BATCH_SIZE = 64
@@ -101,9 +102,11 @@ def fine_tune_query_encoder(triples: pd.DataFrame, cfg: TrainConfig):
 
 def retrieved_lists(encoder, queries: pd.DataFrame, item_text: pd.Series, depth: int) -> pd.DataFrame:
     """(request_id, item_id, rank): each query's `depth` items whose text (`item_text`, by item id) is
-    nearest its own by the cosine of `encoder`'s vectors; equal scores keep the item order given."""
+    nearest its own by the cosine of `encoder`'s vectors, by the retrievers' own exact top-k
+    (`rank_against`: equal scores fall to the lower item_id)."""
+    ordered = item_text.sort_index()
     items = encoder.encode(
-        item_text.tolist(), batch_size=ENCODE_BATCH_SIZE, normalize_embeddings=True, convert_to_numpy=True
+        ordered.tolist(), batch_size=ENCODE_BATCH_SIZE, normalize_embeddings=True, convert_to_numpy=True
     )
     vectors = encoder.encode(
         queries["query_text"].tolist(),
@@ -111,15 +114,10 @@ def retrieved_lists(encoder, queries: pd.DataFrame, item_text: pd.Series, depth:
         normalize_embeddings=True,
         convert_to_numpy=True,
     )
-    depth = min(depth, len(item_text))
-    top = np.argsort(-(vectors @ items.T), axis=1, kind="stable")[:, :depth]
-    return pd.DataFrame(
-        {
-            "request_id": np.repeat(queries["query_id"].to_numpy(), depth),
-            "item_id": item_text.index.to_numpy()[top.ravel()],
-            "rank": np.tile(np.arange(1, depth + 1), len(queries)),
-        }
+    found = rank_against(
+        queries["query_id"].tolist(), vectors, [None] * len(queries), ordered.index.to_numpy(), items, depth
     )
+    return found.rename(columns={"source_rank": "rank"})[["request_id", "item_id", "rank"]]
 
 
 @dataclass(frozen=True)
