@@ -1,8 +1,11 @@
-"""End to end on a small sample: the demo, then every notebook as a script re-running the same date, then
-the demo again through Spark Connect.
+"""End to end on a small sample: every notebook as a script (the sample, each nightly step, training and
+exploring), beside the `demo` command run by the CLI in its own process through Spark Connect; the two
+must write the same tables. Re-running a date is tested per step (test_reliability.py, test_tables.py).
 """
 
+import contextlib
 import importlib.util
+import io
 import os
 import runpy
 import subprocess
@@ -68,16 +71,28 @@ def overrides(tmp_path_factory) -> list[str]:
 
 @pytest.fixture(scope="module")
 def first_run(spark, overrides, connect_started) -> dict:
-    """Run the demo once; the counts of its candidates and ranked partitions."""
-    assert main(["demo", *_args(overrides)]) == 0
+    """Run every notebook once, in order, with its widget defaults and the small sample's overrides: the
+    counts of the candidates, ranked and attribute_order partitions, and what the notebooks printed."""
+    assert [p.name for p in NOTEBOOKS] == [
+        "00_generate_sample.py",
+        *[f"0{n}_{step}.py" for n, step in enumerate(NIGHTLY_STEPS, start=1)],
+        "05_train.py",
+        "10_explore.py",
+    ]
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setenv("LLMRANK_OVERRIDES", ";".join(overrides))
+        for notebook in NOTEBOOKS:
+            runpy.run_path(str(notebook), run_name="__main__")
     config = load_config(overrides=overrides)
-    return {
+    counts = {
         table: _partition_counts(spark, config.table_path(table))
         for table in ("candidates", "ranked", "attribute_order")
     }
+    return {**counts, "printed": printed.getvalue()}
 
 
-def test_demo_writes_a_list_for_every_user_and_ranks_every_list(spark, overrides, first_run):
+def test_the_notebooks_write_a_list_for_every_user_and_rank_every_list(spark, overrides, first_run):
     config = load_config(overrides=overrides)
     users = spark.read.format("delta").load(config.table_path("interactions")).select("user_id").distinct()
     assert first_run["candidates"]["requests"] >= users.count()
@@ -88,36 +103,21 @@ def test_demo_writes_a_list_for_every_user_and_ranks_every_list(spark, overrides
     assert first_run["attribute_order"]["requests"] == first_run["ranked"]["requests"]
 
 
-def test_notebooks_run_as_scripts_and_a_rerun_replaces_the_date(
-    spark, overrides, first_run, monkeypatch, capsys
-):
-    """Every notebook runs locally with its widget defaults; re-running the steps replaces the partition."""
-    assert [p.name for p in NOTEBOOKS][:3] == ["00_generate_sample.py", "01_candidates.py", "02_rerank.py"]
-    monkeypatch.setenv("LLMRANK_OVERRIDES", ";".join(overrides))
-    for notebook in NOTEBOOKS:
-        runpy.run_path(str(notebook), run_name="__main__")
-    printed = capsys.readouterr().out
+def test_every_notebook_prints_its_step_and_the_explore_notebook_names_its_request(first_run):
+    printed = first_run["printed"]
     assert all(f"[{step}]" in printed for step in ("candidates", "rerank", "attributes", "evaluate", "train"))
     assert "request " in printed, "the explore notebook names the request it shows"
-
-    config = load_config(overrides=overrides)
-    for table in ("candidates", "ranked", "attribute_order"):
-        path = config.table_path(table)
-        assert _partition_counts(spark, path) == first_run[table], f"{table}: a rerun must not append"
-        history = DeltaTable.forPath(spark, path).history().select("version", "operation").collect()
-        assert [h.version for h in history] == [1, 0]
-        assert {h.operation for h in history} == {"WRITE"}
 
 
 def test_runs_table_traces_every_step_to_the_versions_it_read_and_wrote(spark, overrides, first_run, capsys):
     config = load_config(overrides=overrides)
     runs = spark.read.format("delta").load(config.table_path("runs"))
     assert runs.where("status != 'succeeded'").count() == 0
-    last_rerank = runs.where("step = 'rerank'").orderBy(F.col("started_at").desc()).first()
+    last_rerank = runs.where("step = 'rerank'").first()
     assert set(last_rerank.inputs) == {"candidates", "items", "interactions", "queries", "item_embeddings"}
     assert set(last_rerank.outputs) == {"ranked", "rejects"}
     assert last_rerank.outputs["ranked"] == latest_version(spark, config.table_path("ranked"))
-    last_candidates = runs.where("step = 'candidates'").orderBy(F.col("started_at").desc()).first()
+    last_candidates = runs.where("step = 'candidates'").first()
     # The rerank read exactly the candidates version the candidates step had just written, and the item
     # vectors it had kept.
     assert last_rerank.inputs["candidates"] == last_candidates.outputs["candidates"]
@@ -127,11 +127,11 @@ def test_runs_table_traces_every_step_to_the_versions_it_read_and_wrote(spark, o
     # `llmrank runs` prints the same lineage, one line per step run, oldest first.
     assert main(["runs", *[arg for o in overrides for arg in ("--set", o)]]) == 0
     lines = capsys.readouterr().out.splitlines()[1:]
-    assert [line.split()[0] for line in lines[:5]] == ["generate-sample", *NIGHTLY_STEPS]
-    last_rerank_line = [line for line in lines if line.startswith("rerank ")][-1]
-    assert f"candidates@v{last_rerank.inputs['candidates']}" in last_rerank_line
+    assert [line.split()[0] for line in lines] == ["generate-sample", *NIGHTLY_STEPS, "train"]
+    rerank_line = lines[2]
+    assert f"candidates@v{last_rerank.inputs['candidates']}" in rerank_line
     wrote_ranked = f"ranked@v{last_rerank.outputs['ranked']} ({last_rerank.rows['ranked']:,} rows)"
-    assert wrote_ranked in last_rerank_line
+    assert wrote_ranked in rerank_line
 
 
 # Columns that say when a run happened, not what it computed.

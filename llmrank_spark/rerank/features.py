@@ -30,7 +30,6 @@ from llmrank_spark.config import RETRIEVERS, CandidatesConfig
 from llmrank_spark.retrieval import (
     SECONDS_PER_DAY,
     RetrievalInputs,
-    als_factors,
     covisit_scores,
     item_popularity,
     prepare_inputs,
@@ -186,7 +185,7 @@ def ranking_features_from(pairs: DataFrame, inputs: RetrievalInputs) -> DataFram
     )
     frame = frame.join(covisit, ["_user", "item_id"], "left")
 
-    factors = als_factors(inputs)
+    factors = inputs.als
     if factors is not None:
         frame = (
             frame.join(factors.users.toDF("_user", "_user_factors"), "_user", "left")

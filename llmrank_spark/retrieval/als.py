@@ -66,6 +66,8 @@ def als_factors(inputs: RetrievalInputs) -> AlsFactors | None:
     ratings = inputs.history.join(users, "user_id").join(items, "item_id")
     model = ALS(
         rank=cfg.als_rank,
+        numUserBlocks=cfg.als_blocks,
+        numItemBlocks=cfg.als_blocks,
         maxIter=cfg.als_max_iter,
         regParam=cfg.als_reg_param,
         alpha=cfg.als_alpha,
@@ -88,7 +90,7 @@ def als_candidates(inputs: RetrievalInputs, depth: int) -> DataFrame:
     MLlib's recommendForAllUsers cannot skip already-purchased items, so the item factors are shipped and
     scored with the exclusion mask instead (`rank_against`).
     """
-    factors = als_factors(inputs)
+    factors = inputs.als
     if factors is None:
         return empty_retrieval(inputs, "als")
     item_ids, matrix = collect_matrix(factors.items, "features", inputs.cfg, "ALS item factors")

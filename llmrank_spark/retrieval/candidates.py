@@ -49,7 +49,7 @@ from pyspark.sql import functions as F
 from llmrank_spark.config import CandidatesConfig
 from llmrank_spark.lakehouse import NO_CANDIDATES, as_rejects
 from llmrank_spark.retrieval.blending import blend
-from llmrank_spark.retrieval.inputs import prepare_inputs
+from llmrank_spark.retrieval.inputs import RetrievalInputs, prepare_inputs
 from llmrank_spark.retrieval.queries import query_lists
 from llmrank_spark.retrieval.registry import retrieve_all
 from llmrank_spark.retrieval.semantic import QueryEncoder
@@ -62,6 +62,9 @@ class CandidateLists:
 
     candidates: DataFrame  # the `candidates` table's rows
     rejects: DataFrame  # the `rejects` table's rows of the candidates step
+    # What the retrievers read (with the fitted ALS factors): the ranking features of these lists are
+    # computed from the same (`features.ranking_features_from`), not prepared and fitted a second time.
+    inputs: RetrievalInputs
 
 
 def build_candidates(
@@ -107,7 +110,7 @@ def build_candidates(
                 _without_candidates(rankable, query_candidates, "query"), run_date, "candidates", "queries"
             )
         )
-    return CandidateLists(candidates, rejects)
+    return CandidateLists(candidates, rejects, inputs)
 
 
 def _without_candidates(requests: DataFrame, candidates: DataFrame, request_type: str) -> DataFrame:

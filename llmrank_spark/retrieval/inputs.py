@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -13,6 +14,9 @@ from pyspark.sql import functions as F
 from llmrank_spark.config import CandidatesConfig
 from llmrank_spark.events import end_of_day, events_until
 from llmrank_spark.lakehouse import ITEM_NOT_IN_CATALOGUE, UNKNOWN_EVENT_TYPE
+
+if TYPE_CHECKING:
+    from llmrank_spark.retrieval.als import AlsFactors
 
 SECONDS_PER_DAY = 86_400.0
 
@@ -48,6 +52,14 @@ class RetrievalInputs:
         return (
             self.stored_vectors if self.stored_vectors is not None else item_embeddings(self.items, self.cfg)
         )
+
+    @cached_property
+    def als(self) -> AlsFactors | None:
+        """The implicit ALS model's factors, fitted once per run for the ALS retriever and the `als_score`
+        ranking feature; None when there are no events."""
+        from llmrank_spark.retrieval.als import als_factors
+
+        return als_factors(self)
 
     @cached_property
     def item_text_matrix(self) -> tuple[np.ndarray, np.ndarray]:

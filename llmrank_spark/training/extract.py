@@ -13,7 +13,7 @@ from llmrank_spark.config import Config, RerankConfig, TrainConfig
 from llmrank_spark.events import ITEM_EVENTS, item_event_counts
 from llmrank_spark.lakehouse import in_hashed_share
 from llmrank_spark.rerank import (
-    ranking_features,
+    ranking_features_from,
 )
 from llmrank_spark.text import item_text_frame, render_item_texts
 from llmrank_spark.training.fusion_training import fusion_lists, fusion_users
@@ -238,7 +238,7 @@ def training_lists(
     if newest is None:
         raise ValueError("interactions: no events before any user's targets; nothing to train on")
     vectors = item_embeddings(items, config.candidates) if item_vectors is None else item_vectors
-    every_list = build_candidates(
+    retrieved = build_candidates(
         spark,
         items,
         history,
@@ -247,7 +247,8 @@ def training_lists(
         newest.date(),
         queries=judged_queries,
         item_vectors=vectors,
-    ).candidates
+    )
+    every_list = retrieved.candidates
     candidates = every_list.where(F.col("request_type") == "user")
     target_users = targets.select("user_id").distinct()
     targets_pd: pd.DataFrame = targets.toPandas()
@@ -315,9 +316,7 @@ def training_lists(
         pairs = spark.createDataFrame(
             ranked, "request_id string, item_id string, retrieval_rank int, source_ranks map<string,int>"
         ).withColumn("request_type", F.lit("user"))
-        features = ranking_features(
-            spark, pairs, items, history, users, config.candidates, newest.date(), vectors
-        )
+        features = ranking_features_from(pairs, retrieved.inputs)
         features_pd: pd.DataFrame = features.drop("request_type", "source_ranks", "retrieval_rank").toPandas()
         lists = lists.merge(
             features_pd.rename(columns={"request_id": "user_id"}), on=["user_id", ITEM], how="left"

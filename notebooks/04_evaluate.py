@@ -1,6 +1,6 @@
 # Databricks notebook source
 # MAGIC %md
-# MAGIC # llmrank-spark: Nightly step 3, evaluate
+# MAGIC # llmrank-spark: Nightly step 4, evaluate
 # MAGIC Measures the run's lists in retrieval, model and fair order (quality where labels exist, provider
 # MAGIC exposure and its Gini, coverage, diversity, per-group quality), writes the `metrics` Delta partition
 # MAGIC for the run date and the HTML run report under `<lakehouse root>/reports/<run_date>/`.
