@@ -40,6 +40,9 @@ SMALL_SAMPLE = [
     # end to end in test_fusion.py; here it would only add minutes.
     "train.query_encoder_epochs=0",
     "train.eval_every_steps=2",
+    # The gate's back-dated run is tested with the train step end to end in test_fusion.py; here the
+    # train notebook only has to run.
+    "train.gate_days=0",
     f"run.run_date={RUN_DATE}",
 ]
 
