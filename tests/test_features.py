@@ -12,7 +12,7 @@ import pytest
 from llmrank_spark.config import CandidatesConfig
 from llmrank_spark.lakehouse import frame_from_pandas
 from llmrank_spark.rerank import FEATURES, STALE_DAYS, feature_matrix, ranking_features_from
-from llmrank_spark.retrieval import als_factors, covisit_scores, prepare_inputs
+from llmrank_spark.retrieval import covisit_scores, prepare_inputs
 
 RUN_DATE = dt.date(2026, 11, 20)
 DAY = 86_400.0
@@ -73,7 +73,7 @@ def computed(spark):
         ),
     )
     frame = ranking_features_from(pairs, inputs).toPandas()
-    factors = als_factors(inputs)
+    factors = inputs.als  # the very factors the features read
     covisit = covisit_scores(inputs).toPandas()
     return (
         frame.set_index(["request_type", "request_id", "item_id"]),

@@ -1,8 +1,9 @@
 """Ranking features of every (request, candidate) pair, whatever proposed the candidate, by Spark joins.
 
 The learned fusion (`fusion.py`) ranks on these and the BERT score. They are computed by one function,
-`ranking_features`, in training (on the history before the split) and in the rerank step (on the
-history up to the run date), so a model is served exactly the features it learned from. Every feature
+`ranking_features_from`, in training (on the inputs its candidates were retrieved from: the history
+before the split) and in the rerank step (`ranking_features`: the history up to the run date), so a
+model is served exactly the features it learned from. Every feature
 is defined for every pair: a retriever that did not propose an item leaves its rank null (the learner's
 "missing"), and every other feature falls back to a stated value when its input is absent (no events,
 no ALS factors for a new item, no price, no brand). docs/tables.md lists them beside the candidates

@@ -1,6 +1,5 @@
 """Candidates: several retrievers in Spark and a blender, one list of N items per request."""
 
-from llmrank_spark.retrieval.als import als_factors
 from llmrank_spark.retrieval.blending import blend
 from llmrank_spark.retrieval.candidates import build_candidates
 from llmrank_spark.retrieval.covisitation import covisit_scores
@@ -15,7 +14,6 @@ __all__ = [
     "SECONDS_PER_DAY",
     "Refresh",
     "RetrievalInputs",
-    "als_factors",
     "blend",
     "build_candidates",
     "covisit_scores",
