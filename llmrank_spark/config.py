@@ -485,6 +485,14 @@ class RerankConfig(_Section):
         "the newest registered version.",
     )
     top_k: int = Field(50, ge=1, description="Items kept in each ranked list.")
+    bert_depth: int | None = Field(
+        None,
+        ge=0,
+        description="A cascade for versions with a LambdaMART fusion: each user's list is ordered by the "
+        "version's features-only LambdaMART (its prerank) and BERT scores only its first bert_depth "
+        "candidates, which the fusion then orders; unset: rerank.top_k. 0: no BERT, the prerank's order; "
+        "candidates.n_per_request or more: BERT scores every candidate. At least top_k unless 0.",
+    )
     max_length: int = Field(
         128,
         ge=16,
@@ -540,6 +548,20 @@ class RerankConfig(_Section):
     item_attributes: int = Field(
         6, ge=0, description="Attributes at most that {attributes} shows in an item text, first by name."
     )
+
+    @model_validator(mode="after")
+    def _depth_covers_the_list(self) -> RerankConfig:
+        if self.bert_depth and self.bert_depth < self.top_k:
+            raise ValueError(
+                f"rerank.bert_depth={self.bert_depth} is below rerank.top_k={self.top_k}: the served lists "
+                f"would hold candidates BERT never scored; set it to 0 (features only) or at least top_k"
+            )
+        return self
+
+    @property
+    def scored_depth(self) -> int:
+        """How many of a user's candidates, in prerank order, BERT scores (bert_depth, unset: top_k)."""
+        return self.top_k if self.bert_depth is None else self.bert_depth
 
 
 class FaultsConfig(_Section):

@@ -19,6 +19,7 @@ from llmrank_spark.rerank import (
     BERT_SCORE,
     FEATURES,
     MANIFEST_FILE,
+    PRERANK_FILE,
     RETRIEVAL_VERSION,
     FusionHead,
     FusionModel,
@@ -194,6 +195,74 @@ def test_a_version_ranking_queries_serves_them_through_its_head_and_users_throug
     np.testing.assert_allclose(by_user["score"], by_user["expected"], atol=1e-4)
 
 
+def test_the_cascade_scores_with_bert_only_the_preranks_first_candidates(spark, fused_artifact, tmp_path):
+    """With a prerank (the features-only LambdaMART), each user's list is ordered by it and BERT scores only
+    its first rerank.bert_depth candidates, which the fusion orders; past the depth a pair keeps its
+    prerank score (BERT never read it). At depth 0 the prerank's order is served."""
+    path, model, lists, cfg = fused_artifact
+    cascaded = tmp_path / "cascaded"
+    shutil.copytree(path, cascaded)
+    # A made-up label the retrieval order gets wrong: each list's last candidate.
+    last = lists.groupby("request_id")["retrieval_rank"].transform("max")
+    lists = lists.assign(label=(lists["retrieval_rank"] == last).astype(float))
+    prerank = fit_fusion(
+        lists,
+        lists,
+        list(FEATURES),
+        FusionSettings(trees=5, min_rows_in_leaf=1),
+        list_column="request_id",
+        file=PRERANK_FILE,
+    )
+    manifest = read_manifest(cascaded).model_copy(
+        update={"version": "cascaded", "prerank": prerank.save(cascaded)}
+    )
+    (cascaded / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
+    expected = lists.assign(prerank=prerank.score(lists), fused=model.score(lists))
+    expected["place"] = (
+        expected.sort_values(["prerank", "retrieval_rank", "item_id"], ascending=[False, True, True])
+        .groupby("request_id")
+        .cumcount()
+        + 1
+    )
+
+    def served(depth: int | None):
+        result = rerank_candidates(
+            spark,
+            frame_from_pandas(spark, CANDIDATES, "candidates"),
+            frame_from_pandas(spark, ITEMS, "items"),
+            frame_from_pandas(spark, EVENTS, "interactions"),
+            RerankConfig(
+                mode="cross_encoder",
+                model_path=str(cascaded),
+                top_k=TOP_K,
+                micro_batch_size=4,
+                bert_depth=depth,
+            ),
+            RUN_DATE,
+            candidates_cfg=cfg,
+        )
+        outcome = result.outcome.toPandas().merge(expected, on=["request_id", "item_id"])
+        ranked = result.ranked.toPandas().merge(expected, on=["request_id", "item_id"])
+        return outcome, ranked
+
+    outcome, ranked = served(None)  # the depth is top_k
+    assert (outcome["prerank_rank"] == outcome["place"]).all()
+    beyond = outcome[outcome["place"] > TOP_K]
+    assert expected["prerank"].nunique() > 1 and len(beyond) == 4  # lists of 5, 4 and 4 candidates
+    np.testing.assert_allclose(beyond["score"], beyond["prerank"], atol=1e-9)
+    assert set(zip(ranked["request_id"], ranked["item_id"], strict=True)) == set(
+        zip(*expected[expected["place"] <= TOP_K][["request_id", "item_id"]].T.to_numpy(), strict=True)
+    )
+    np.testing.assert_allclose(ranked["score"], ranked["fused"], atol=1e-4)
+    assert (ranked.groupby("request_id")["score"].diff().dropna() <= 0).all()
+
+    _, features_only = served(0)
+    assert (features_only["place"] == features_only["rank"]).all()
+    np.testing.assert_allclose(features_only["score"], features_only["prerank"], atol=1e-9)
+    with pytest.raises(ValueError, match=r"rerank.bert_depth=2 is below rerank.top_k=3"):
+        RerankConfig(top_k=3, bert_depth=2)
+
+
 def test_the_gate_promotes_only_a_version_that_beats_retrieval_and_the_champion():
     requests = pd.Index([f"u{n}" for n in range(60)])
     rng = np.random.default_rng(0)
@@ -311,11 +380,13 @@ def test_train_logs_registers_and_gates_the_new_version_and_only_a_promoted_one_
         "gate_retrieval_ndcg_at_10",
         "gate_change_low",
         "gate_champion_ndcg_at_10",
+        "gate_features_ndcg_at_10",
     } <= set(logged.metrics)
     assert len(client.get_metric_history(new.run_id, "val_ndcg_at_10")) >= 2  # step 0 and later steps
     assert logged.params["loss"] == config.train.loss and logged.params["warm_from"] == "llmrank_reranker/1"
     manifest = read_manifest(artifact_dir(config, new))
     assert manifest.fusion is not None and manifest.fusion.inputs[-1] == BERT_SCORE
+    assert manifest.prerank is not None and manifest.prerank.inputs == list(FEATURES)
     # It also trained on judged queries and was measured on held-out ones, which decided whether it
     # ranks queries.
     assert manifest.metrics["query_gate_requests"] >= 1

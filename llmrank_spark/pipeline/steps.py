@@ -332,9 +332,12 @@ def train(spark: SparkSession, config: Config) -> StepRun:
                 gate_tags = {"gate_reason": result.reason} | {
                     name: f"{value:.6g}" for name, value in result.metrics().items()
                 }
+                alone = (
+                    "" if result.features_ndcg is None else f"; its features alone {result.features_ndcg:.4f}"
+                )
                 figures = (
                     f"NDCG@10 retrieval {result.retrieval_ndcg:.4f} -> version {result.version_ndcg:.4f} "
-                    f"({result.change:+.1%} [{result.change_low:+.1%}, {result.change_high:+.1%}]): "
+                    f"({result.change:+.1%} [{result.change_low:+.1%}, {result.change_high:+.1%}]{alone}): "
                     if result.requests
                     else ""  # nothing was measured: no figures, the reason says why
                 )

@@ -32,7 +32,14 @@ from llmrank_spark.rerank.features import (
     ranking_features,
     ranking_features_from,
 )
-from llmrank_spark.rerank.fusion import BERT_SCORE, FusionModel, FusionSettings, fit_fusion, relevance_levels
+from llmrank_spark.rerank.fusion import (
+    BERT_SCORE,
+    PRERANK_FILE,
+    FusionModel,
+    FusionSettings,
+    fit_fusion,
+    relevance_levels,
+)
 from llmrank_spark.rerank.rerank import (
     fused_scores,
     model_for,
@@ -66,6 +73,7 @@ __all__ = [
     "FEATURES",
     "MANIFEST_FILE",
     "MEANINGS",
+    "PRERANK_FILE",
     "QUERY_ENCODER_DIR",
     "RETRIEVAL_VERSION",
     "STALE_DAYS",

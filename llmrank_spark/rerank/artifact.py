@@ -120,6 +120,10 @@ class ArtifactManifest(BaseModel):
     # When set, the served score is this LambdaMART over the ranking features and the BERT logit (the
     # raw logit, not fusion_head's score).
     fusion: FusionSpec | None = None
+    # The LambdaMART over the ranking features alone, fitted on the fusion's lists: it orders a user's
+    # list first, and BERT scores only its first rerank.bert_depth candidates (rerank.py). Absent from
+    # artifacts written before it existed: BERT scores every candidate.
+    prerank: FusionSpec | None = None
     # The request types the version ranks: users always, queries only when it beat their retrieval
     # order on held-out queries (champion.query_verdict). Requests of another type are served in their
     # retrieval order: a model that never saw a search query ranks queries worse than BM25 does

@@ -21,6 +21,9 @@ from llmrank_spark.rerank.features import feature_matrix
 
 # The column of the BERT model's logit among a fusion model's inputs.
 BERT_SCORE = "bert_score"
+# The artifact's files of its two LambdaMART models: the fusion over the features and the BERT logit, and
+# the prerank over the features alone, which orders a user's list before BERT (rerank.bert_depth).
+FUSION_FILE, PRERANK_FILE = "fusion_lgbm.txt", "prerank_lgbm.txt"
 # Highest relevance grade LambdaMART's label gain is defined for: grades are scaled to 0..GRADE_LEVELS.
 GRADE_LEVELS = 4
 
@@ -102,8 +105,10 @@ def fit_fusion(
     settings: FusionSettings,
     list_column: str = "list_id",
     label_column: str = "label",
+    file: str = FUSION_FILE,
 ) -> FusionModel:
-    """LambdaMART on `train`'s lists (rows of a list contiguous), early-stopped on NDCG@10 of `validation`."""
+    """LambdaMART on `train`'s lists (rows of a list contiguous), early-stopped on NDCG@10 of `validation`;
+    `file` names its text file in an artifact."""
     import lightgbm
 
     def dataset(frame: pd.DataFrame, reference=None):
@@ -140,4 +145,4 @@ def fit_fusion(
     )
     trees = booster.best_iteration or booster.current_iteration()
     booster = lightgbm.Booster(model_str=booster.model_to_string(num_iteration=trees))
-    return FusionModel(booster, FusionSpec(inputs=list(inputs), trees=trees))
+    return FusionModel(booster, FusionSpec(inputs=list(inputs), trees=trees, file=file))

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql.functions import pandas_udf
 
 from llmrank_spark.config import CandidatesConfig, FaultsConfig, RerankConfig, text_settings
 from llmrank_spark.events import ITEM_EVENTS, item_event_counts
@@ -61,6 +62,8 @@ RANKED_COLUMNS = {
 }
 # A request is (request_type, request_id): a user and a query may share an id.
 RANKED_SCHEMA = ", ".join(f"{name} {kind}" for name, kind in RANKED_COLUMNS.items())
+# A fused user's candidate's place in its list by the version's prerank (`cascade_scores`).
+PRERANK_RANK = "prerank_rank"
 
 
 def retrieval_features(rows: pd.DataFrame, features: list[str]) -> np.ndarray:
@@ -240,6 +243,40 @@ def _fusion_model(text: str, inputs: tuple[str, ...], trees: int) -> FusionModel
     return FusionModel.from_text(text, FusionSpec(inputs=list(inputs), trees=trees))
 
 
+def _model_key(path: str, spec: FusionSpec) -> tuple[str, tuple[str, ...], int]:
+    """What `_fusion_model` needs, read on the driver: the closure ships the text, not a path."""
+    return (Path(path) / spec.file).read_text(), tuple(spec.inputs), spec.trees
+
+
+def cascade_scores(
+    pairs: DataFrame, udf, prerank: tuple[str, tuple[str, ...], int] | None, depth: int
+) -> DataFrame:
+    """The fused users' `pairs` (with their ranking features) with a `score` and a `prerank_rank`.
+
+    The prerank (the version's features-only LambdaMART) orders each list, and BERT scores only its
+    first `depth` candidates: the ranking features are joins, BERT is the cost, and on the held-out
+    protocol it moves NDCG little on top of them (docs/results.md). A candidate past the depth keeps
+    its prerank score. Without a prerank (an artifact from before it existed) BERT scores every pair.
+    """
+    if prerank is None:
+        return score_by_request(pairs, udf, "item_id").withColumn(PRERANK_RANK, F.lit(None).cast("int"))
+
+    @pandas_udf("double")  # type: ignore[call-overload]  # pyspark's stubs lack the type-hinted form
+    def prerank_scores(features: pd.DataFrame) -> pd.Series:
+        return pd.Series(_fusion_model(*prerank).score(features), index=features.index)
+
+    order = Window.partitionBy(*REQUEST_KEY).orderBy(
+        F.desc("prerank_score"), F.asc("retrieval_rank"), F.asc("item_id")
+    )
+    ordered = pairs.withColumn("prerank_score", prerank_scores(F.struct(*prerank[1]))).withColumn(
+        PRERANK_RANK, F.row_number().over(order)
+    )
+    # Whole requests per partition, in prerank order: Arrow batches repeat few contexts.
+    first = ordered.where(F.col(PRERANK_RANK) <= depth).withColumn("score", udf("context_text", "item_text"))
+    rest = ordered.where(F.col(PRERANK_RANK) > depth).withColumn("score", F.col("prerank_score"))
+    return first.unionByName(rest).drop("prerank_score")
+
+
 def rerank_candidates(
     spark: SparkSession,
     candidates: DataFrame,
@@ -274,6 +311,7 @@ def rerank_candidates(
     # A fine-tuned version ranks the request types it was trained on; the others keep their retrieval
     # order (retrieval_score orders the list as retrieval_rank does).
     modelled = F.lit(True) if manifest is None else F.col("request_type").isin(manifest.request_types)
+    fused = modelled & (F.col("request_type") == "user") if fusion is not None else F.lit(False)
     contexts = request_contexts(candidates, interactions, items, cfg, run_date, queries, users)
     checked = checked_pairs(candidates, items, contexts, cfg)
     rejected = F.col("reason").isNotNull()
@@ -283,10 +321,23 @@ def rerank_candidates(
     else:
         udf = scoring_udf(ship_model(spark, spec), ScoringSettings.from_config(cfg), faults)
         with_scores = (
-            scorable_pairs.where(modelled)
+            scorable_pairs.where(modelled & ~fused)
             .withColumn("score", udf("context_text", "item_text"))
             .unionByName(scorable_pairs.where(~modelled).withColumn("score", F.col("retrieval_score")))
         )
+    carried: list[str] = []  # the fusion's inputs, carried to the listwise step
+    if fusion is not None and manifest is not None:
+        if candidates_cfg is None:
+            raise ValueError(f"model {spec.version} fuses ranking features: pass candidates_cfg")
+        pairs = candidates.where(fused).select(*REQUEST_KEY, "item_id", "retrieval_rank", "source_ranks")
+        features = ranking_features(
+            spark, pairs, items, interactions, None, candidates_cfg, run_date, item_vectors
+        ).select(*REQUEST_KEY, "item_id", *FEATURES)
+        to_fuse = scorable_pairs.where(fused).join(features, [*REQUEST_KEY, "item_id"], "left")
+        prerank = None if manifest.prerank is None else _model_key(spec.path, manifest.prerank)
+        cascaded = cascade_scores(to_fuse, udf, prerank, cfg.scored_depth)
+        with_scores = with_scores.unionByName(cascaded, allowMissingColumns=True)
+        carried = [*FEATURES, PRERANK_RANK]
     finite = F.col("score").isNotNull() & ~F.isnan("score") & (F.abs("score") != F.lit(float("inf")))
     ids = [name for name in RANKED_COLUMNS if name not in ("rank", "model_rank", "score")]
     scored = (
@@ -299,15 +350,14 @@ def rerank_candidates(
             ),
         )
     )
-    outcome = scored.select(*ids, "source_ranks", "score", "reason", "detail").unionByName(
+    outcome = scored.select(*ids, "source_ranks", "score", "reason", "detail", *carried).unionByName(
         checked.where(rejected).select(
             *ids, "source_ranks", F.lit(None).cast("double").alias("score"), "reason", "detail"
-        )
+        ),
+        allowMissingColumns=True,
     )
-    fusion_key = None
-    if fusion is not None:
-        fusion_key = ((Path(spec.path) / fusion.file).read_text(), tuple(fusion.inputs), fusion.trees)
-
+    fusion_key = None if fusion is None else _model_key(spec.path, fusion)
+    depth = cfg.scored_depth
     served_types = None if manifest is None else set(manifest.request_types)
 
     def rank(scored_request: pd.DataFrame) -> pd.DataFrame:
@@ -315,8 +365,11 @@ def rerank_candidates(
         if served_types is not None and request_type not in served_types:
             return rank_request(scored_request, cfg.top_k)  # scored by retrieval_score above
         if fusion_key is not None and request_type == "user":
-            inputs = scored_request.assign(**{BERT_SCORE: scored_request["score"]})
-            scored_request = scored_request.assign(score=_fusion_model(*fusion_key).score(inputs))
+            if depth > 0:  # at 0 the scores are the prerank's, the served order
+                # Past the depth a score is the prerank's, and only the first `depth` can be served.
+                scored_request = scored_request[~scored_request[PRERANK_RANK].gt(depth)]
+                inputs = scored_request.assign(**{BERT_SCORE: scored_request["score"]})
+                scored_request = scored_request.assign(score=_fusion_model(*fusion_key).score(inputs))
         elif head is not None:
             features = retrieval_features(scored_request, head.features)
             scored_request = scored_request.assign(
@@ -327,22 +380,7 @@ def rerank_candidates(
     # The grouping shuffles again, but only ids, scores and the fusion's inputs.
     kept = [name for name in RANKED_COLUMNS if name not in ("rank", "model_rank")]
     scorable = outcome.where(~rejected)
-    extra: list[str] = []
-    if fusion is not None:
-        if candidates_cfg is None:
-            raise ValueError(f"model {spec.version} fuses ranking features: pass candidates_cfg")
-        # Only the users' pairs the version ranks: queries go through the head, other types keep their
-        # retrieval order.
-        pairs = candidates.where(modelled & (F.col("request_type") == "user")).select(
-            *REQUEST_KEY, "item_id", "retrieval_rank", "source_ranks"
-        )
-        features = ranking_features(
-            spark, pairs, items, interactions, None, candidates_cfg, run_date, item_vectors
-        )
-        scorable = scorable.join(
-            features.select(*REQUEST_KEY, "item_id", *FEATURES), [*REQUEST_KEY, "item_id"], "left"
-        )
-        extra = list(FEATURES)
+    extra = list(carried)
     # The head's inputs, for the lists it scores: all of them, or with a fusion only the queries.
     if head is not None and (fusion is None or "query" in (served_types or set())):
         scorable = scorable.join(F.broadcast(item_event_counts(interactions, run_date)), "item_id", "left")

@@ -14,7 +14,7 @@ model.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,7 @@ from llmrank_spark.config import Config
 from llmrank_spark.events import end_of_day, events_until
 from llmrank_spark.lakehouse import in_hashed_share
 from llmrank_spark.metrics import ndcg_at_k, relative_change
-from llmrank_spark.rerank import PairScorer
+from llmrank_spark.rerank import PairScorer, read_manifest
 from llmrank_spark.training.lists import LIST, list_labels, rank_by_score
 from llmrank_spark.training.network import FusionRanker
 from llmrank_spark.training.registry import artifact_dir, served_version
@@ -48,6 +48,9 @@ class GateResult:
     change_high: float
     promoted: bool
     reason: str
+    # The version's prerank alone (its features-only LambdaMART, no BERT) on the same requests: what
+    # BERT adds on top of the features is version_ndcg - features_ndcg. None: the version has no prerank.
+    features_ndcg: float | None = None
 
     def metrics(self) -> dict[str, float]:
         figures = {
@@ -60,6 +63,8 @@ class GateResult:
         }
         if self.champion_ndcg is not None:
             figures[f"gate_champion_ndcg@{GATE_K}"] = self.champion_ndcg
+        if self.features_ndcg is not None:
+            figures[f"gate_features_ndcg@{GATE_K}"] = self.features_ndcg
         return figures
 
 
@@ -155,8 +160,8 @@ def gate_version(
     requests = pd.Index(sorted(labels_pd["request_id"].unique()), name="request_id")
     top_k = config.rerank.top_k
 
-    def served(path: str) -> pd.Series:
-        cfg = config.rerank.model_copy(update={"mode": "cross_encoder", "model_path": path})
+    def served(path: str, **update) -> pd.Series:
+        cfg = config.rerank.model_copy(update={"mode": "cross_encoder", "model_path": path, **update})
         result = rerank_candidates(
             spark,
             candidates,
@@ -175,11 +180,14 @@ def gate_version(
         .select("request_id", "item_id", F.col("retrieval_rank").alias("rank"))
         .toPandas()
     )
-    return decide(
+    result = decide(
         served(version_path),
         per_request_ndcg(retrieval, labels_pd, requests),
         None if champion_path is None else served(champion_path),
     )
+    if read_manifest(version_path).prerank is None:
+        return result
+    return replace(result, features_ndcg=float(served(version_path, bert_depth=0).mean()))
 
 
 def served_config(config: Config) -> Config:

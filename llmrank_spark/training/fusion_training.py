@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +14,7 @@ from llmrank_spark.config import TrainConfig
 from llmrank_spark.rerank import (
     BERT_SCORE,
     FEATURES,
+    PRERANK_FILE,
     FusionModel,
     FusionSettings,
     fit_fusion,
@@ -62,9 +65,22 @@ def fusion_lists(
     return pd.DataFrame(rows, columns=[LIST, "user_id", ITEM, LABEL])
 
 
-def train_fusion(model: FusionRanker, tokenizer, lists: pd.DataFrame, cfg: TrainConfig) -> FusionModel:
-    """LambdaMART over the ranking features and the trained BERT logit of the fusion lists; the last fifth
-    of the lists (by list_id) early-stops the trees."""
+@dataclass(frozen=True)
+class TrainedFusion:
+    """The version's two LambdaMART models, fitted on the same lists: `fusion` over the ranking features
+    and the BERT logit, `prerank` over the features alone (it picks the candidates BERT scores)."""
+
+    fusion: FusionModel
+    prerank: FusionModel
+
+    def save(self, directory: Path) -> None:
+        self.fusion.save(directory)
+        self.prerank.save(directory)
+
+
+def train_fusion(model: FusionRanker, tokenizer, lists: pd.DataFrame, cfg: TrainConfig) -> TrainedFusion:
+    """LambdaMART over the ranking features and the trained BERT logit of the fusion lists, and over the
+    features alone; the last fifth of the lists (by list_id) early-stops the trees."""
     scorer = training_scorer(model, tokenizer, cfg, torch.device("cpu"))
     model.eval()
     lists = lists.sort_values([LIST, ITEM], kind="mergesort", ignore_index=True)
@@ -77,4 +93,7 @@ def train_fusion(model: FusionRanker, tokenizer, lists: pd.DataFrame, cfg: Train
         leaves=cfg.fusion_leaves,
         seed=cfg.seed,
     )
-    return fit_fusion(lists[~held], lists[held], [*FEATURES, BERT_SCORE], settings)
+    return TrainedFusion(
+        fusion=fit_fusion(lists[~held], lists[held], [*FEATURES, BERT_SCORE], settings),
+        prerank=fit_fusion(lists[~held], lists[held], list(FEATURES), settings, file=PRERANK_FILE),
+    )

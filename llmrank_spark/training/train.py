@@ -65,9 +65,13 @@ def train_reranker(
     fusion = None
     if cfg.fusion == "lambdamart":
         fusion = train_fusion(model, tokenizer, built["fusion"], cfg)
-        leaning = sorted(fusion.importance().items(), key=lambda item: -item[1])[:3]
+        leaning = sorted(fusion.fusion.importance().items(), key=lambda item: -item[1])[:3]
         shares = ", ".join(f"{name} {share:.0%}" for name, share in leaning)
-        print(f"[train] fusion: {fusion.spec.trees} trees; most gain from {shares}", flush=True)
+        print(
+            f"[train] fusion: {fusion.fusion.spec.trees} trees; most gain from {shares}; prerank (features "
+            f"alone): {fusion.prerank.spec.trees} trees",
+            flush=True,
+        )
     request_types: list[RequestType] = ["user"]
     query_metrics: dict[str, float] = {}
     if "heldout_queries" in built:
@@ -110,7 +114,8 @@ def train_reranker(
         },
         request_types=request_types,
         fusion_head=model.head_spec(),
-        fusion=None if fusion is None else fusion.spec,
+        fusion=None if fusion is None else fusion.fusion.spec,
+        prerank=None if fusion is None else fusion.prerank.spec,
         query_encoder=ships_encoder,
     )
     extras: list = [fusion] if fusion else []
