@@ -35,6 +35,7 @@ from llmrank_spark.training import (
     CHAMPION,
     CHAMPION_ALIAS,
     REJECTED,
+    SERVES_BERT_TAG,
     artifact_dir,
     champion_version,
     decide,
@@ -317,6 +318,14 @@ def test_rerank_serves_the_champion_alias_or_the_pinned_version_never_a_rejected
 
     notes, versions = _served_versions(spark, pinned(2))
     assert versions == {"v2"} and "served model: v2 (models:/llmrank_reranker/2, pinned)" in notes
+    # A version whose gate found BERT adding nothing to its features is served as its prerank alone,
+    # unless the config asks for a depth.
+    register_tiny_version(
+        config, build_tiny_artifact(tmp_path / "v3", version="v3"), CHAMPION, True, {SERVES_BERT_TAG: "false"}
+    )
+    assert served_config(quiet).rerank.bert_depth == 0 and served_config(pinned(1)).rerank.bert_depth is None
+    depth_set = quiet.model_copy(update={"rerank": quiet.rerank.model_copy(update={"bert_depth": 10})})
+    assert served_config(depth_set).rerank.bert_depth == 10
     with pytest.raises(ConfigError, match=r"mlflow.pinned_version 9: llmrank_reranker has no such version"):
         served_config(pinned(9))
 
@@ -387,6 +396,8 @@ def test_train_logs_registers_and_gates_the_new_version_and_only_a_promoted_one_
     manifest = read_manifest(artifact_dir(config, new))
     assert manifest.fusion is not None and manifest.fusion.inputs[-1] == BERT_SCORE
     assert manifest.prerank is not None and manifest.prerank.inputs == list(FEATURES)
+    # BERT is served only if it beat the version's own features-only prerank beyond chance at the gate.
+    assert new.tags[SERVES_BERT_TAG] == str(logged.metrics["gate_bert_change_low"] > 0).lower()
     # It also trained on judged queries and was measured on held-out ones, which decided whether it
     # ranks queries.
     assert manifest.metrics["query_gate_requests"] >= 1

@@ -74,15 +74,15 @@ def tiny_artifact(architecture: str = "pair", request_types: tuple[str, ...] = (
     )
 
 
-def register_tiny_version(config, path: Path, status: str, promote: bool = False):
+def register_tiny_version(config, path: Path, status: str, promote: bool = False, tags: dict | None = None):
     """Register the artifact at `path` in the config's MLflow registry as the train step does (a run that
-    logs it, a version tagged with `status`), with the `champion` alias when `promote`."""
+    logs it, a version tagged with `status` and `tags`), with the `champion` alias when `promote`."""
     from llmrank_spark.rerank import read_manifest
     from llmrank_spark.training import training_run
 
     with training_run(config, run_name=f"test {path.name}") as run:
         run.log_artifact(path)
-        version = run.register(read_manifest(path), status, {})
+        version = run.register(read_manifest(path), status, tags or {})
         if promote:
             run.promote(version)
     return version

@@ -274,11 +274,13 @@ def train(spark: SparkSession, config: Config) -> StepRun:
         CHAMPION,
         REGISTERED,
         REJECTED,
+        SERVES_BERT_TAG,
         artifact_dir,
         champion_version,
         gate_cutoff,
         gate_version,
         newest_version,
+        serves_bert,
         train_reranker,
         training_end,
         training_run,
@@ -326,15 +328,29 @@ def train(spark: SparkSession, config: Config) -> StepRun:
             if gated:
                 # Measured from the staged copy: the same files as the logged artifact, no download.
                 champion_dir = None if champion is None else artifact_dir(config, champion)
-                result = gate_version(spark, items, interactions, config, str(path), champion_dir, vectors)
+                result = gate_version(
+                    spark,
+                    items,
+                    interactions,
+                    config,
+                    str(path),
+                    champion_dir,
+                    vectors,
+                    champion_serves_bert=champion is None or serves_bert(champion),
+                )
                 status = CHAMPION if result.promoted else REJECTED
                 mlflow_run.log_metrics(result.metrics())
-                gate_tags = {"gate_reason": result.reason} | {
-                    name: f"{value:.6g}" for name, value in result.metrics().items()
-                }
-                alone = (
-                    "" if result.features_ndcg is None else f"; its features alone {result.features_ndcg:.4f}"
-                )
+                gate_tags = {
+                    "gate_reason": result.reason,
+                    SERVES_BERT_TAG: str(result.serves_bert).lower(),
+                } | {name: f"{value:.6g}" for name, value in result.metrics().items()}
+                alone = ""
+                if result.bert_change is not None:
+                    change, low, high = result.bert_change
+                    alone = (
+                        f"; BERT over the features alone {change:+.1%} [{low:+.1%}, {high:+.1%}], "
+                        f"served {'with' if result.serves_bert else 'without'} BERT"
+                    )
                 figures = (
                     f"NDCG@10 retrieval {result.retrieval_ndcg:.4f} -> version {result.version_ndcg:.4f} "
                     f"({result.change:+.1%} [{result.change_low:+.1%}, {result.change_high:+.1%}]{alone}): "

@@ -41,6 +41,7 @@ from llmrank_spark.rerank.fusion import (
     relevance_levels,
 )
 from llmrank_spark.rerank.rerank import (
+    PRERANK_RANK,
     fused_scores,
     model_for,
     rank_request,
@@ -74,6 +75,7 @@ __all__ = [
     "MANIFEST_FILE",
     "MEANINGS",
     "PRERANK_FILE",
+    "PRERANK_RANK",
     "QUERY_ENCODER_DIR",
     "RETRIEVAL_VERSION",
     "STALE_DAYS",

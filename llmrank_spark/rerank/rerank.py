@@ -357,6 +357,8 @@ def rerank_candidates(
         allowMissingColumns=True,
     )
     fusion_key = None if fusion is None else _model_key(spec.path, fusion)
+    # At depth 0 a version with a prerank is served in the prerank's order: its scores are the prerank's.
+    prerank_only = cfg.scored_depth == 0 and manifest is not None and manifest.prerank is not None
     depth = cfg.scored_depth
     served_types = None if manifest is None else set(manifest.request_types)
 
@@ -365,7 +367,7 @@ def rerank_candidates(
         if served_types is not None and request_type not in served_types:
             return rank_request(scored_request, cfg.top_k)  # scored by retrieval_score above
         if fusion_key is not None and request_type == "user":
-            if depth > 0:  # at 0 the scores are the prerank's, the served order
+            if not prerank_only:
                 # Past the depth a score is the prerank's, and only the first `depth` can be served.
                 scored_request = scored_request[~scored_request[PRERANK_RANK].gt(depth)]
                 inputs = scored_request.assign(**{BERT_SCORE: scored_request["score"]})

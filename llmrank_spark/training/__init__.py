@@ -8,6 +8,7 @@ from llmrank_spark.training.champion import (
     gate_cutoff,
     gate_version,
     served_config,
+    serves_bert,
     training_end,
 )
 from llmrank_spark.training.distributed import distributor_mode, fit_with_distributor
@@ -25,6 +26,7 @@ from llmrank_spark.training.losses import ranking_loss
 from llmrank_spark.training.network import FusionRanker, freeze_lower_layers, initial_model, optimizer_for
 from llmrank_spark.training.registry import (
     CHAMPION_ALIAS,
+    SERVES_BERT_TAG,
     artifact_dir,
     champion_version,
     newest_version,
@@ -41,6 +43,7 @@ __all__ = [
     "CHAMPION_ALIAS",
     "REGISTERED",
     "REJECTED",
+    "SERVES_BERT_TAG",
     "FusionRanker",
     "artifact_dir",
     "champion_version",
@@ -67,6 +70,7 @@ __all__ = [
     "score_lists",
     "served_config",
     "served_version",
+    "serves_bert",
     "target_contexts",
     "train_reranker",
     "training_end",

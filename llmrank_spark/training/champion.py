@@ -25,10 +25,10 @@ from llmrank_spark.config import Config
 from llmrank_spark.events import end_of_day, events_until
 from llmrank_spark.lakehouse import in_hashed_share
 from llmrank_spark.metrics import ndcg_at_k, relative_change
-from llmrank_spark.rerank import PairScorer, read_manifest
+from llmrank_spark.rerank import PRERANK_RANK, PairScorer, read_manifest
 from llmrank_spark.training.lists import LIST, list_labels, rank_by_score
 from llmrank_spark.training.network import FusionRanker
-from llmrank_spark.training.registry import artifact_dir, served_version
+from llmrank_spark.training.registry import SERVES_BERT_TAG, artifact_dir, served_version
 from llmrank_spark.training.trainer import score_lists
 
 CHAMPION, REJECTED, REGISTERED = "champion", "rejected", "registered"  # a version's gate status
@@ -48,9 +48,13 @@ class GateResult:
     change_high: float
     promoted: bool
     reason: str
-    # The version's prerank alone (its features-only LambdaMART, no BERT) on the same requests: what
-    # BERT adds on top of the features is version_ndcg - features_ndcg. None: the version has no prerank.
+    # The version's prerank alone (its features-only LambdaMART, no BERT) on the same requests, and the
+    # change BERT brings on top of it with its interval. None: the version has no prerank.
     features_ndcg: float | None = None
+    bert_change: tuple[float, float, float] | None = None
+    # Whether the version is served with BERT: only if BERT beat its prerank beyond chance. If not, the
+    # figures above (version_ndcg, change) are those of the prerank, what the version then serves.
+    serves_bert: bool = True
 
     def metrics(self) -> dict[str, float]:
         figures = {
@@ -65,6 +69,9 @@ class GateResult:
             figures[f"gate_champion_ndcg@{GATE_K}"] = self.champion_ndcg
         if self.features_ndcg is not None:
             figures[f"gate_features_ndcg@{GATE_K}"] = self.features_ndcg
+        if self.bert_change is not None:
+            names = ("gate_bert_change", "gate_bert_change_low", "gate_bert_change_high")
+            figures |= dict(zip(names, self.bert_change, strict=True))
         return figures
 
 
@@ -134,9 +141,12 @@ def gate_version(
     version_path: str,
     champion_path: str | None,
     item_vectors: DataFrame | None = None,
+    champion_serves_bert: bool = True,
 ) -> GateResult:
-    """Measure `version_path` (and the champion) on the back-dated run at `gate_cutoff` as served;
-    `item_vectors` (item_id, embedding) are the catalogue's stored text vectors, None encodes them."""
+    """Measure `version_path` (and the champion, as it is served: with BERT or as its prerank) on the
+    back-dated run at `gate_cutoff`. The version is served with BERT only if its cascade beats its own
+    prerank beyond chance; the promotion is decided on the order it will serve. `item_vectors`
+    (item_id, embedding) are the catalogue's stored text vectors, None encodes them."""
     from llmrank_spark.evaluation import user_labels
     from llmrank_spark.rerank import rerank_candidates
     from llmrank_spark.retrieval import build_candidates, item_embeddings
@@ -160,8 +170,10 @@ def gate_version(
     requests = pd.Index(sorted(labels_pd["request_id"].unique()), name="request_id")
     top_k = config.rerank.top_k
 
-    def served(path: str, **update) -> pd.Series:
-        cfg = config.rerank.model_copy(update={"mode": "cross_encoder", "model_path": path, **update})
+    def served(path: str) -> tuple[pd.Series, pd.Series | None]:
+        """Per-request NDCG@10 of the version at `path` as served and, when it has a prerank, of its
+        prerank's order: the first `top_k` of the cascade's `prerank_rank`, from the same scoring pass."""
+        cfg = config.rerank.model_copy(update={"mode": "cross_encoder", "model_path": path})
         result = rerank_candidates(
             spark,
             candidates,
@@ -172,33 +184,69 @@ def gate_version(
             candidates_cfg=config.candidates,
             item_vectors=vectors,
         )
-        ranked = result.ranked.select("request_id", "item_id", "rank").toPandas()
-        return per_request_ndcg(ranked, labels_pd, requests)
+        outcome = result.outcome.persist()  # read twice below; BERT scores each pair once
+        try:
+            ranked = result.ranked.select("request_id", "item_id", "rank").toPandas()
+            prerank = None
+            if read_manifest(path).prerank is not None:
+                prerank = (
+                    outcome.where(F.col(PRERANK_RANK) <= top_k)
+                    .select("request_id", "item_id", F.col(PRERANK_RANK).alias("rank"))
+                    .toPandas()
+                )
+        finally:
+            outcome.unpersist()
+        return (
+            per_request_ndcg(ranked, labels_pd, requests),
+            None if prerank is None else per_request_ndcg(prerank, labels_pd, requests),
+        )
 
     retrieval = (
         candidates.where(F.col("retrieval_rank") <= top_k)
         .select("request_id", "item_id", F.col("retrieval_rank").alias("rank"))
         .toPandas()
     )
+    with_bert, features_alone = served(version_path)
+    bert_change = None if features_alone is None else relative_change(features_alone, with_bert)
+    # BERT is nearly all of the rerank step's cost: it is served only where it earns its place.
+    bert_earned = bert_change is None or bert_change[1] > 0
+    champion = None
+    if champion_path is not None:
+        champion_bert, champion_alone = served(champion_path)
+        champion = champion_bert if champion_serves_bert or champion_alone is None else champion_alone
     result = decide(
-        served(version_path),
+        with_bert if bert_earned or features_alone is None else features_alone,
         per_request_ndcg(retrieval, labels_pd, requests),
-        None if champion_path is None else served(champion_path),
+        champion,
     )
-    if read_manifest(version_path).prerank is None:
+    if features_alone is None:
         return result
-    return replace(result, features_ndcg=float(served(version_path, bert_depth=0).mean()))
+    return replace(
+        result,
+        features_ndcg=float(features_alone.mean()),
+        bert_change=bert_change,
+        serves_bert=bert_earned,
+    )
 
 
 def served_config(config: Config) -> Config:
     """`config` with `rerank.mode=champion` resolved through the registry: the artifact of the pinned
-    version or of the `champion` alias, or, with neither, the retrieval order."""
+    version or of the `champion` alias (as its prerank alone when its gate found BERT added nothing and
+    rerank.bert_depth is unset), or, with neither, the retrieval order."""
     if config.rerank.mode != "champion":
         return config
     version = served_version(config)
-    update = (
+    update: dict[str, object] = (
         {"mode": "retrieval"}
         if version is None
         else {"mode": "cross_encoder", "model_path": artifact_dir(config, version)}
     )
+    if version is not None and not serves_bert(version) and config.rerank.bert_depth is None:
+        update["bert_depth"] = 0
     return config.model_copy(update={"rerank": config.rerank.model_copy(update=update)})
+
+
+def serves_bert(version) -> bool:
+    """Whether a registered version is served with BERT: unless its gate found BERT added nothing beyond
+    chance to its features-only prerank (tag SERVES_BERT_TAG)."""
+    return version.tags.get(SERVES_BERT_TAG) != "false"

@@ -40,6 +40,9 @@ ARTIFACT_PATH = "reranker"  # the artifact's directory inside its MLflow run
 STATUS_TAG = "gate_status"  # champion, rejected, or registered (no gate ran)
 VERSION_TAG = "artifact_version"  # the manifest's version: what `ranked.model_version` names
 QUERY_ENCODER_TAG = "query_encoder"  # "true" on a version whose artifact ships a query encoder
+# "false" on a version whose BERT did not beat its own features-only prerank at the gate: it is served
+# as that prerank (rerank.bert_depth 0) unless the config sets a depth (champion.py).
+SERVES_BERT_TAG = "serves_bert"
 # What MLflow accepts in a metric, parameter or tag name (`ndcg@10` is not).
 MLFLOW_NAME_UNSAFE = re.compile(r"[^\w./ :-]")
 
