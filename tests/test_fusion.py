@@ -324,6 +324,9 @@ def test_rerank_serves_the_champion_alias_or_the_pinned_version_never_a_rejected
         config, build_tiny_artifact(tmp_path / "v3", version="v3"), CHAMPION, True, {SERVES_BERT_TAG: "false"}
     )
     assert served_config(quiet).rerank.bert_depth == 0 and served_config(pinned(1)).rerank.bert_depth is None
+    notes, versions = _served_versions(spark, quiet)
+    assert versions == {"v3"}
+    assert "served model: v3 (models:/llmrank_reranker@champion, its features-only prerank: no BERT)" in notes
     depth_set = quiet.model_copy(update={"rerank": quiet.rerank.model_copy(update={"bert_depth": 10})})
     assert served_config(depth_set).rerank.bert_depth == 10
     with pytest.raises(ConfigError, match=r"mlflow.pinned_version 9: llmrank_reranker has no such version"):

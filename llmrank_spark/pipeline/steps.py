@@ -262,7 +262,10 @@ def _registry_note(requested: Config, served: Config) -> str:
     pinned, name = requested.mlflow.pinned_version, requested.mlflow.model_name
     if served.rerank.mode == "retrieval":
         return f" (models:/{name} has no {CHAMPION_ALIAS} alias)"
-    return f" (models:/{name}/{pinned}, pinned)" if pinned else f" (models:/{name}@{CHAMPION_ALIAS})"
+    # Set by served_config when the version's gate found BERT adding nothing to its features.
+    alone = ", its features-only prerank: no BERT" if served.rerank.bert_depth == 0 else ""
+    source = f"models:/{name}/{pinned}, pinned" if pinned else f"models:/{name}@{CHAMPION_ALIAS}"
+    return f" ({source}{alone})"
 
 
 def train(spark: SparkSession, config: Config) -> StepRun:

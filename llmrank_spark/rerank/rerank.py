@@ -297,10 +297,11 @@ def rerank_candidates(
     rejected. `ranked` is in model order (`rank` = `model_rank`); the step's fairness pass re-orders it.
     Users without history get `NEW_SHOPPER_CONTEXT`; `users` supplies the fields of `cfg.user_template`.
     An artifact with a LambdaMART fusion is served on the ranking features of every pair
-    (`features.ranking_features`, with `candidates_cfg`), after BERT; `rerank.mode=retrieval` keeps the
-    candidates' own order. Fails, naming what is missing and how to fix it, when cfg asks for a
-    cross-encoder that does not exist: it never scores with an untrained head. `faults` is test-only
-    fault injection.
+    (`features.ranking_features`, with `candidates_cfg`), after BERT, which scores only each user
+    list's first `rerank.bert_depth` by the artifact's prerank (`cascade_scores`);
+    `rerank.mode=retrieval` keeps the candidates' own order. Fails, naming what is missing and how to
+    fix it, when cfg asks for a cross-encoder that does not exist: it never scores with an untrained
+    head. `faults` is test-only fault injection.
     """
     spec, cfg = model_for(cfg)
     manifest = read_manifest(spec.path) if spec.kind == "cross_encoder" else None
