@@ -404,12 +404,13 @@ def test_train_logs_registers_and_gates_the_new_version_and_only_a_promoted_one_
     # It also trained on judged queries and was measured on held-out ones, which decided whether it
     # ranks queries.
     assert manifest.metrics["query_gate_requests"] >= 1
-    promoted = manifest.metrics["query_gate_change_low"] > 0
-    assert manifest.request_types == (["user", "query"] if promoted else ["user"])
     # And a query encoder, judged on the same held-out queries: shipped (and tagged) only if it passed.
     assert manifest.metrics["query_encoder_gate_requests"] >= 1
     ships = manifest.metrics["query_encoder_gate_change_low"] > 0
     assert manifest.query_encoder == ships
+    # A version shipping an encoder was measured on lists the encoder replaces: it never ranks queries.
+    promoted = manifest.metrics["query_gate_change_low"] > 0 and not ships
+    assert manifest.request_types == (["user", "query"] if promoted else ["user"])
     assert (new.tags.get("query_encoder") == "true") == ships
     assert manifest.base_model.endswith("via v0")  # warm-started from the registered version
     champion = champion_version(config)
