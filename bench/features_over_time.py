@@ -24,7 +24,7 @@ from llmrank_spark.config import load_config
 from llmrank_spark.evaluation.evaluate import user_labels
 from llmrank_spark.events import end_of_day
 from llmrank_spark.lakehouse.session import get_spark
-from llmrank_spark.metrics import ndcg_at_k, relative_change
+from llmrank_spark.metrics import relative_change
 from llmrank_spark.rerank import (
     FEATURES,
     FusionModel,
@@ -35,6 +35,7 @@ from llmrank_spark.rerank import (
 )
 from llmrank_spark.retrieval import build_candidates, item_vectors
 from llmrank_spark.training import artifact_dir, champion_version, newest_version
+from llmrank_spark.training.champion import per_request_ndcg
 from llmrank_spark.training.registry import registry_client
 
 REQUEST = ["request_type", "request_id"]
@@ -57,16 +58,15 @@ def back_dated_run(
     return features, labels
 
 
-def per_request_ndcg(features: pd.DataFrame, labels: pd.DataFrame, scores, top_k: int) -> pd.Series:
-    """NDCG@10 of every labelled request, its list ordered by `scores` (ties: retrieval order), cut at
-    top_k."""
+def ndcg_of_order(features: pd.DataFrame, labels: pd.DataFrame, scores, top_k: int) -> pd.Series:
+    """NDCG@10 of every labelled request (the gate's `per_request_ndcg`), its list ordered by `scores`
+    (ties: retrieval order) and cut at top_k."""
     ranked = features.assign(score=scores).sort_values(
         ["request_id", "score", "retrieval_rank"], ascending=[True, False, True]
     )
     ranked["rank"] = ranked.groupby("request_id").cumcount() + 1
     ranked = ranked[ranked["rank"] <= top_k][["request_id", "item_id", "rank"]]
-    requests = pd.Index(sorted(labels["request_id"].unique()))
-    return ndcg_at_k(ranked, labels, 10).reindex(requests).fillna(0.0)
+    return per_request_ndcg(ranked, labels, pd.Index(sorted(labels["request_id"].unique())))
 
 
 def labelled_lists(
@@ -116,12 +116,12 @@ def main() -> None:
     settings = FusionSettings(seed=config.train.seed)
     for day in dates:
         features, labels = runs[day]
-        retrieval = per_request_ndcg(
+        retrieval = ndcg_of_order(
             features, labels, -features["retrieval_rank"].to_numpy(float), config.rerank.top_k
         )
         orders = {
             "retrieval order": retrieval,
-            f"prerank of {manifest.version}": per_request_ndcg(
+            f"prerank of {manifest.version}": ndcg_of_order(
                 features, labels, prerank.score(features), config.rerank.top_k
             ),
         }
@@ -132,7 +132,7 @@ def main() -> None:
                 lists["request_id"].drop_duplicates().sample(frac=0.2, random_state=0)
             )
             fitted = fit_fusion(lists[~held], lists[held], list(FEATURES), settings, list_column="request_id")
-            orders[f"LambdaMART on the runs of {', '.join(map(str, earlier))}"] = per_request_ndcg(
+            orders[f"LambdaMART on the runs of {', '.join(map(str, earlier))}"] = ndcg_of_order(
                 features, labels, fitted.score(features), config.rerank.top_k
             )
         print(f"\nrun dated {day}: {len(retrieval)} labelled users")
