@@ -47,7 +47,9 @@ def back_dated_run(
     """(features of every user's candidates, labels) of a run dated `day`."""
     history = interactions.where(F.col("event_ts") < F.lit(end_of_day(day)))
     retrieved = build_candidates(spark, items, history, None, config.candidates, day, item_vectors=vectors)
-    lists = retrieved.candidates.where(F.col("request_type") == "user")
+    # Its long query plan cut, as the gate does: stacked under the features' plan it can outgrow a task's
+    # stack (a StackOverflowError on this bench's first runs).
+    lists = retrieved.candidates.where(F.col("request_type") == "user").localCheckpoint()
     pairs = lists.select(*REQUEST, "item_id", "retrieval_rank", "source_ranks")
     features = ranking_features_from(pairs, retrieved.inputs).drop("source_ranks").toPandas()
     labels = user_labels(interactions, lists.select("request_id").distinct(), day, config.evaluate).toPandas()
