@@ -3,6 +3,7 @@
 from llmrank_spark.rerank.artifact import (
     BASE_MODEL_NAME,
     MANIFEST_FILE,
+    PRERANK_FILE,
     QUERY_ENCODER_DIR,
     RETRIEVAL_VERSION,
     WEIGHTS_FILE,
@@ -34,7 +35,6 @@ from llmrank_spark.rerank.features import (
 )
 from llmrank_spark.rerank.fusion import (
     BERT_SCORE,
-    PRERANK_FILE,
     FusionModel,
     FusionSettings,
     fit_fusion,

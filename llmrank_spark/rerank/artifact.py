@@ -81,6 +81,11 @@ class FusionHead(BaseModel):
     bias: float
 
 
+# The artifact's files of its two LambdaMART models: the fusion over the features and the BERT logit, and
+# the prerank over the features alone, which orders a user's list before BERT (rerank.bert_depth).
+FUSION_FILE, PRERANK_FILE = "fusion_lgbm.txt", "prerank_lgbm.txt"
+
+
 class FusionSpec(BaseModel):
     """The LambdaMART fusion an artifact holds (`fusion.FusionModel`): its inputs in order and its file,
     LightGBM's text format (no pickle)."""
@@ -89,7 +94,7 @@ class FusionSpec(BaseModel):
 
     learner: Literal["lightgbm-lambdarank"] = "lightgbm-lambdarank"
     inputs: list[str] = Field(min_length=1)  # features.FEATURES names and "bert_score"
-    file: str = "fusion_lgbm.txt"
+    file: str = FUSION_FILE
     trees: int = Field(ge=1)
 
 

@@ -16,14 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llmrank_spark.rerank.artifact import FusionSpec
+from llmrank_spark.rerank.artifact import FUSION_FILE, FusionSpec
 from llmrank_spark.rerank.features import feature_matrix
 
 # The column of the BERT model's logit among a fusion model's inputs.
 BERT_SCORE = "bert_score"
-# The artifact's files of its two LambdaMART models: the fusion over the features and the BERT logit, and
-# the prerank over the features alone, which orders a user's list before BERT (rerank.bert_depth).
-FUSION_FILE, PRERANK_FILE = "fusion_lgbm.txt", "prerank_lgbm.txt"
 # Highest relevance grade LambdaMART's label gain is defined for: grades are scaled to 0..GRADE_LEVELS.
 GRADE_LEVELS = 4
 

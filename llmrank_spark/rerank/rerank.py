@@ -313,6 +313,7 @@ def rerank_candidates(
     # order (retrieval_score orders the list as retrieval_rank does).
     modelled = F.lit(True) if manifest is None else F.col("request_type").isin(manifest.request_types)
     fused = modelled & (F.col("request_type") == "user") if fusion is not None else F.lit(False)
+    depth = cfg.scored_depth  # of the cascade, for the fused lists
     contexts = request_contexts(candidates, interactions, items, cfg, run_date, queries, users)
     checked = checked_pairs(candidates, items, contexts, cfg)
     rejected = F.col("reason").isNotNull()
@@ -336,7 +337,7 @@ def rerank_candidates(
         ).select(*REQUEST_KEY, "item_id", *FEATURES)
         to_fuse = scorable_pairs.where(fused).join(features, [*REQUEST_KEY, "item_id"], "left")
         prerank = None if manifest.prerank is None else _model_key(spec.path, manifest.prerank)
-        cascaded = cascade_scores(to_fuse, udf, prerank, cfg.scored_depth)
+        cascaded = cascade_scores(to_fuse, udf, prerank, depth)
         with_scores = with_scores.unionByName(cascaded, allowMissingColumns=True)
         carried = [*FEATURES, PRERANK_RANK]
     finite = F.col("score").isNotNull() & ~F.isnan("score") & (F.abs("score") != F.lit(float("inf")))
@@ -359,8 +360,7 @@ def rerank_candidates(
     )
     fusion_key = None if fusion is None else _model_key(spec.path, fusion)
     # At depth 0 a version with a prerank is served in the prerank's order: its scores are the prerank's.
-    prerank_only = cfg.scored_depth == 0 and manifest is not None and manifest.prerank is not None
-    depth = cfg.scored_depth
+    prerank_only = depth == 0 and manifest is not None and manifest.prerank is not None
     served_types = None if manifest is None else set(manifest.request_types)
 
     def rank(scored_request: pd.DataFrame) -> pd.DataFrame:
