@@ -49,8 +49,13 @@ def score_lists(model: FusionRanker, scorer: PairScorer, lists: pd.DataFrame) ->
     return fused_scores(logits, feature_matrix(lists, model.features), model.head_spec())
 
 
+def per_list_ndcg(lists: pd.DataFrame, scores: np.ndarray, k: int = VALIDATION_K) -> pd.Series:
+    """NDCG@k of each list ordered by `scores`, by list id."""
+    return ndcg_at_k(rank_by_score(lists, scores), list_labels(lists), k)
+
+
 def list_ndcg(lists: pd.DataFrame, scores: np.ndarray, k: int = VALIDATION_K) -> float:
-    return float(ndcg_at_k(rank_by_score(lists, scores), list_labels(lists), k).mean())
+    return float(per_list_ndcg(lists, scores, k).mean())
 
 
 def training_scorer(model: FusionRanker, tokenizer, cfg: TrainConfig, device: torch.device) -> PairScorer:
