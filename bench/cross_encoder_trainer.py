@@ -31,6 +31,7 @@ import argparse
 import copy
 import tempfile
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -178,16 +179,32 @@ def train_ours(
         """The fine-tuned logit (no fusion head), as the LambdaMART fusion reads it."""
         return scorer.score(lists["context_text"].tolist(), lists["item_text"].tolist())
 
+    loop = f"ours (training/trainer.py), {architecture}"
+    steps = result.evaluations[-1][0]
+    return figures(loop, steps, result.seconds, result.steps, logits, built["validation"], heldout)
+
+
+def figures(
+    loop: str,
+    steps: int,
+    seconds: float,
+    best_step: int | None,
+    score: Callable[[pd.DataFrame], np.ndarray],
+    validation: pd.DataFrame,
+    heldout: pd.DataFrame,
+) -> dict:
+    """A loop's row of the printed table; its fusion-list NDCG per list, for the interval."""
     started = time.perf_counter()
-    heldout_scores = logits(heldout)
+    heldout_scores = score(heldout)
+    rate = len(heldout) / (time.perf_counter() - started)
     return {
-        "loop": f"ours (training/trainer.py), {architecture}",
-        "steps": result.evaluations[-1][0],
-        "seconds": result.seconds,
-        "best step": result.steps,
-        "validation NDCG@10": list_ndcg(built["validation"], logits(built["validation"])),
+        "loop": loop,
+        "steps": steps,
+        "seconds": seconds,
+        "best step": best_step,
+        "validation NDCG@10": list_ndcg(validation, score(validation)),
         "fusion-list NDCG@10": per_list_ndcg(heldout, heldout_scores),
-        "scoring pairs/s": len(heldout) / (time.perf_counter() - started),
+        "scoring pairs/s": rate,
     }
 
 
@@ -228,20 +245,17 @@ def main() -> None:
     started = time.perf_counter()
     library, steps, best = train_with_library(start_state, built, cfg, args.seconds, args.loss)
     seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    heldout_scores = library_scores(library, heldout)
+    loop = "sentence-transformers CrossEncoderTrainer, pair"
     rows.append(
-        {
-            "loop": "sentence-transformers CrossEncoderTrainer, pair",
-            "steps": steps,
-            "seconds": seconds,
-            "best step": best,
-            "validation NDCG@10": list_ndcg(
-                built["validation"], library_scores(library, built["validation"])
-            ),
-            "fusion-list NDCG@10": per_list_ndcg(heldout, heldout_scores),
-            "scoring pairs/s": len(heldout) / (time.perf_counter() - started),
-        }
+        figures(
+            loop,
+            steps,
+            seconds,
+            best,
+            lambda lists: library_scores(library, lists),
+            built["validation"],
+            heldout,
+        )
     )
     library_lists = rows[-1]["fusion-list NDCG@10"]
     for row in rows:
