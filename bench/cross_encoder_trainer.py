@@ -9,7 +9,7 @@ the same cross-encoder the library's way and measures both, so the choice rests 
 - the model: the "pair" architecture ([CLS] context [SEP] item [SEP]), the only one a CrossEncoder can
   read, with no fusion head (the logit alone; the LambdaMART fusion is fitted afterwards either way);
   ours is also run in the default "shared_context" architecture, which the library cannot train;
-- the training: `--loss` (sentence-transformers' ListNetLoss or LambdaLoss in both), the config's
+- the training: `--loss` (sentence-transformers' RankNetLoss, ListNetLoss or LambdaLoss in both), the config's
   learning rate, lists per step, trainable layers, token budget, validation every eval_every_steps
   steps with early stopping after `patience` evaluations, the best weights kept, and a budget of
   `--seconds`: each stops at the first validation after it;
@@ -46,13 +46,13 @@ from llmrank_spark.retrieval import item_vectors
 from llmrank_spark.training import training_end
 from llmrank_spark.training.extract import training_lists
 from llmrank_spark.training.lists import LABEL, LIST
+from llmrank_spark.training.losses import CROSS_ENCODER_LOSSES
 from llmrank_spark.training.network import FusionRanker, freeze_lower_layers
 from llmrank_spark.training.trainer import fit, list_ndcg, per_list_ndcg, training_scorer
 
 # Ours in both architectures: the library's CrossEncoder reads pairs only, and the shared context is the
 # default because it scores 2.4 to 2.7 times faster.
 ARCHITECTURES: tuple[Architecture, ...] = ("pair", "shared_context")
-LIBRARY_LOSSES = {"listnet": "ListNetLoss", "lambdaloss": "LambdaLoss"}
 
 
 def lakehouse_lists(config) -> dict[str, pd.DataFrame]:
@@ -156,7 +156,7 @@ def train_with_library(start_state: dict, built: dict[str, pd.DataFrame], cfg, s
             model=model,
             args=args,
             train_dataset=Dataset.from_dict(library_examples(built["train"])),
-            loss=getattr(losses, LIBRARY_LOSSES[loss])(model),
+            loss=getattr(losses, CROSS_ENCODER_LOSSES[loss])(model),
             evaluator=ListNDCG(built["validation"]),
             callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience), TimeBudget()],
         )
@@ -214,7 +214,7 @@ def main() -> None:
     )
     parser.add_argument("--config", required=True, help="the config the lakehouse was written with")
     parser.add_argument("--seconds", type=float, default=300.0, help="each loop's training time budget")
-    parser.add_argument("--loss", choices=sorted(LIBRARY_LOSSES), default="listnet")
+    parser.add_argument("--loss", choices=sorted(CROSS_ENCODER_LOSSES), default="listnet")
     parser.add_argument("--fusion-lists", type=int, default=150, help="fusion lists scored at most")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], help="a config override, e.g. train.epochs=2"

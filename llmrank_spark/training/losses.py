@@ -4,6 +4,7 @@ line in `LOSSES` here, plus its name in config.TRAIN_LOSSES."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -76,14 +77,15 @@ def _cross_encoder_loss(name: str) -> LossFunction:
     return _list_loss(getattr(losses, name)(placeholder))
 
 
+# The `train.loss` names that are sentence-transformers' cross-encoder losses, and their classes.
+CROSS_ENCODER_LOSSES = {"ranknet": "RankNetLoss", "listnet": "ListNetLoss", "lambdaloss": "LambdaLoss"}
+
 # The losses `train.loss` names (config.TRAIN_LOSSES lists the same names, checked by a test). Adding a
 # loss: its function above and one line here. Built on demand: the wrapped ones import their library.
 LOSSES: dict[str, Callable[[], LossFunction]] = {
     "bce": lambda: balanced_bce,
     "hinge": lambda: hinge_loss,
-    "ranknet": lambda: _cross_encoder_loss("RankNetLoss"),
-    "listnet": lambda: _cross_encoder_loss("ListNetLoss"),
-    "lambdaloss": lambda: _cross_encoder_loss("LambdaLoss"),
+    **{name: partial(_cross_encoder_loss, cls) for name, cls in CROSS_ENCODER_LOSSES.items()},
 }
 
 
