@@ -12,16 +12,23 @@ the generator's choice model):
                 attribute over their rows) against their segment's truth, then the mean over shoppers
   query named attribute first
                 per query whose text names a value of an attribute of its class's items (as a whole
-                word): whether the query's first attribute in its class is a named one (behaviour only:
-                the query estimate the attributes step computes)
+                word, in the catalogue's words or a shopper's): whether the query's first attribute in its
+                class is a named one (behaviour only: the query estimate the attributes step computes)
+  new query named attribute first
+                with --new-queries: the same for the queries made new (no judged items, no search
+                sessions), from their `attribute_order` rows (the attribute model's order), beside their
+                class's order
   cost          seconds of each step, and of the attributes step per ranked request
 
 It prints those three lines in a fixed form (`segment tau: X.XXX`, `cold tau: X.XXX`,
-`query named attribute first: P.P%`). With `--set attributes.method=occlusion` it also measures the
-occlusion explanation's faithfulness and ceilings (docs/attributes.md).
+`query named attribute first: P.P%`), and with --new-queries a fourth
+(`new query named attribute first: P.P% (its class's order: P.P%)`). With
+`--set attributes.method=occlusion` it also measures the occlusion explanation's faithfulness and
+ceilings (docs/attributes.md).
 
-  python bench/attribute_order.py                             # behaviour, the demo's sample, ~6 min
+  python bench/attribute_order.py                             # behaviour, the demo's sample, ~7 min
   python bench/attribute_order.py --set sample.seed=11        # a second sample world
+  python bench/attribute_order.py --new-queries 0.2           # a fifth of the queries new, ~7 min
   python bench/attribute_order.py --set attributes.method=occlusion --set rerank.mode=zero_shot_bi_encoder \
       --bounded                                               # the occlusion figures, ~10 min
   python bench/attribute_order.py --lakehouse DIR --measure-only --set ...   # re-measure a run's tables
@@ -44,6 +51,7 @@ from scipy.stats import kendalltau  # scipy comes with sentence-transformers, a 
 
 from llmrank_spark.config import load_config
 from llmrank_spark.data import simulate
+from llmrank_spark.data.sample_lakehouse import SHOPPER_PHRASES
 from llmrank_spark.events import events_until
 from llmrank_spark.explain import (
     ITEM_KEYS,
@@ -55,6 +63,7 @@ from llmrank_spark.explain import (
     served_score_scale,
 )
 from llmrank_spark.lakehouse import get_spark, read_table
+from llmrank_spark.lakehouse.delta import sql_name
 from llmrank_spark.pipeline import steps
 from llmrank_spark.rerank import PairScorer, ScoringSettings, model_for, with_contexts
 from llmrank_spark.text import preferred_values, render_item_texts, user_history
@@ -270,11 +279,13 @@ def cold_tau(orders: pd.DataFrame, users: pd.DataFrame, truth: pd.DataFrame, col
 
 
 def named_attributes(query_text: str, category_values: pd.DataFrame) -> set[str]:
-    """Attributes of the category's items one of whose values the query names as a whole word."""
+    """Attributes of the category's items one of whose values the query names as a whole word, in the
+    catalogue's words or a shopper's (the sample's `SHOPPER_PHRASES`: "cheap" names the budget band)."""
     return {
         row.attribute
         for row in category_values.itertuples()
-        if re.search(rf"(?<!\w){re.escape(row.value)}(?!\w)", query_text, re.IGNORECASE)
+        for term in (row.value, *SHOPPER_PHRASES.get(row.value.lower(), ()))
+        if re.search(rf"(?<!\w){re.escape(term)}(?!\w)", query_text, re.IGNORECASE)
     }
 
 
@@ -297,6 +308,57 @@ def query_named_first(contexts: pd.DataFrame, queries: pd.DataFrame, values: pd.
     )
 
 
+def make_queries_new(spark, config, share: float, seed: int) -> set[str]:
+    """A seeded `share` of the lakehouse's queries made new: their judged items and the events of their
+    search sessions are deleted, so no behaviour of theirs reaches the attributes step."""
+    ids = sorted(row["query_id"] for row in read_table(spark, config, "queries").select("query_id").collect())
+    chosen = sorted(np.random.default_rng(seed).choice(ids, round(share * len(ids)), replace=False))
+    listed = ", ".join(f"'{query_id}'" for query_id in chosen)
+    for table in ("query_labels", "interactions"):
+        spark.sql(f"DELETE FROM {sql_name(config.table_path(table))} WHERE query_id IN ({listed})")
+    return set(chosen)
+
+
+def new_query_named_first(
+    orders: pd.DataFrame, by_segment: pd.DataFrame, queries: pd.DataFrame, values: pd.DataFrame, new: set[str]
+) -> pd.DataFrame:
+    """Per new query naming an attribute value: whether its first attribute in its class is a named one,
+    in `attribute_order` (mean importance over its ranked items there) and in its class's order."""
+    by_category = {category: frame for category, frame in values.groupby("category")}
+    classes = by_segment[by_segment["segment_type"] == "query_class"]
+    rows = []
+    for query in queries[queries["query_id"].isin(new)].itertuples():
+        named = named_attributes(query.query_text, by_category.get(query.query_class, values.iloc[:0]))
+        own = orders[
+            (orders["request_type"] == "query")
+            & (orders["request_id"] == query.query_id)
+            & orders["item_id"].isin(values.loc[values["category"] == query.query_class, "item_id"])
+        ]
+        group = classes[
+            (classes["segment"] == query.query_class) & (classes["category"] == query.query_class)
+        ]
+        if not named or own.empty or group.empty:
+            continue
+        means = own.groupby("attribute")["importance"].mean().reset_index()
+        first = means.sort_values(["importance", "attribute"], ascending=[False, True])["attribute"].iloc[0]
+        class_first = group.sort_values("rank")["attribute"].iloc[0]
+        rows.append(
+            {
+                "query": query.query_text,
+                "named": ", ".join(sorted(named)),
+                "sources": ",".join(sorted(own["source"].unique())),
+                "first": first,
+                "class first": class_first,
+                "named_first": first in named,
+                "class_named_first": class_first in named,
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=["query", "named", "sources", "first", "class first", "named_first", "class_named_first"],
+    )
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     """A frame as a Markdown table, floats to 3 decimals (pandas' to_markdown needs tabulate)."""
     cells = frame.map(lambda v: f"{v:+.3f}" if isinstance(v, float) else str(v))
@@ -313,6 +375,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="occlusion: seed of the random attribute pairs")
     parser.add_argument("--bounded", action="store_true", help="the smaller sample occlusion was measured on")
     parser.add_argument("--lakehouse", help="keep the tables here (default: a scratch directory)")
+    parser.add_argument(
+        "--new-queries",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="after generate-sample, delete the judged items and search sessions of this seeded share of "
+        "the queries: new queries, whose attributes only the attribute model orders from their text",
+    )
     pipeline = {
         "generate-sample": steps.generate_sample,
         "candidates": steps.candidates,
@@ -348,12 +418,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         spark = get_spark(config)
         seconds = {}
+        new_queries: set[str] = set()
         to_run = [] if args.measure_only else steps_in_order[steps_in_order.index(args.from_step) :]
         for name in to_run:
             step = pipeline[name]
             started = time.perf_counter()
             step(spark, config)
             seconds[name] = time.perf_counter() - started
+            if name == "generate-sample" and args.new_queries:
+                new_queries = make_queries_new(spark, config, args.new_queries, args.seed)
 
         today = F.col("run_date") == F.lit(config.run.run_date)
         orders = read_table(spark, config, "attribute_order").where(today).toPandas()
@@ -378,14 +451,13 @@ def main(argv: list[str] | None = None) -> int:
                 query_labels=read_table(spark, config, "query_labels"),
             )
             contexts = estimate.contexts.where(F.col("request_type") == "query").toPandas()
-            named = query_named_first(
-                contexts,
-                queries.toPandas(),
-                attribute_values(items, config.attributes.item_fields).toPandas(),
-            )
+            values = attribute_values(items, config.attributes.item_fields).toPandas()
+            queries_pd = queries.toPandas()
+            named = query_named_first(contexts, queries_pd[~queries_pd["query_id"].isin(new_queries)], values)
+            new_named = new_query_named_first(orders, by_segment, queries_pd, values, new_queries)
         else:
             occlusion_report(spark, config, orders, ranked, users, truth, args.seed)
-            named = None
+            named, new_named = None, None
         spark.stop()
 
     segments = segment_tau(by_segment, truth)
@@ -400,10 +472,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nQueries naming a value: {len(named)}; first attribute not a named one: {len(missed)}")
         if len(missed):
             print(markdown_table(missed.head(10)))
+    if new_named is not None and len(new_queries):
+        print(
+            f"\nNew queries (no judged items, no search sessions): {len(new_queries)}; "
+            f"naming a value: {len(new_named)}"
+        )
+        print(
+            markdown_table(
+                new_named.groupby("sources")[["named_first", "class_named_first"]].mean().reset_index()
+            )
+        )
     print(f"\nsegment tau: {segments['tau'].mean():.3f}")
     print(f"cold tau: {cold['tau'].mean():.3f}")
     if named is not None:
         print(f"query named attribute first: {100 * named['named_first'].mean():.1f}%")
+    if new_named is not None and len(new_queries):
+        print(
+            f"new query named attribute first: {100 * new_named['named_first'].mean():.1f}% "
+            f"(its class's order: {100 * new_named['class_named_first'].mean():.1f}%)"
+        )
     print(f"\nCost: {ranked_requests} ranked requests, {len(orders)} attribute_order rows")
     for name, value in seconds.items():
         print(f"  {name}: {value:.1f} s")

@@ -1121,6 +1121,40 @@ class AttributesConfig(_Section):
         description="Item columns that count as attributes besides the attributes map (with occlusion, "
         "when the item template shows them).",
     )
+    model_epochs: int = Field(
+        3,
+        ge=0,
+        description="behaviour: epochs of the attribute model, a MiniLM cross-encoder fine-tuned each run on "
+        "the contexts that chose enough, which orders the attributes of contexts with no choices in a "
+        "category from their text (docs/attributes.md); 0: no model, such contexts read their segment's "
+        "or category's order.",
+    )
+    model_request_types: list[Literal["user", "query"]] = Field(
+        default_factory=lambda: ["query"],  # type: ignore[arg-type]  # mypy reads ["query"] as list[str]
+        description="behaviour: request types the attribute model learns from and serves. Queries: a new "
+        "query's text names what it wants; shoppers: their segment's order was measured closer to their "
+        "segment's truth than the model's (docs/results.md), so they are not in the default.",
+    )
+    model_min_choices: float = Field(
+        3.0,
+        gt=0.0,
+        description="behaviour: choices' worth a context made in a category for its attributes there to be "
+        "one of the model's training lists (a query's judged item weighs 2^grade - 1).",
+    )
+    model_max_lists: int = Field(
+        600,
+        ge=1,
+        description="behaviour: (context, category) lists the attribute model trains on at most, drawn by a "
+        "seeded hash; a fifth as many more are held out for its verdict. Only these reach the driver.",
+    )
+    model_max_length: int = Field(
+        64, ge=16, le=512, description="behaviour: tokens of (context, attribute text) the model reads."
+    )
+    model_base_path: str | None = Field(
+        None,
+        description="behaviour: directory of the BERT the attribute model starts from (transformers "
+        "format); unset: the packaged all-MiniLM-L6-v2.",
+    )
 
 
 class Config(_Section):

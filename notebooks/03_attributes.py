@@ -3,9 +3,10 @@
 # MAGIC # llmrank-spark: Nightly step 3, attribute order
 # MAGIC For each request's top-ranked items, orders the item's attributes by how much they matter to the
 # MAGIC shopper or query, estimated from what they chose against what the category offered (shrunk toward
-# MAGIC their segment when they chose little), and writes the `attribute_order` and
-# MAGIC `attribute_order_by_segment` Delta partitions for the run date. `attributes.method=occlusion` explains
-# MAGIC the reranker's scores instead. Method and cost: docs/attributes.md.
+# MAGIC their segment when they chose little; a new query's by the attribute model, from its text), and
+# MAGIC writes the `attribute_order` and `attribute_order_by_segment` Delta partitions for the run date.
+# MAGIC `attributes.method=occlusion` explains the reranker's scores instead. Method and cost:
+# MAGIC docs/attributes.md.
 # MAGIC
 # MAGIC Widgets: `config` (YAML file; empty = built-in defaults), `run_date` (empty = today, UTC),
 # MAGIC `overrides` (`key=value` pairs separated by `;`).

@@ -39,6 +39,9 @@ SMALL_SAMPLE = [
     # The query encoder's fine-tuning and serving are tested in test_query_encoder.py and the train step
     # end to end in test_fusion.py; here it would only add minutes.
     "train.query_encoder_epochs=0",
+    # The attribute model is tested in test_attribute_behaviour.py; here it would be fine-tuned in every
+    # attributes run.
+    "attributes.model_epochs=0",
     "train.eval_every_steps=2",
     # The gate's back-dated run is tested with the train step end to end in test_fusion.py; here the
     # train notebook only has to run.

@@ -45,6 +45,7 @@ BEHAVIOUR = "behaviour"  # the tables' `source`: the context's own choices, shru
 SEGMENT = "segment"  # no choices of the context in the category: its segment's (or query class's) estimate
 CATEGORY = "category"  # no choices of its segment either: the category's
 NO_BEHAVIOUR = "none"  # nobody chose in the category: importance 0
+MODEL = "model"  # no choices of the context in the category: the attribute model's, from its text
 CONTEXT_KEYS = ["request_type", "request_id", "category", "attribute"]
 GROUP_KEYS = ["request_type", "segment_type", "segment", "category", "attribute"]
 STATISTICS = {
@@ -382,11 +383,14 @@ def behaviour_orders(
     run_date: dt.date,
     users: DataFrame | None = None,
     queries: DataFrame | None = None,
+    model: DataFrame | None = None,
+    model_version: str | None = None,
 ) -> DataFrame:
     """The `attribute_order` table: each top-ranked item's attributes, by the request's importance.
 
-    The request's own estimate where it chose in the item's category, else its segment's, else the
-    category's; `source` says which.
+    The request's own estimate where it chose in the item's category, else the attribute model's
+    (`model`: CONTEXT_KEYS, importance, from `attribute_model.py`, version `model_version`), else its
+    segment's, else the category's; `source` says which.
     """
     top = ranked.where(F.col("rank") <= cfg.top_k_items).select(*ITEM_KEYS)
     rows = (
@@ -418,8 +422,15 @@ def behaviour_orders(
             "left",
         )
     )
+    if model is None:
+        rows = rows.withColumn("model_importance", F.lit(None).cast("double"))
+    else:
+        rows = rows.join(
+            model.select(*CONTEXT_KEYS, F.col("importance").alias("model_importance")), CONTEXT_KEYS, "left"
+        )
     source = (
         F.when(F.col("own_importance").isNotNull(), F.lit(BEHAVIOUR))
+        .when(F.col("model_importance").isNotNull(), F.lit(MODEL))
         .when(F.col("segment_importance").isNotNull(), F.lit(SEGMENT))
         .when(F.col("category_importance").isNotNull(), F.lit(CATEGORY))
         .otherwise(F.lit(NO_BEHAVIOUR))
@@ -430,10 +441,11 @@ def behaviour_orders(
         *ITEM_KEYS,
         "attribute",
         "value",
-        F.coalesce("own_importance", "segment_importance", "category_importance", F.lit(0.0)).alias(
-            "importance"
-        ),
+        F.coalesce(
+            "own_importance", "model_importance", "segment_importance", "category_importance", F.lit(0.0)
+        ).alias("importance"),
         source.alias("source"),
+        F.when(source == F.lit(MODEL), F.lit(model_version).cast("string")).alias("model_version"),
         preferred.alias("preferred_value"),
         (F.col("value") == preferred).alias("matches_preference"),
     ).withColumn("rank", F.row_number().over(per_item))

@@ -64,7 +64,8 @@ RUN_DATE = Column("run_date", "date", "The nightly run that wrote the row; the p
 EXPLAINED_MODEL_VERSION = Column(
     "model_version",
     "string",
-    "occlusion: the reranker version whose scores the importance is made of; null for behaviour.",
+    "occlusion: the reranker version whose scores the importance is made of; behaviour: the attribute "
+    "model's version on rows it gave (source 'model'), else null.",
     False,
 )
 
@@ -251,8 +252,9 @@ CONTRACTS: dict[str, TableContract] = {
                     "source",
                     "string",
                     "Where the importance comes from: 'behaviour' (the request's own choices in the item's "
-                    "category, shrunk toward its segment), 'segment' (none: its user segment's or query "
-                    "class's), 'category' (none there either), 'none' (nobody chose in the category: 0) or "
+                    "category, shrunk toward its segment), 'model' (none: the attribute model, from the "
+                    "request's text), 'segment' (no model: its user segment's or query class's), "
+                    "'category' (none there either), 'none' (nobody chose in the category: 0) or "
                     "'occlusion'.",
                     False,
                 ),

@@ -403,7 +403,12 @@ def _attributes_from_behaviour(
     users: DataFrame | None,
     queries: DataFrame | None,
 ) -> None:
-    from llmrank_spark.explain import behaviour_by_segment, behaviour_importance, behaviour_orders
+    from llmrank_spark.explain import (
+        attribute_model_importance,
+        behaviour_by_segment,
+        behaviour_importance,
+        behaviour_orders,
+    )
 
     importance = behaviour_importance(
         items,
@@ -414,9 +419,34 @@ def _attributes_from_behaviour(
         queries=queries,
         query_labels=run.read_optional("query_labels"),
     )
-    with materialised(importance.statistics):
+    cfg = config.attributes
+    with materialised(importance.statistics), tempfile.TemporaryDirectory() as staging:
+        model, model_rows = None, None
+        if cfg.model_epochs and cfg.model_request_types:
+            print(f"[attributes] fine-tuning the attribute model ({cfg.model_epochs} epochs)", flush=True)
+            model, model_rows = attribute_model_importance(
+                ranked,
+                items,
+                interactions,
+                importance,
+                cfg,
+                config.rerank,
+                config.run.run_date,
+                Path(staging),
+                users,
+                queries,
+            )
+            run.notes.append(model.describe() if model else "attribute model: no context chose enough")
         orders = behaviour_orders(
-            ranked, items, importance, config.attributes, config.run.run_date, users, queries
+            ranked,
+            items,
+            importance,
+            cfg,
+            config.run.run_date,
+            users,
+            queries,
+            model_rows,
+            None if model_rows is None or model is None else model.version,
         )
         run.write("attribute_order", orders)
         run.write("attribute_order_by_segment", behaviour_by_segment(importance, config.run.run_date))
