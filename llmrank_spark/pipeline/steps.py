@@ -446,7 +446,7 @@ def _attributes_from_behaviour(
             users,
             queries,
             model_rows,
-            None if model_rows is None or model is None else model.version,
+            model.version if model else None,
         )
         run.write("attribute_order", orders)
         run.write("attribute_order_by_segment", behaviour_by_segment(importance, config.run.run_date))
