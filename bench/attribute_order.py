@@ -372,7 +372,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--master", default="local[2]")
-    parser.add_argument("--seed", type=int, default=0, help="occlusion: seed of the random attribute pairs")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the bench's random draws: the queries --new-queries makes new, and with occlusion "
+        "the random attribute pairs",
+    )
     parser.add_argument("--bounded", action="store_true", help="the smaller sample occlusion was measured on")
     parser.add_argument("--lakehouse", help="keep the tables here (default: a scratch directory)")
     parser.add_argument(
