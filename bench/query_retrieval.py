@@ -5,11 +5,18 @@ names; 2: some of them; 1: the category only; 0: another category). Each retriev
 `--depth` best items per query; the blend is the candidates step's own (`candidates.quotas`,
 `source_weights`, `fusion_k`) cut at the same depth. The zero-shot bi-encoder re-orders the blend's
 list by the cosine of the packaged MiniLM's query and item vectors (what `rerank.mode
-zero_shot_bi_encoder` serves); with `--model`, a fine-tuned reranker re-orders it as the rerank step
+zero_shot_bi_encoder` serves); the ideal re-ordering sorts it by the labels themselves, the ceiling
+of any reranker over these lists; with `--model`, a fine-tuned reranker re-orders it as the rerank step
 serves queries; with `--query-encoder`, the semantic retriever (and so the blend) uses the query
 encoder an artifact holds (training/query_encoder.py) instead of the packaged MiniLM. Figures are
 given over all queries and over the held-out queries (`train.heldout_query_share`, hashed by id), the
 ones a version trained on queries never saw.
+
+With `--query-fusion`, LambdaMART (the fusion's own `fit_fusion`) re-orders the held-out queries' blend
+lists from their retrievers' scores, then also from the values the query names (`QueryLexicon`, learned
+from the training queries' labels), then also from the BERT logit of `--model`: trained on four fifths of
+the held-out queries and scored on the fifth it never saw, for each fifth in turn (no query it scores
+trained the encoder, the lexicon, BERT or the fusion), and compared with the blend on the same queries.
 
 - NDCG@10 against the graded labels (unjudged items count 0);
 - recall@100 of the items matching at least one value the query names (grade >= 2), the ones a
@@ -20,6 +27,7 @@ ones a version trained on queries never saw.
   python bench/query_retrieval.py --set candidates.source_weights='{lexical: 1.0, query_semantic: 0.5}'
   python bench/query_retrieval.py --model <artifact directory of a version trained with queries>
   python bench/query_retrieval.py --query-encoder <artifact directory of a version with a query encoder>
+  python bench/query_retrieval.py --query-encoder <artifact> --model <artifact> --query-fusion
 """
 
 from __future__ import annotations
@@ -37,8 +45,9 @@ from llmrank_spark.config import Config, load_config, text_settings
 from llmrank_spark.data import generate_sample
 from llmrank_spark.events import item_event_counts
 from llmrank_spark.lakehouse import frame_from_pandas, get_spark
-from llmrank_spark.metrics import ndcg_at_k, recall_at_k
-from llmrank_spark.rerank import load_artifact, query_encoder_dir
+from llmrank_spark.metrics import ndcg_at_k, recall_at_k, relative_change
+from llmrank_spark.rerank import BERT_SCORE, FusionSettings, fit_fusion, load_artifact, query_encoder_dir
+from llmrank_spark.rerank.query_lexicon import LEXICON_FEATURES, QueryLexicon, item_values
 from llmrank_spark.retrieval import blend, prepare_inputs
 from llmrank_spark.retrieval.lexical import lexical_candidates
 from llmrank_spark.retrieval.queries import checked_queries
@@ -49,12 +58,14 @@ from llmrank_spark.retrieval.semantic import (
     query_semantic_candidates,
 )
 from llmrank_spark.text import item_text_frame
-from llmrank_spark.training.lists import LIST, rank_by_score
+from llmrank_spark.training.lists import LIST
 from llmrank_spark.training.network import FusionRanker
 from llmrank_spark.training.query_lists import heldout_queries
 from llmrank_spark.training.trainer import score_lists, training_scorer
 
 RUN_DATE = dt.date(2026, 10, 30)
+FOLDS = 5
+RETRIEVER_SCORES = ("lexical", "query_semantic")
 
 
 def collect(frame: DataFrame) -> tuple[pd.DataFrame, float]:
@@ -88,14 +99,27 @@ def bi_encoder_order(blended: pd.DataFrame, queries: pd.DataFrame, item_ids, mat
     return ordered.assign(rank=ordered.groupby("request_id").cumcount() + 1)
 
 
-def fine_tuned_order(
-    path: str, blended: pd.DataFrame, tables: dict[str, pd.DataFrame], events: pd.DataFrame, config: Config
-) -> pd.DataFrame:
-    """The blend's lists re-ordered by the reranker artifact at `path`, scored as the rerank step serves
-    queries: its BERT logit through its linear head, on text built with its own settings."""
+def ideal_order(blended: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """The blend's lists sorted by their judged grade (ties in blend order): the NDCG@10 no re-ordering
+    of these lists can pass, since a reranker only moves what retrieval found."""
+    graded = blended.merge(labels, on=["request_id", "item_id"], how="left").fillna({"relevance": 0})
+    ordered = graded.sort_values(["request_id", "relevance", "retrieval_rank"], ascending=[1, 0, 1])
+    return ordered.assign(rank=ordered.groupby("request_id").cumcount() + 1)
+
+
+def fine_tuned_scores(
+    path: str,
+    blended: pd.DataFrame,
+    tables: dict[str, pd.DataFrame],
+    events: pd.DataFrame,
+    config: Config,
+    head: bool = True,
+) -> np.ndarray:
+    """Scores of the blend's rows by the reranker artifact at `path`, on text built with its own settings:
+    as the rerank step serves queries (its BERT logit through its linear head), or the logit alone."""
     artifact = load_artifact(path)
-    head = artifact.manifest.fusion_head
-    model = FusionRanker(artifact.model, head.features if head else [], head, artifact.manifest.architecture)
+    spec = artifact.manifest.fusion_head if head else None
+    model = FusionRanker(artifact.model, spec.features if spec else [], spec, artifact.manifest.architecture)
     text = config.rerank.model_copy(update=text_settings(artifact.manifest))
     query_text = tables["queries"].set_index("query_id")["query_text"]
     lists = (
@@ -105,7 +129,67 @@ def fine_tuned_order(
         .rename(columns={"request_id": LIST})
     )
     scorer = training_scorer(model, artifact.tokenizer, config.train, torch.device("cpu"))
-    return rank_by_score(lists, score_lists(model, scorer, lists))
+    return score_lists(model, scorer, lists)
+
+
+def ranked_by(lists: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
+    """`lists` (request_id, item_id, retrieval_rank) ordered by `scores` per request, ties in blend order."""
+    ordered = lists.assign(score=scores).sort_values(
+        ["request_id", "score", "retrieval_rank"], ascending=[1, 0, 1]
+    )
+    return ordered.assign(rank=ordered.groupby("request_id").cumcount() + 1)
+
+
+def fusion_orders(
+    heldout_lists: pd.DataFrame, inputs_of: dict[str, list[str]], labels: pd.DataFrame
+) -> dict[str, pd.DataFrame]:
+    """Each of `inputs_of`'s LambdaMART orders of `heldout_lists` (request_id, item_id, retrieval_rank and
+    the inputs), out of fold: each fifth of the queries is scored by a model fitted on three others and
+    early-stopped on the last, so no query is ordered by a model that saw its labels."""
+    lists = heldout_lists.merge(labels, on=["request_id", "item_id"], how="left").fillna({"relevance": 0})
+    lists = lists.assign(label=lists["relevance"] / labels["relevance"].max()).sort_values(
+        ["request_id", "retrieval_rank"]
+    )
+    queries = np.random.default_rng(7).permutation(np.sort(lists["request_id"].unique()))
+    fold_of = pd.Series(np.arange(len(queries)) % FOLDS, index=queries)
+    fold = lists["request_id"].map(fold_of).to_numpy()
+    orders = {}
+    for name, inputs in inputs_of.items():
+        scores = np.zeros(len(lists))
+        for held in range(FOLDS):
+            stopping = (held + 1) % FOLDS
+            train = lists[(fold != held) & (fold != stopping)]
+            model = fit_fusion(train, lists[fold == stopping], inputs, FusionSettings(), "request_id")
+            scores[fold == held] = model.score(lists[fold == held])
+        orders[name] = ranked_by(lists, scores)
+    return orders
+
+
+def query_fusion(
+    blended: pd.DataFrame,
+    tables: dict[str, pd.DataFrame],
+    held_out: set[str],
+    events: pd.DataFrame,
+    config: Config,
+    model: str | None,
+) -> dict[str, pd.DataFrame]:
+    """The held-out queries' blend lists re-ordered by LambdaMART (`fusion_orders`) over the retrievers'
+    scores; with the query lexicon learned from the training queries; with `model`'s BERT logit too."""
+    lists = blended[blended.request_id.isin(held_out)].reset_index(drop=True)
+    for source in RETRIEVER_SCORES:  # absent where that retriever did not propose the item
+        lists[source] = lists["source_scores"].map(lambda scores, s=source: dict(scores or {}).get(s, np.nan))
+    queries, labels = tables["queries"], tables["query_labels"]
+    values = item_values(tables["items"])
+    lexicon = QueryLexicon.learn(queries[~queries.query_id.isin(held_out)], labels, values)
+    text = lists["request_id"].map(queries.set_index("query_id")["query_text"])
+    lists = lists.join(lexicon.features(lists.assign(query_text=text), values))
+    inputs = {"LambdaMART: retrievers' scores": [*RETRIEVER_SCORES, "retrieval_rank"]}
+    inputs["... + query lexicon"] = [*inputs["LambdaMART: retrievers' scores"], *LEXICON_FEATURES]
+    if model:
+        lists[BERT_SCORE] = fine_tuned_scores(model, lists, tables, events, config, head=False)
+        inputs["... + BERT logit"] = [*inputs["... + query lexicon"], BERT_SCORE]
+    print(f"query lexicon: {len(lexicon.names)} phrases name a value")
+    return fusion_orders(lists, inputs, labels.rename(columns={"query_id": "request_id"}))
 
 
 def main() -> None:
@@ -117,6 +201,11 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument(
         "--model", help="a reranker artifact directory (trained on queries) to re-order the blend with"
+    )
+    parser.add_argument(
+        "--query-fusion",
+        action="store_true",
+        help="also LambdaMART over the retrievers' scores, the query lexicon and --model's BERT logit",
     )
     parser.add_argument(
         "--query-encoder",
@@ -162,14 +251,18 @@ def main() -> None:
         ),
         "blend": blended.assign(rank=blended.retrieval_rank),
         "zero-shot bi-encoder over the blend": bi_encoder_order(blended, tables["queries"], item_ids, matrix),
+        "ideal re-ordering of the blend (labels)": ideal_order(blended, labels),
     }
+    events = item_event_counts(interactions, RUN_DATE).toPandas()
     if args.model:
-        events = item_event_counts(interactions, RUN_DATE).toPandas()
-        orders["fine-tuned reranker over the blend"] = fine_tuned_order(
-            args.model, blended, tables, events, config
+        orders["fine-tuned reranker over the blend"] = ranked_by(
+            blended, fine_tuned_scores(args.model, blended, tables, events, config)
         )
     query_ids = tables["queries"]["query_id"]
     held_out = set(query_ids[heldout_queries(query_ids, config.train.heldout_query_share)])
+    fused = {}
+    if args.query_fusion:
+        fused = query_fusion(blended, tables, held_out, events, config, args.model)
     print(
         f"{len(tables['queries'])} queries ({len(held_out)} held out), {len(tables['items']):,} items, "
         f"depth {args.depth}; lexical {lexical_s:.1f} s, semantic {semantic_s:.1f} s (Spark {args.master})"
@@ -182,6 +275,16 @@ def main() -> None:
         )
         cells = "; ".join(f"{m} {every[m]:.4f} (held out {heldout[m]:.4f})" for m in every)
         print(f"{name:38s} {cells}")
+    if fused:
+        heldout_labels = labels[labels.request_id.isin(held_out)]
+        blend_ndcg = ndcg_at_k(orders["blend"][orders["blend"].request_id.isin(held_out)], heldout_labels, 10)
+        print(
+            f"held-out queries, out of fold ({FOLDS} folds): NDCG@10, change against the blend [95% interval]"
+        )
+        for name, lists in fused.items():
+            ndcg = ndcg_at_k(lists[["request_id", "item_id", "rank"]], heldout_labels, 10)
+            change, low, high = relative_change(blend_ndcg, ndcg)
+            print(f"{name:38s} ndcg@10 {ndcg.mean():.4f} ({change:+.1%} [{low:+.1%}, {high:+.1%}])")
 
 
 if __name__ == "__main__":
