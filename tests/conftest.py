@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +44,22 @@ def ml100k_dir() -> Path:
     if not (ML100K_DIR / "u.data").is_file():
         pytest.skip(f"MovieLens 100K not found at {ML100K_DIR} (it lives in ../shared, never in the repo)")
     return ML100K_DIR
+
+
+@pytest.fixture(scope="session", autouse=True)
+def worker_kill_job(request, tmp_path_factory):
+    """tests/worker_kill_job.py, started with the session when test_worker_retry.py is collected: it runs in
+    a Spark of its own (a JVM that mostly waits on its own start and small jobs) beside the suite, and
+    its test waits for it. Yields (process, directory) or None."""
+    if not any(item.path.name == "test_worker_retry.py" for item in request.session.items):
+        yield None
+        return
+    job = Path(__file__).with_name("worker_kill_job.py")
+    directory = tmp_path_factory.mktemp("worker-kill")
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(job.parents[1]), str(job.parent)])}
+    with open(directory / "stdout.txt", "w") as stdout, open(directory / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, str(job), str(directory)], env=environment, stdout=stdout, stderr=stderr
+        )
+    yield process, directory
+    process.kill()

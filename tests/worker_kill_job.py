@@ -1,6 +1,7 @@
 """The rerank step run clean, then with one Python worker killed mid-task, in a Spark of its own.
 
-Run by tests/test_worker_retry.py as `python tests/worker_kill_job.py DIR`: Spark retries failed tasks in
+Started with the test session by tests/conftest.py (`worker_kill_job`) as `python tests/worker_kill_job.py
+DIR`, and checked by tests/test_worker_retry.py: Spark retries failed tasks in
 local mode only with a `local[N,F]` master, and the suite's shared session is `local[2]` (one attempt),
 so this needs its own process and session. Prints both runs' `ranked` rows as JSON on its last line.
 """

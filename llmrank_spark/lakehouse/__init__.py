@@ -12,6 +12,7 @@ from llmrank_spark.lakehouse.contracts import (
     in_hashed_share,
 )
 from llmrank_spark.lakehouse.delta import (
+    latest_commit,
     latest_version,
     load,
     read_table,
@@ -59,6 +60,7 @@ __all__ = [
     "get_spark",
     "in_hashed_share",
     "is_connect",
+    "latest_commit",
     "latest_version",
     "load",
     "read_table",

@@ -59,14 +59,23 @@ def create_clustered(df: DataFrame, location: str, columns: list[str]) -> None:
     )
 
 
-def latest_version(spark: SparkSession, config: Config, table: str) -> int:
-    """The table's current Delta version: what a reader that starts now sees."""
+def latest_commit(spark: SparkSession, config: Config, table: str) -> tuple[int, int | None]:
+    """The table's current Delta version (what a reader that starts now sees) and the rows its commit
+    wrote, from Delta's own operation metrics: None when the commit does not say (an empty write)."""
     # Delta's SQL rather than the DeltaTable API, which needs Delta's own server plugin under Spark Connect.
     newest = (
-        spark.sql(f"DESCRIBE HISTORY {sql_name(config.table_path(table))} LIMIT 1").select("version").first()
+        spark.sql(f"DESCRIBE HISTORY {sql_name(config.table_path(table))} LIMIT 1")
+        .select("version", "operationMetrics")
+        .first()
     )
     assert newest is not None  # a Delta table has at least its creating commit
-    return int(newest["version"])
+    rows = (newest["operationMetrics"] or {}).get("numOutputRows")
+    return int(newest["version"]), None if rows is None else int(rows)
+
+
+def latest_version(spark: SparkSession, config: Config, table: str) -> int:
+    """The table's current Delta version: what a reader that starts now sees."""
+    return latest_commit(spark, config, table)[0]
 
 
 def read_table(

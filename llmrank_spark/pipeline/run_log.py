@@ -18,6 +18,7 @@ from llmrank_spark.config import Config
 from llmrank_spark.lakehouse import (
     contract,
     frame_from_pandas,
+    latest_commit,
     latest_version,
     load,
     read_table,
@@ -113,16 +114,20 @@ class StepRun:
         LOG.warning("step %s: %s", self.step, warning)
 
     def write(self, table: str, frame: DataFrame) -> None:
+        """Write `table` and log its new version and the rows the commit wrote (Delta's own count, so the
+        written partition is not read back; counted when the commit does not say)."""
         write_table(frame, self.config, table, self.config.run.run_date, self.step)
-        location = self.config.table_path(table)
-        written = load(self.spark, location)
-        partition_by = contract(table).partition_by
-        if "run_date" in partition_by:
-            written = written.where(F.col("run_date") == F.lit(self.config.run.run_date))
-        if "step" in partition_by:
-            written = written.where(F.col("step") == F.lit(self.step))
-        self.rows[table] = written.count()
-        self.outputs[table] = latest_version(self.spark, self.config, table)
+        version, rows = latest_commit(self.spark, self.config, table)
+        if rows is None:
+            written = load(self.spark, self.config.table_path(table))
+            partition_by = contract(table).partition_by
+            if "run_date" in partition_by:
+                written = written.where(F.col("run_date") == F.lit(self.config.run.run_date))
+            if "step" in partition_by:
+                written = written.where(F.col("step") == F.lit(self.step))
+            rows = written.count()
+        self.rows[table] = rows
+        self.outputs[table] = version
 
     def record(self, table: str, rows: int) -> None:
         """Log a table the step changed itself (a Delta MERGE, not `write`): its new version and the rows
