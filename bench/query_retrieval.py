@@ -93,18 +93,14 @@ def bi_encoder_order(blended: pd.DataFrame, queries: pd.DataFrame, item_ids, mat
         vectors[query_row[blended.request_id].to_numpy()],
         matrix[row_of[blended.item_id].to_numpy()],
     )
-    ordered = blended.assign(score=cosine).sort_values(
-        ["request_id", "score", "item_id"], ascending=[1, 0, 1]
-    )
-    return ordered.assign(rank=ordered.groupby("request_id").cumcount() + 1)
+    return ranked_by(blended, cosine)
 
 
 def ideal_order(blended: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     """The blend's lists sorted by their judged grade (ties in blend order): the NDCG@10 no re-ordering
     of these lists can pass, since a reranker only moves what retrieval found."""
     graded = blended.merge(labels, on=["request_id", "item_id"], how="left").fillna({"relevance": 0})
-    ordered = graded.sort_values(["request_id", "relevance", "retrieval_rank"], ascending=[1, 0, 1])
-    return ordered.assign(rank=ordered.groupby("request_id").cumcount() + 1)
+    return ranked_by(graded, graded["relevance"].to_numpy())
 
 
 def fine_tuned_scores(
