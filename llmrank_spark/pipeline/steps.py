@@ -304,7 +304,10 @@ def train(spark: SparkSession, config: Config) -> StepRun:
             queries=queries,
             query_labels=query_labels,
         )
-        vectors = item_vectors(run.read_optional("item_embeddings"), items, config.candidates)
+        # Encoded here at most once: the lists and the gate each collect the vectors (a count, then the
+        # rows), which would run the encoder again every time for items the table lacks.
+        stored = run.read_optional("item_embeddings")
+        vectors = item_vectors(stored, items, config.candidates).localCheckpoint()
         gated = config.train.gate_days > 0
         # The gate's days stay out of training: the version is judged on days it never saw.
         seen = interactions.where(F.col("event_ts") < F.lit(training_end(config))) if gated else interactions
