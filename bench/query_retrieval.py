@@ -12,11 +12,11 @@ encoder an artifact holds (training/query_encoder.py) instead of the packaged Mi
 given over all queries and over the held-out queries (`train.heldout_query_share`, hashed by id), the
 ones a version trained on queries never saw.
 
-With `--query-fusion`, LambdaMART (the fusion's own `fit_fusion`) re-orders the held-out queries' blend
-lists from their retrievers' scores, then also from the values the query names (`QueryLexicon`, learned
-from the training queries' labels), then also from the BERT logit of `--model`: trained on four fifths of
-the held-out queries and scored on the fifth it never saw, for each fifth in turn (no query it scores
-trained the encoder, the lexicon, BERT or the fusion), and compared with the blend on the same queries.
+With `--query-fusion`, the train step's query fusion (training/query_fusion.py: LambdaMART over the
+retrievers' scores and ranks, the item's events and the values the query names by the `QueryLexicon`
+learned from the training queries) re-orders the held-out queries' blend lists, out of fold: each fifth
+of them by a fusion fitted on the other four (no query it scores trained the encoder, the lexicon or
+the fusion), compared with the blend on the same queries.
 
 - NDCG@10 against the graded labels (unjudged items count 0);
 - recall@100 of the items matching at least one value the query names (grade >= 2), the ones a
@@ -27,7 +27,7 @@ trained the encoder, the lexicon, BERT or the fusion), and compared with the ble
   python bench/query_retrieval.py --set candidates.source_weights='{lexical: 1.0, query_semantic: 0.5}'
   python bench/query_retrieval.py --model <artifact directory of a version trained with queries>
   python bench/query_retrieval.py --query-encoder <artifact directory of a version with a query encoder>
-  python bench/query_retrieval.py --query-encoder <artifact> --model <artifact> --query-fusion
+  python bench/query_retrieval.py --query-encoder <artifact> --query-fusion
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ from llmrank_spark.config import Config, load_config, text_settings
 from llmrank_spark.data import generate_sample
 from llmrank_spark.events import item_event_counts
 from llmrank_spark.lakehouse import frame_from_pandas, get_spark
-from llmrank_spark.metrics import ndcg_at_k, recall_at_k, relative_change
-from llmrank_spark.rerank import BERT_SCORE, FusionSettings, fit_fusion, load_artifact, query_encoder_dir
-from llmrank_spark.rerank.query_lexicon import LEXICON_FEATURES, QueryLexicon, item_values
+from llmrank_spark.metrics import ndcg_at_k, recall_at_k
+from llmrank_spark.rerank import load_artifact, query_encoder_dir
+from llmrank_spark.rerank.query_lexicon import QueryLexicon, item_values
 from llmrank_spark.retrieval import blend, prepare_inputs
 from llmrank_spark.retrieval.lexical import lexical_candidates
 from llmrank_spark.retrieval.queries import checked_queries
@@ -60,12 +60,11 @@ from llmrank_spark.retrieval.semantic import (
 from llmrank_spark.text import item_text_frame
 from llmrank_spark.training.lists import LIST
 from llmrank_spark.training.network import FusionRanker
+from llmrank_spark.training.query_fusion import QueryFusionResult, query_fusion_lists, train_query_fusion
 from llmrank_spark.training.query_lists import heldout_queries
 from llmrank_spark.training.trainer import score_lists, training_scorer
 
 RUN_DATE = dt.date(2026, 10, 30)
-FOLDS = 5
-RETRIEVER_SCORES = ("lexical", "query_semantic")
 
 
 def collect(frame: DataFrame) -> tuple[pd.DataFrame, float]:
@@ -109,12 +108,11 @@ def fine_tuned_scores(
     tables: dict[str, pd.DataFrame],
     events: pd.DataFrame,
     config: Config,
-    head: bool = True,
 ) -> np.ndarray:
     """Scores of the blend's rows by the reranker artifact at `path`, on text built with its own settings:
-    as the rerank step serves queries (its BERT logit through its linear head), or the logit alone."""
+    as the rerank step serves queries through its linear head."""
     artifact = load_artifact(path)
-    spec = artifact.manifest.fusion_head if head else None
+    spec = artifact.manifest.fusion_head
     model = FusionRanker(artifact.model, spec.features if spec else [], spec, artifact.manifest.architecture)
     text = config.rerank.model_copy(update=text_settings(artifact.manifest))
     query_text = tables["queries"].set_index("query_id")["query_text"]
@@ -136,56 +134,22 @@ def ranked_by(lists: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
     return ordered.assign(rank=ordered.groupby("request_id").cumcount() + 1)
 
 
-def fusion_orders(
-    heldout_lists: pd.DataFrame, inputs_of: dict[str, list[str]], labels: pd.DataFrame
-) -> dict[str, pd.DataFrame]:
-    """Each of `inputs_of`'s LambdaMART orders of `heldout_lists` (request_id, item_id, retrieval_rank and
-    the inputs), out of fold: each fifth of the queries is scored by a model fitted on three others and
-    early-stopped on the last, so no query is ordered by a model that saw its labels."""
-    lists = heldout_lists.merge(labels, on=["request_id", "item_id"], how="left").fillna({"relevance": 0})
-    lists = lists.assign(label=lists["relevance"] / labels["relevance"].max()).sort_values(
-        ["request_id", "retrieval_rank"]
-    )
-    queries = np.random.default_rng(7).permutation(np.sort(lists["request_id"].unique()))
-    fold_of = pd.Series(np.arange(len(queries)) % FOLDS, index=queries)
-    fold = lists["request_id"].map(fold_of).to_numpy()
-    orders = {}
-    for name, inputs in inputs_of.items():
-        scores = np.zeros(len(lists))
-        for held in range(FOLDS):
-            stopping = (held + 1) % FOLDS
-            train = lists[(fold != held) & (fold != stopping)]
-            model = fit_fusion(train, lists[fold == stopping], inputs, FusionSettings(), "request_id")
-            scores[fold == held] = model.score(lists[fold == held])
-        orders[name] = ranked_by(lists, scores)
-    return orders
-
-
 def query_fusion(
     blended: pd.DataFrame,
     tables: dict[str, pd.DataFrame],
     held_out: set[str],
     events: pd.DataFrame,
     config: Config,
-    model: str | None,
-) -> dict[str, pd.DataFrame]:
-    """The held-out queries' blend lists re-ordered by LambdaMART (`fusion_orders`) over the retrievers'
-    scores; with the query lexicon learned from the training queries; with `model`'s BERT logit too."""
-    lists = blended[blended.request_id.isin(held_out)].reset_index(drop=True)
-    for source in RETRIEVER_SCORES:  # absent where that retriever did not propose the item
-        lists[source] = lists["source_scores"].map(lambda scores, s=source: dict(scores or {}).get(s, np.nan))
+) -> QueryFusionResult | None:
+    """The train step's query fusion (training/query_fusion.py) on the held-out queries' blend lists: the
+    lexicon learned from the training queries, LambdaMART judged out of fold over the held-out ones."""
     queries, labels = tables["queries"], tables["query_labels"]
     values = item_values(tables["items"])
     lexicon = QueryLexicon.learn(queries[~queries.query_id.isin(held_out)], labels, values)
-    text = lists["request_id"].map(queries.set_index("query_id")["query_text"])
-    lists = lists.join(lexicon.features(lists.assign(query_text=text), values))
-    inputs = {"LambdaMART: retrievers' scores": [*RETRIEVER_SCORES, "retrieval_rank"]}
-    inputs["... + query lexicon"] = [*inputs["LambdaMART: retrievers' scores"], *LEXICON_FEATURES]
-    if model:
-        lists[BERT_SCORE] = fine_tuned_scores(model, lists, tables, events, config, head=False)
-        inputs["... + BERT logit"] = [*inputs["... + query lexicon"], BERT_SCORE]
-    print(f"query lexicon: {len(lexicon.names)} phrases name a value")
-    return fusion_orders(lists, inputs, labels.rename(columns={"query_id": "request_id"}))
+    asked = queries[queries.query_id.isin(held_out)]
+    candidates = blended[blended.request_id.isin(held_out)]
+    lists = query_fusion_lists(candidates, asked, labels, tables["items"], events, lexicon)
+    return train_query_fusion(lists, lexicon, config.train)
 
 
 def main() -> None:
@@ -201,7 +165,7 @@ def main() -> None:
     parser.add_argument(
         "--query-fusion",
         action="store_true",
-        help="also LambdaMART over the retrievers' scores, the query lexicon and --model's BERT logit",
+        help="also the train step's query fusion, out of fold over the held-out queries",
     )
     parser.add_argument(
         "--query-encoder",
@@ -256,9 +220,7 @@ def main() -> None:
         )
     query_ids = tables["queries"]["query_id"]
     held_out = set(query_ids[heldout_queries(query_ids, config.train.heldout_query_share)])
-    fused = {}
-    if args.query_fusion:
-        fused = query_fusion(blended, tables, held_out, events, config, args.model)
+    fused = query_fusion(blended, tables, held_out, events, config) if args.query_fusion else None
     print(
         f"{len(tables['queries'])} queries ({len(held_out)} held out), {len(tables['items']):,} items, "
         f"depth {args.depth}; lexical {lexical_s:.1f} s, semantic {semantic_s:.1f} s (Spark {args.master})"
@@ -271,16 +233,8 @@ def main() -> None:
         )
         cells = "; ".join(f"{m} {every[m]:.4f} (held out {heldout[m]:.4f})" for m in every)
         print(f"{name:38s} {cells}")
-    if fused:
-        heldout_labels = labels[labels.request_id.isin(held_out)]
-        blend_ndcg = ndcg_at_k(orders["blend"][orders["blend"].request_id.isin(held_out)], heldout_labels, 10)
-        print(
-            f"held-out queries, out of fold ({FOLDS} folds): NDCG@10, change against the blend [95% interval]"
-        )
-        for name, lists in fused.items():
-            ndcg = ndcg_at_k(lists[["request_id", "item_id", "rank"]], heldout_labels, 10)
-            change, low, high = relative_change(blend_ndcg, ndcg)
-            print(f"{name:38s} ndcg@10 {ndcg.mean():.4f} ({change:+.1%} [{low:+.1%}, {high:+.1%}])")
+    if fused is not None:
+        print(fused.describe())
 
 
 if __name__ == "__main__":

@@ -876,6 +876,20 @@ class TrainConfig(_Section):
         "semantic retriever uses it, only if it retrieves better than the packaged MiniLM for the held-out "
         "queries. 0: no query encoder.",
     )
+    query_fusion_trees: int = Field(
+        100,
+        ge=0,
+        description="Trees of the query fusion: LambdaMART over a query list's retrieval signals and the "
+        "query lexicon (the values its words name, learned from the training queries), fitted on the "
+        "held-out queries' lists and judged out of fold (docs/queries.md); the version ranks queries with "
+        "it, no BERT pass, only if it beats their retrieval order beyond chance. 0: no query fusion.",
+    )
+    query_fusion_leaves: int = Field(
+        7, ge=2, description="Leaves per tree of the query fusion: small, it learns from a few hundred lists."
+    )
+    query_fusion_learning_rate: float = Field(
+        0.1, gt=0, le=1, description="Shrinkage of each tree of the query fusion."
+    )
     query_encoder_pairs: int = Field(
         8,
         ge=1,

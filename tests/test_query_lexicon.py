@@ -44,8 +44,17 @@ def test_a_phrase_of_several_judged_queries_names_the_values_their_best_items_sh
     # "boots" came with waterproof in two of its three queries (0.67 >= 0.6); "walking boots" and "black"
     # were seen in one query only, and a query whose best grade is 0 names nothing.
     assert lexicon.named("boots")[("waterproofing", "waterproof")] == pytest.approx(2 / 3)
-    assert "walking boots" not in lexicon.names and "black" not in lexicon.names
+    assert "walking boots" not in lexicon.names and "walking" not in lexicon.names
     assert lexicon.named("zzz") == {}
+
+
+def test_a_phrase_that_is_a_catalogue_value_names_it_and_the_longest_phrase_wins(lexicon):
+    # "black" was judged once only, but it is the text of a colour: it names that colour, for sure.
+    assert lexicon.named("black") == {("colour", "black"): 1.0}
+    assert lexicon.named("PVC mats") == {("material", "PVC"): 1.0, ("category", "mats"): 1.0}
+    # A pair of words names what it names over what its words name alone: "dark blue" is navy.
+    tagged = QueryLexicon({"blue": {("colour", "blue"): 1.0}, "dark blue": {("colour", "navy"): 0.7}})
+    assert tagged.named("dark blue boots") == {("colour", "navy"): 0.7}
 
 
 def test_pair_features_measure_the_named_values_each_item_has(lexicon):
@@ -62,6 +71,8 @@ def test_pair_features_measure_the_named_values_each_item_has(lexicon):
     assert features["lexicon_matched"].tolist() == [2.0, 1.0, 0.0, 0.0, 0.0, 2.0]
     assert features["lexicon_share"].tolist() == [1.0, 0.5, 0.0, 0.0, 0.0, 1.0]
     assert features["lexicon_category"].tolist() == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    # b3 is not waterproof, the mat is no boot: each contradicts one value named for sure.
+    assert features["lexicon_contradicted"].tolist() == [0.0, 1.0, 1.0, 0.0, 0.0, 0.0]
     assert not np.isnan(features.to_numpy()).any()
 
 

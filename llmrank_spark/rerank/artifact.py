@@ -84,6 +84,8 @@ class FusionHead(BaseModel):
 # The artifact's files of its two LambdaMART models: the fusion over the features and the BERT logit, and
 # the prerank over the features alone, which orders a user's list before BERT (rerank.bert_depth).
 FUSION_FILE, PRERANK_FILE = "fusion_lgbm.txt", "prerank_lgbm.txt"
+# The query fusion's files: its LambdaMART and the query lexicon it reads queries with (query_fusion.py).
+QUERY_FUSION_FILE, QUERY_LEXICON_FILE = "query_fusion_lgbm.txt", "query_lexicon.json"
 
 
 class FusionSpec(BaseModel):
@@ -93,7 +95,8 @@ class FusionSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     learner: Literal["lightgbm-lambdarank"] = "lightgbm-lambdarank"
-    inputs: list[str] = Field(min_length=1)  # features.FEATURES names and "bert_score"
+    # features.FEATURES names and "bert_score"; a query fusion's, query_fusion.QUERY_FUSION_INPUTS
+    inputs: list[str] = Field(min_length=1)
     file: str = FUSION_FILE
     trees: int = Field(ge=1)
 
@@ -138,6 +141,10 @@ class ArtifactManifest(BaseModel):
     # queries that retrieved better than the packaged one for held-out queries; the candidates step's
     # query semantic retriever then uses it (training/query_encoder.py).
     query_encoder: bool = False
+    # When set (with "query" among request_types), query lists are ranked by this LambdaMART over their
+    # retrieval signals and the query lexicon (QUERY_FUSION_FILE, QUERY_LEXICON_FILE), with no BERT
+    # pass: it beat their retrieval order on held-out queries (rerank/query_fusion.py).
+    query_fusion: FusionSpec | None = None
     created_at: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
 
@@ -180,6 +187,13 @@ def read_manifest(path: str | Path) -> ArtifactManifest:
             f"reranker artifact {path} states a query encoder but has no {QUERY_ENCODER_DIR}/{WEIGHTS_FILE}; "
             f"copy the whole artifact directory, or retrain it with `llmrank train`"
         )
+    if manifest.query_fusion is not None:
+        for required in (manifest.query_fusion.file, QUERY_LEXICON_FILE):
+            if not (path / required).is_file():
+                raise ArtifactError(
+                    f"reranker artifact {path} states a query fusion but has no {required}; copy the "
+                    f"whole artifact directory, or retrain it with `llmrank train`"
+                )
     return manifest
 
 

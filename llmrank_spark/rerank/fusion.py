@@ -10,6 +10,7 @@ after BERT in the rerank step, by `FusionModel.score` in training, evaluation an
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,15 +98,17 @@ class FusionModel:
 
 def fit_fusion(
     train: pd.DataFrame,
-    validation: pd.DataFrame,
+    validation: pd.DataFrame | None,
     inputs: list[str],
     settings: FusionSettings,
     list_column: str = "list_id",
     label_column: str = "label",
     file: str = FUSION_FILE,
+    directions: Mapping[str, int] | None = None,
 ) -> FusionModel:
-    """LambdaMART on `train`'s lists (rows of a list contiguous), early-stopped on NDCG@10 of `validation`;
-    `file` names its text file in an artifact."""
+    """LambdaMART on `train`'s lists (rows of a list contiguous), early-stopped on NDCG@10 of `validation`
+    (None: all `settings.trees` trees); `file` names its text file in an artifact. `directions`: inputs
+    the score may only rise (1) or only fall (-1) with, LightGBM's monotone constraints."""
     import lightgbm
 
     def dataset(frame: pd.DataFrame, reference=None):
@@ -133,12 +136,16 @@ def fit_fusion(
         "num_threads": 1,
         "verbosity": -1,
     }
+    if directions:
+        params["monotone_constraints"] = [directions.get(name, 0) for name in inputs]
+        params["monotone_constraints_method"] = "advanced"
+    valid_sets: list = []
+    callbacks: list = []
+    if validation is not None:
+        valid_sets = [dataset(validation, reference=train_set)]
+        callbacks = [lightgbm.early_stopping(settings.early_stopping, verbose=False)]
     booster = lightgbm.train(
-        params,
-        train_set,
-        num_boost_round=settings.trees,
-        valid_sets=[dataset(validation, reference=train_set)],
-        callbacks=[lightgbm.early_stopping(settings.early_stopping, verbose=False)],
+        params, train_set, num_boost_round=settings.trees, valid_sets=valid_sets, callbacks=callbacks
     )
     trees = booster.best_iteration or booster.current_iteration()
     booster = lightgbm.Booster(model_str=booster.model_to_string(num_iteration=trees))

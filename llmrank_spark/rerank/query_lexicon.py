@@ -14,6 +14,7 @@ Phrases are the lexical retriever's words (`lexical.WORDS`, lower-cased), alone 
 from __future__ import annotations
 
 import itertools
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -24,7 +25,7 @@ from llmrank_spark.retrieval.lexical import WORDS
 
 CATEGORY = "category"
 # The features a lexicon gives a (query, item) pair, by the name a fusion model reads them.
-LEXICON_FEATURES = ("lexicon_matched", "lexicon_share", "lexicon_category")
+LEXICON_FEATURES = ("lexicon_matched", "lexicon_share", "lexicon_category", "lexicon_contradicted")
 Value = tuple[str, str]  # (attribute, value); the category is the attribute CATEGORY
 
 
@@ -60,7 +61,10 @@ class QueryLexicon:
         min_share: float = 0.6,
     ) -> QueryLexicon:
         """From `queries` (query_id, query_text) and their `labels` (query_id, item_id, relevance): a query
-        names the values every one of its best-graded items has (none when its best grade is 0)."""
+        names the values every one of its best-graded items has (none when its best grade is 0). A phrase
+        that is the text of a catalogue value (one or two words) names that value with certainty, and
+        no other value of its attribute: "cotton" is cotton, even if the judged queries that said it
+        all asked for organic cotton."""
         text_of = queries.set_index("query_id")["query_text"]
         seen: Counter[str] = Counter()
         together: Counter[tuple[str, Value]] = Counter()
@@ -80,38 +84,74 @@ class QueryLexicon:
             share = count / seen[phrase]
             if seen[phrase] >= min_queries and share >= min_share:
                 names.setdefault(phrase, {})[value] = share
+        catalogue: set[Value] = set().union(*values.values())
+        for literal in sorted(value for value in catalogue if isinstance(value[1], str)):
+            words = WORDS.findall(literal[1].lower())
+            if 1 <= len(words) <= 2:
+                phrase = " ".join(words)
+                others = {
+                    other: share for other, share in names.get(phrase, {}).items() if other[0] != literal[0]
+                }
+                names[phrase] = others | {literal: 1.0}
         return cls(names)
 
+    def to_json(self) -> str:
+        """The lexicon as the artifact keeps it: {phrase: [[attribute, value, share], ...]}."""
+        rows = {
+            phrase: [[name, value, share] for (name, value), share in sorted(named.items())]
+            for phrase, named in sorted(self.names.items())
+        }
+        return json.dumps(rows, ensure_ascii=False, indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> QueryLexicon:
+        rows = json.loads(text)
+        return cls(
+            {phrase: {(name, value): share for name, value, share in named} for phrase, named in rows.items()}
+        )
+
     def named(self, text: str) -> dict[Value, float]:
-        """The values `text` names, each with the highest P(value | phrase) among its phrases."""
-        found: dict[Value, float] = {}
+        """The values `text` names, each with its highest P(value | phrase) among the text's phrases; of
+        an attribute, only what its longest phrase names, and of that the surest value, as a query tagger
+        matches the longest phrase first: "dark blue" names navy, not the blue its second word names."""
+        found: dict[Value, tuple[int, float]] = {}
         for phrase in phrases(text):
+            words = phrase.count(" ") + 1
             for value, share in self.names.get(phrase, {}).items():
-                found[value] = max(found.get(value, 0.0), share)
-        return found
+                found[value] = max(found.get(value, (0, 0.0)), (words, share))
+        surest: dict[str, tuple[int, float]] = {}
+        for (attribute, _), sureness in found.items():
+            surest[attribute] = max(surest.get(attribute, (0, 0.0)), sureness)
+        return {value: sureness[1] for value, sureness in found.items() if sureness == surest[value[0]]}
 
     def features(self, pairs: pd.DataFrame, values: dict[str, frozenset[Value]]) -> pd.DataFrame:
         """LEXICON_FEATURES of `pairs` (query_text, item_id): the summed confidence of the named values
-        the item has, that sum over all named values' (0 when the query names none), and whether it is
-        in a category the query names. An item unknown to `values` matches nothing."""
+        the item has, that sum over all named values' (0 when the query names none), whether it is in a
+        category the query names, and the summed confidence of the named values it contradicts (it has
+        another value of that attribute, or another category). An item unknown to `values` matches and
+        contradicts nothing."""
         named = {text: self.named(text) for text in pairs["query_text"].unique()}
-        matched = np.array(
-            [
-                sum(share for value, share in named[text].items() if value in values.get(item, ()))
-                for text, item in zip(pairs["query_text"], pairs["item_id"], strict=True)
-            ],
-            dtype=np.float64,
-        )
+        matched, contradicted, category = [], [], []
+        for text, item in zip(pairs["query_text"], pairs["item_id"], strict=True):
+            has = values.get(item, frozenset())
+            attributes = {attribute for attribute, _ in has}
+            matched.append(sum(share for value, share in named[text].items() if value in has))
+            contradicted.append(
+                sum(
+                    share
+                    for value, share in named[text].items()
+                    if value not in has and value[0] in attributes
+                )
+            )
+            category.append(any(value in has for value in named[text] if value[0] == CATEGORY))
+        found = np.asarray(matched, dtype=np.float64)
         total = pairs["query_text"].map(lambda text: sum(named[text].values())).to_numpy(dtype=np.float64)
-        category = [
-            any(value in values.get(item, ()) for value in named[text] if value[0] == CATEGORY)
-            for text, item in zip(pairs["query_text"], pairs["item_id"], strict=True)
-        ]
         return pd.DataFrame(
             {
-                "lexicon_matched": matched,
-                "lexicon_share": np.divide(matched, total, out=np.zeros_like(matched), where=total > 0),
+                "lexicon_matched": found,
+                "lexicon_share": np.divide(found, total, out=np.zeros_like(found), where=total > 0),
                 "lexicon_category": np.asarray(category, dtype=np.float64),
+                "lexicon_contradicted": np.asarray(contradicted, dtype=np.float64),
             },
             index=pairs.index,
         )

@@ -31,6 +31,7 @@ from llmrank_spark.lakehouse import (
     conform,
 )
 from llmrank_spark.rerank.artifact import (
+    QUERY_LEXICON_FILE,
     RETRIEVAL_VERSION,
     FusionHead,
     FusionSpec,
@@ -42,6 +43,7 @@ from llmrank_spark.rerank.artifact import (
 )
 from llmrank_spark.rerank.features import FEATURES, ranking_features
 from llmrank_spark.rerank.fusion import BERT_SCORE, FusionModel
+from llmrank_spark.rerank.query_fusion import QueryFusion
 from llmrank_spark.rerank.scorer import ScoringSettings
 from llmrank_spark.rerank.udf import scoring_udf, ship_model
 from llmrank_spark.text import NEW_SHOPPER_CONTEXT, item_texts, user_contexts
@@ -277,6 +279,25 @@ def cascade_scores(
     return first.unionByName(rest).drop("prerank_score")
 
 
+@lru_cache(maxsize=4)
+def _query_fusion(lexicon: str, text: str, inputs: tuple[str, ...], trees: int) -> QueryFusion:
+    """The shipped query fusion, parsed once per Python worker."""
+    return QueryFusion.from_texts(lexicon, text, FusionSpec(inputs=list(inputs), trees=trees))
+
+
+def with_query_signals(scorable: DataFrame, candidates: DataFrame, items: DataFrame) -> DataFrame:
+    """`scorable` with what the query fusion reads besides the pair (`query_fusion.QUERY_ROW_COLUMNS`):
+    each query candidate's retriever scores and the item's category and attributes; null on user rows."""
+    is_query = F.col("request_type") == "query"
+    signals = candidates.where(is_query).select(*REQUEST_KEY, "item_id", "source_scores")
+    attributes = F.col("attributes") if "attributes" in items.columns else F.lit(None)
+    values = items.select("item_id", "category", attributes.cast("map<string,string>").alias("attributes"))
+    queried = scorable.where(is_query).join(signals, [*REQUEST_KEY, "item_id"], "left")
+    return scorable.where(~is_query).unionByName(
+        queried.join(values, "item_id", "left"), allowMissingColumns=True
+    )
+
+
 def rerank_candidates(
     spark: SparkSession,
     candidates: DataFrame,
@@ -298,7 +319,8 @@ def rerank_candidates(
     Users without history get `NEW_SHOPPER_CONTEXT`; `users` supplies the fields of `cfg.user_template`.
     An artifact with a LambdaMART fusion is served on the ranking features of every pair
     (`features.ranking_features`, with `candidates_cfg`), after BERT, which scores only each user
-    list's first `rerank.bert_depth` by the artifact's prerank (`cascade_scores`);
+    list's first `rerank.bert_depth` by the artifact's prerank (`cascade_scores`); one with a query
+    fusion ranks query lists by it alone (`query_fusion.QueryFusion`, no BERT pass);
     `rerank.mode=retrieval` keeps the candidates' own order. Fails, naming what is missing and how to
     fix it, when cfg asks for a cross-encoder that does not exist: it never scores with an untrained
     head. `faults` is test-only fault injection.
@@ -306,13 +328,16 @@ def rerank_candidates(
     spec, cfg = model_for(cfg)
     manifest = read_manifest(spec.path) if spec.kind == "cross_encoder" else None
     fusion = manifest.fusion if manifest is not None else None
-    # Queries are always served through the linear head: the LambdaMART fusion learns from behaviour
-    # features of shoppers, which a query does not have.
+    # Queries are never served by the LambdaMART fusion (it learns from behaviour features of shoppers,
+    # which a query does not have): by the version's query fusion, else through the linear head.
     head = manifest.fusion_head if manifest is not None else None
     # A fine-tuned version ranks the request types it was trained on; the others keep their retrieval
     # order (retrieval_score orders the list as retrieval_rank does).
     modelled = F.lit(True) if manifest is None else F.col("request_type").isin(manifest.request_types)
     fused = modelled & (F.col("request_type") == "user") if fusion is not None else F.lit(False)
+    # Query lists of a version with a query fusion are ranked by it alone, with no BERT pass.
+    query_fusion = manifest.query_fusion if manifest is not None else None
+    query_fused = modelled & (F.col("request_type") == "query") if query_fusion else F.lit(False)
     depth = cfg.scored_depth  # of the cascade, for the fused lists
     contexts = request_contexts(candidates, interactions, items, cfg, run_date, queries, users)
     checked = checked_pairs(candidates, items, contexts, cfg)
@@ -323,9 +348,11 @@ def rerank_candidates(
     else:
         udf = scoring_udf(ship_model(spark, spec), ScoringSettings.from_config(cfg), faults)
         with_scores = (
-            scorable_pairs.where(modelled & ~fused)
+            scorable_pairs.where(modelled & ~fused & ~query_fused)
             .withColumn("score", udf("context_text", "item_text"))
-            .unionByName(scorable_pairs.where(~modelled).withColumn("score", F.col("retrieval_score")))
+            .unionByName(
+                scorable_pairs.where(~modelled | query_fused).withColumn("score", F.col("retrieval_score"))
+            )
         )
     carried: list[str] = []  # the fusion's inputs, carried to the listwise step
     if fusion is not None and manifest is not None:
@@ -352,6 +379,7 @@ def rerank_candidates(
             ),
         )
     )
+    carried += ["context_text"] if query_fusion is not None else []  # the query fusion reads the query
     outcome = scored.select(*ids, "source_ranks", "score", "reason", "detail", *carried).unionByName(
         checked.where(rejected).select(
             *ids, "source_ranks", F.lit(None).cast("double").alias("score"), "reason", "detail"
@@ -359,6 +387,12 @@ def rerank_candidates(
         allowMissingColumns=True,
     )
     fusion_key = None if fusion is None else _model_key(spec.path, fusion)
+    query_fusion_key = None
+    if query_fusion is not None:
+        query_fusion_key = (
+            (Path(spec.path) / QUERY_LEXICON_FILE).read_text(),
+            *_model_key(spec.path, query_fusion),
+        )
     # At depth 0 a version with a prerank is served in the prerank's order: its scores are the prerank's.
     prerank_only = depth == 0 and manifest is not None and manifest.prerank is not None
     served_types = None if manifest is None else set(manifest.request_types)
@@ -367,7 +401,10 @@ def rerank_candidates(
         request_type = scored_request["request_type"].iloc[0]
         if served_types is not None and request_type not in served_types:
             return rank_request(scored_request, cfg.top_k)  # scored by retrieval_score above
-        if fusion_key is not None and request_type == "user":
+        if query_fusion_key is not None and request_type == "query":
+            rows = scored_request.rename(columns={"context_text": "query_text"})
+            scored_request = scored_request.assign(score=_query_fusion(*query_fusion_key).scores(rows))
+        elif fusion_key is not None and request_type == "user":
             if not prerank_only:
                 # Past the depth a score is the prerank's, and only the first `depth` can be served.
                 scored_request = scored_request[~scored_request[PRERANK_RANK].gt(depth)]
@@ -384,10 +421,16 @@ def rerank_candidates(
     kept = [name for name in RANKED_COLUMNS if name not in ("rank", "model_rank")]
     scorable = outcome.where(~rejected)
     extra = list(carried)
-    # The head's inputs, for the lists it scores: all of them, or with a fusion only the queries.
-    if head is not None and (fusion is None or "query" in (served_types or set())):
+    # The head's inputs, for the lists it scores: all of them, or with a fusion only the queries (none
+    # when a query fusion ranks them).
+    ranks_queries = "query" in (served_types or set())
+    head_scores = head is not None and (fusion is None or (ranks_queries and query_fusion is None))
+    if head_scores or query_fusion is not None:
         scorable = scorable.join(F.broadcast(item_event_counts(interactions, run_date)), "item_id", "left")
         extra += ["source_ranks", ITEM_EVENTS]
+    if query_fusion is not None:
+        scorable = with_query_signals(scorable, candidates, items)
+        extra += ["source_scores", "category", "attributes"]  # context_text is carried
     ranked = scorable.select(*kept, *extra).groupBy(*REQUEST_KEY).applyInPandas(rank, RANKED_SCHEMA)
     version = F.when(modelled, F.lit(spec.version)).otherwise(F.lit(RETRIEVAL_VERSION))
     ranked = ranked.withColumn("model_version", version).withColumn("run_date", F.lit(run_date))

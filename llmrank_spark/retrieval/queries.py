@@ -68,19 +68,25 @@ def checked_queries(queries: DataFrame, max_chars: int) -> DataFrame:
 
 
 def query_lists(
-    inputs: RetrievalInputs, queries: DataFrame, run_date: dt.date, encoder: QueryEncoder | None = None
+    inputs: RetrievalInputs,
+    queries: DataFrame,
+    run_date: dt.date,
+    encoder: QueryEncoder | None = None,
+    semantic: DataFrame | None = None,
 ) -> tuple[DataFrame, DataFrame]:
     """The `candidates` rows of every rankable query (request_type 'query'), and the rejected queries as
     (request_type, request_id, item_id, reason, detail) rows. `encoder`: the fine-tuned query encoder
-    of the query semantic retriever; None: the packaged MiniLM."""
+    of the query semantic retriever; None: the packaged MiniLM. `semantic`: that retriever's lists when
+    already found by a fine-tuned encoder (the train step's, still in memory), in the retrievers' form."""
     checked = checked_queries(queries, inputs.cfg.max_query_chars).localCheckpoint()
     rankable = checked.where(F.col("reason").isNull()).select("request_id", "query_text")
     depth = inputs.cfg.n_per_request
     retrieved = [
         lexical_candidates(inputs.spark, inputs.items, rankable, inputs.cfg, depth),
-        query_semantic_candidates(inputs, rankable, depth, encoder),
+        query_semantic_candidates(inputs, rankable, depth, encoder) if semantic is None else semantic,
     ]
-    cfg = inputs.cfg if encoder is None else inputs.cfg.with_query_encoder()
+    fine_tuned = encoder is not None or semantic is not None
+    cfg = inputs.cfg.with_query_encoder() if fine_tuned else inputs.cfg
     candidates = blend(retrieved, None, cfg, run_date, request_type="query")
     rejected = checked.where(F.col("reason").isNotNull()).select(
         F.lit("query").alias("request_type"),

@@ -341,5 +341,13 @@ def training_lists(
         for name, lists in by_part.items():
             built[name] = pd.concat([built[name], lists], ignore_index=True) if name in built else lists
         built |= _query_encoder_data(queries_pd, labels_pd, items_pd, config, rng)
+        # What the query fusion reads (query_fusion.py): every judged query, its grades, the catalogue's
+        # values and the items' events before the split.
+        built |= {
+            "judged_queries": queries_pd[["query_id", "query_text"]],
+            "query_labels": labels_pd[["query_id", ITEM, "relevance"]],
+            "item_values": items_pd.reindex(columns=[ITEM, "category", "attributes"]),  # attributes optional
+            "item_events": item_events,
+        }
     BUILT_LISTS[key] = built
     return built

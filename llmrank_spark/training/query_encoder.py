@@ -100,20 +100,23 @@ def fine_tune_query_encoder(triples: pd.DataFrame, cfg: TrainConfig):
     return model
 
 
-def retrieved_lists(encoder, queries: pd.DataFrame, item_text: pd.Series, depth: int) -> pd.DataFrame:
+def encoded(encoder, texts: list[str]) -> np.ndarray:
+    """Unit-length vectors of `texts` by `encoder`, as the query semantic retriever compares them."""
+    return encoder.encode(
+        texts, batch_size=ENCODE_BATCH_SIZE, normalize_embeddings=True, convert_to_numpy=True
+    )
+
+
+def retrieved_lists(
+    encoder, queries: pd.DataFrame, item_text: pd.Series, depth: int, item_vectors: np.ndarray | None = None
+) -> pd.DataFrame:
     """(request_id, item_id, rank): each query's `depth` items whose text (`item_text`, by item id) is
     nearest its own by the cosine of `encoder`'s vectors, by the retrievers' own exact top-k
-    (`rank_against`: equal scores fall to the lower item_id)."""
+    (`rank_against`: equal scores fall to the lower item_id). `item_vectors`: those of `item_text` sorted
+    by item id, when already encoded."""
     ordered = item_text.sort_index()
-    items = encoder.encode(
-        ordered.tolist(), batch_size=ENCODE_BATCH_SIZE, normalize_embeddings=True, convert_to_numpy=True
-    )
-    vectors = encoder.encode(
-        queries["query_text"].tolist(),
-        batch_size=ENCODE_BATCH_SIZE,
-        normalize_embeddings=True,
-        convert_to_numpy=True,
-    )
+    items = encoded(encoder, ordered.tolist()) if item_vectors is None else item_vectors
+    vectors = encoded(encoder, queries["query_text"].tolist())
     found = rank_against(
         queries["query_id"].tolist(), vectors, [None] * len(queries), ordered.index.to_numpy(), items, depth
     )
@@ -128,12 +131,24 @@ class QueryEncoderResult:
     verdict: GateResult
     seconds: float
     pairs: int
+    # The catalogue's item ids, sorted, and their vectors by the fine-tuned encoder, row by row.
+    item_ids: np.ndarray
+    item_vectors: np.ndarray
 
     def metrics(self) -> dict[str, float]:
         return {f"query_encoder_{name}": value for name, value in self.verdict.metrics().items()} | {
             "query_encoder_seconds": self.seconds,
             "query_encoder_pairs": float(self.pairs),
         }
+
+    def retrieved(self, queries: pd.DataFrame, depth: int) -> pd.DataFrame:
+        """The query semantic retriever's lists (request_id, item_id, source_score, source_rank) of
+        `queries` (query_id, query_text) with this encoder, as the candidates step would find them."""
+        vectors = encoded(self.encoder, queries["query_text"].tolist()).astype(np.float32)
+        found = [None] * len(queries)
+        return rank_against(
+            queries["query_id"].tolist(), vectors, found, self.item_ids, self.item_vectors, depth
+        )
 
     def describe(self) -> str:
         verdict = self.verdict
@@ -163,10 +178,15 @@ def train_query_encoder(
     queries = heldout.drop_duplicates("query_id")[["query_id", "query_text"]]
     labels = heldout[heldout["relevance"] > 0].rename(columns={"query_id": "request_id"})
     requests = pd.Index(sorted(queries["query_id"]), name="request_id")
+    catalogue = item_text.sort_index()
 
-    def per_query(model) -> pd.Series:
-        lists = retrieved_lists(model, queries, item_text, GATE_K)
+    def per_query(model, item_vectors: np.ndarray | None = None) -> pd.Series:
+        lists = retrieved_lists(model, queries, catalogue, GATE_K, item_vectors)
         return ndcg_at_k(lists, labels, GATE_K).reindex(requests).fillna(0.0)
 
-    verdict = decide(per_query(encoder), per_query(load_sentence_encoder("cpu")), None)
-    return QueryEncoderResult(encoder, verdict, seconds, len(triples))
+    fine_tuned = encoded(
+        encoder, catalogue.tolist()
+    )  # kept: the version's query lists are retrieved with them
+    verdict = decide(per_query(encoder, fine_tuned), per_query(load_sentence_encoder("cpu")), None)
+    ids = catalogue.index.to_numpy()
+    return QueryEncoderResult(encoder, verdict, seconds, len(triples), ids, fine_tuned.astype(np.float32))
