@@ -401,15 +401,17 @@ def test_train_logs_registers_and_gates_the_new_version_and_only_a_promoted_one_
     assert manifest.prerank is not None and manifest.prerank.inputs == list(FEATURES)
     # BERT is served only if it beat the version's own features-only prerank beyond chance at the gate.
     assert new.tags[SERVES_BERT_TAG] == str(logged.metrics["gate_bert_change_low"] > 0).lower()
-    # It also trained on judged queries and was measured on held-out ones, which decided whether it
-    # ranks queries.
-    assert manifest.metrics["query_gate_requests"] >= 1
-    # And a query encoder, judged on the same held-out queries: shipped (and tagged) only if it passed.
+    # It also fine-tuned a query encoder, judged on held-out queries: shipped (and tagged) only if it
+    # passed.
     assert manifest.metrics["query_encoder_gate_requests"] >= 1
     ships = manifest.metrics["query_encoder_gate_change_low"] > 0
     assert manifest.query_encoder == ships
-    # A version shipping an encoder was measured on lists the encoder replaces: it never ranks queries.
-    promoted = manifest.metrics["query_gate_change_low"] > 0 and not ships
+    # Too few queries are held out here for a query fusion; BERT was measured on the held-out queries,
+    # which decided whether it ranks them, unless the version ships an encoder: BERT was measured on
+    # lists the encoder replaces, so it never ranks queries then.
+    assert manifest.query_fusion is None
+    promoted = not ships and manifest.metrics["query_gate_change_low"] > 0
+    assert ("query_gate_requests" in manifest.metrics) == (not ships)
     assert manifest.request_types == (["user", "query"] if promoted else ["user"])
     assert (new.tags.get("query_encoder") == "true") == ships
     assert manifest.base_model.endswith("via v0")  # warm-started from the registered version
