@@ -145,9 +145,9 @@ class QueryEncoderResult:
         """The query semantic retriever's lists (request_id, item_id, source_score, source_rank) of
         `queries` (query_id, query_text) with this encoder, as the candidates step would find them."""
         vectors = encoded(self.encoder, queries["query_text"].tolist()).astype(np.float32)
-        found = [None] * len(queries)
+        nothing_excluded = [None] * len(queries)
         return rank_against(
-            queries["query_id"].tolist(), vectors, found, self.item_ids, self.item_vectors, depth
+            queries["query_id"].tolist(), vectors, nothing_excluded, self.item_ids, self.item_vectors, depth
         )
 
     def describe(self) -> str:
@@ -184,9 +184,7 @@ def train_query_encoder(
         lists = retrieved_lists(model, queries, catalogue, GATE_K, item_vectors)
         return ndcg_at_k(lists, labels, GATE_K).reindex(requests).fillna(0.0)
 
-    fine_tuned = encoded(
-        encoder, catalogue.tolist()
-    )  # kept: the version's query lists are retrieved with them
+    # Kept in the result: the query fusion's lists are retrieved with them (query_fusion.py).
+    fine_tuned = encoded(encoder, catalogue.tolist()).astype(np.float32)
     verdict = decide(per_query(encoder, fine_tuned), per_query(load_sentence_encoder("cpu")), None)
-    ids = catalogue.index.to_numpy()
-    return QueryEncoderResult(encoder, verdict, seconds, len(triples), ids, fine_tuned.astype(np.float32))
+    return QueryEncoderResult(encoder, verdict, seconds, len(triples), catalogue.index.to_numpy(), fine_tuned)

@@ -84,17 +84,16 @@ def train_reranker(
         print(f"[train] {query_encoder.describe()}", flush=True)
     ships_encoder = query_encoder is not None and query_encoder.verdict.promoted
     request_types: list[RequestType] = ["user"]
-    query_fusion = None
+    query_fusion = None  # the query fusion the version ships: only one that passed its verdict
     if cfg.query_fusion_trees and "judged_queries" in built:
         shipped = query_encoder if ships_encoder else None
-        query_fusion = fit_query_fusion(spark, items, interactions, config, built, shipped, item_vectors)
-    if query_fusion is not None:
-        query_metrics |= query_fusion.metrics()
-        print(f"[train] {query_fusion.describe()}", flush=True)
-        if query_fusion.verdict.promoted:
-            request_types.append("query")
-        else:
-            query_fusion = None
+        fitted = fit_query_fusion(spark, items, interactions, config, built, shipped, item_vectors)
+        if fitted is not None:
+            query_metrics |= fitted.metrics()
+            print(f"[train] {fitted.describe()}", flush=True)
+            if fitted.verdict.promoted:
+                query_fusion = fitted
+                request_types.append("query")
     # BERT may rank queries only where nothing better does, and only on the lists it was measured on:
     # the verdict's lists were retrieved with the packaged MiniLM, so a version shipping a query encoder
     # (whose better lists BERT ranked below their retrieval order on the demo: docs/results.md) is
