@@ -21,7 +21,7 @@ from llmrank_spark.config import QUERY_RETRIEVERS
 from llmrank_spark.events import ITEM_EVENTS
 from llmrank_spark.rerank.artifact import QUERY_LEXICON_FILE, FusionSpec
 from llmrank_spark.rerank.fusion import FusionModel
-from llmrank_spark.rerank.query_lexicon import LEXICON_FEATURES, QueryLexicon, item_values
+from llmrank_spark.rerank.query_lexicon import LEXICON_FEATURES, QueryLexicon, as_dict, item_values
 
 # What each query retriever's score says of the item (null where it did not propose it), the blend's
 # place, the item's popularity, and the lexicon's match of the values the query names.
@@ -56,14 +56,6 @@ QUERY_ROW_COLUMNS = (
 )
 
 
-def as_dict(value) -> dict:
-    """A map column's value as a dict: Arrow hands a map to pandas as a dict or as (key, value) pairs,
-    depending on the path; null is an empty map."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return {}
-    return dict(value.items() if isinstance(value, dict) else value)
-
-
 def query_fusion_inputs(rows: pd.DataFrame, lexicon: QueryLexicon) -> pd.DataFrame:
     """QUERY_FUSION_INPUTS of candidate `rows` (QUERY_ROW_COLUMNS), by row, index kept: a retriever that
     did not propose an item leaves its score null (LightGBM's missing); an item without events has 0."""
@@ -74,8 +66,7 @@ def query_fusion_inputs(rows: pd.DataFrame, lexicon: QueryLexicon) -> pd.DataFra
     }
     columns["retrieval_rank"] = rows["retrieval_rank"].astype(float)
     columns[ITEM_EVENTS] = rows[ITEM_EVENTS].fillna(0).astype(float)
-    catalogue = rows[["item_id", "category", "attributes"]].drop_duplicates("item_id")
-    values = item_values(catalogue.assign(attributes=catalogue["attributes"].map(as_dict)))
+    values = item_values(rows[["item_id", "category", "attributes"]].drop_duplicates("item_id"))
     matched = lexicon.features(rows[["query_text", "item_id"]], values)
     return pd.DataFrame(columns, index=rows.index).join(matched)[list(QUERY_FUSION_INPUTS)]
 

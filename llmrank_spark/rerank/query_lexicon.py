@@ -35,11 +35,20 @@ def phrases(text: str) -> set[str]:
     return set(words) | {f"{first} {second}" for first, second in itertools.pairwise(words)}
 
 
+def as_dict(value) -> dict:
+    """A map column's value as a dict: Arrow hands a map to pandas as a dict or as (key, value) pairs,
+    depending on the path; null is an empty map."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return {}
+    return dict(value.items() if isinstance(value, dict) else value)
+
+
 def item_values(items: pd.DataFrame) -> dict[str, frozenset[Value]]:
-    """item_id -> its (attribute, value) pairs and its category, from the items table's rows."""
+    """item_id -> its (attribute, value) pairs and its category, from the items table's rows (the
+    attributes map in any form `as_dict` reads, or no attributes column)."""
     attributes = items["attributes"] if "attributes" in items.columns else pd.Series(None, index=items.index)
     return {
-        item_id: frozenset({(CATEGORY, category), *((name, value) for name, value in (named or {}).items())})
+        item_id: frozenset({(CATEGORY, category), *as_dict(named).items()})
         for item_id, category, named in zip(items["item_id"], items["category"], attributes, strict=True)
     }
 

@@ -26,7 +26,6 @@ from llmrank_spark.rerank.query_fusion import (
     QUERY_FUSION_DIRECTIONS,
     QUERY_FUSION_INPUTS,
     QueryFusion,
-    as_dict,
     query_fusion_inputs,
 )
 from llmrank_spark.rerank.query_lexicon import QueryLexicon, item_values
@@ -48,7 +47,7 @@ def served_query_candidates(
     shipped: QueryEncoderResult | None,
     item_vectors: DataFrame | None,
 ) -> pd.DataFrame:
-    """(request_id, item_id, retrieval_rank, source_ranks, source_scores) of `queries` (query_id,
+    """(request_id, item_id, retrieval_rank, source_scores) of `queries` (query_id,
     query_text), retrieved as the candidates step will retrieve them once the version is registered:
     with the query encoder it ships (`shipped`), else the newest registered one; the packaged MiniLM
     (over `item_vectors`) with none, or with candidates.query_encoder "packaged"."""
@@ -68,9 +67,7 @@ def served_query_candidates(
         registered = registered_query_encoder(config)
         encoder = None if registered is None else QueryEncoder(registered)
     lists, _ = query_lists(inputs, asked, run_date, encoder, semantic)
-    frame: pd.DataFrame = lists.select(
-        "request_id", ITEM, "retrieval_rank", "source_ranks", "source_scores"
-    ).toPandas()
+    frame: pd.DataFrame = lists.select("request_id", ITEM, "retrieval_rank", "source_scores").toPandas()
     return frame.sort_values(["request_id", "retrieval_rank"], ignore_index=True)
 
 
@@ -83,7 +80,7 @@ def query_fusion_lists(
     lexicon: QueryLexicon,
 ) -> pd.DataFrame:
     """(list_id, item_id, label, retrieval_rank and QUERY_FUSION_INPUTS): every query's whole candidate
-    list (`candidates`: request_id, item_id, retrieval_rank, source_ranks, source_scores) with its
+    list (`candidates`: request_id, item_id, retrieval_rank, source_scores) with its
     `queries` text, the `items` category and attributes, `item_events` and the graded `labels` (query_id,
     item_id, relevance; an unjudged item has 0), in retrieval order."""
     rows = (
@@ -175,7 +172,7 @@ def fit_query_fusion(
     queries, labels = built["judged_queries"], built["query_labels"]
     held = heldout_queries(queries["query_id"], config.train.heldout_query_share)
     catalogue = built["item_values"]
-    values = item_values(catalogue.assign(attributes=catalogue["attributes"].map(as_dict)))
+    values = item_values(catalogue)
     lexicon = QueryLexicon.learn(queries[~held], labels, values)
     candidates = served_query_candidates(
         spark, items, interactions, queries[held], config, shipped, item_vectors
