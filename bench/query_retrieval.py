@@ -13,7 +13,7 @@ given over all queries and over the held-out queries (`train.heldout_query_share
 ones a version trained on queries never saw.
 
 With `--query-fusion`, the train step's query fusion (training/query_fusion.py: LambdaMART over the
-retrievers' scores and ranks, the item's events and the values the query names by the `QueryLexicon`
+retrievers' scores, the blended rank, the item's events and the values the query names by the `QueryLexicon`
 learned from the training queries) re-orders the held-out queries' blend lists, out of fold: each fifth
 of them by a fusion fitted on the other four (no query it scores trained the encoder, the lexicon or
 the fusion), compared with the blend on the same queries.
@@ -47,7 +47,6 @@ from llmrank_spark.events import item_event_counts
 from llmrank_spark.lakehouse import frame_from_pandas, get_spark
 from llmrank_spark.metrics import ndcg_at_k, recall_at_k
 from llmrank_spark.rerank import load_artifact, query_encoder_dir
-from llmrank_spark.rerank.query_lexicon import QueryLexicon, item_values
 from llmrank_spark.retrieval import blend, prepare_inputs
 from llmrank_spark.retrieval.lexical import lexical_candidates
 from llmrank_spark.retrieval.queries import checked_queries
@@ -60,7 +59,7 @@ from llmrank_spark.retrieval.semantic import (
 from llmrank_spark.text import item_text_frame
 from llmrank_spark.training.lists import LIST
 from llmrank_spark.training.network import FusionRanker
-from llmrank_spark.training.query_fusion import QueryFusionResult, query_fusion_lists, train_query_fusion
+from llmrank_spark.training.query_fusion import QueryFusionResult, judged_query_fusion
 from llmrank_spark.training.query_lists import heldout_queries
 from llmrank_spark.training.trainer import score_lists, training_scorer
 
@@ -143,13 +142,12 @@ def query_fusion(
 ) -> QueryFusionResult | None:
     """The train step's query fusion (training/query_fusion.py) on the held-out queries' blend lists: the
     lexicon learned from the training queries, LambdaMART judged out of fold over the held-out ones."""
-    queries, labels = tables["queries"], tables["query_labels"]
-    values = item_values(tables["items"])
-    lexicon = QueryLexicon.learn(queries[~queries.query_id.isin(held_out)], labels, values)
-    asked = queries[queries.query_id.isin(held_out)]
+    queries = tables["queries"]
+    held = queries.query_id.isin(held_out)
     candidates = blended[blended.request_id.isin(held_out)]
-    lists = query_fusion_lists(candidates, asked, labels, tables["items"], events, lexicon)
-    return train_query_fusion(lists, lexicon, config.train)
+    return judged_query_fusion(
+        candidates, queries, tables["query_labels"], tables["items"], events, held, config.train
+    )
 
 
 def main() -> None:

@@ -169,13 +169,27 @@ def fit_query_fusion(
     the lexicon learned from the training queries, the fusion fitted and judged on the held-out queries'
     lists as they will be served (`served_query_candidates`, with the query encoder the version ships).
     None when too few queries are held out."""
-    queries, labels = built["judged_queries"], built["query_labels"]
+    queries = built["judged_queries"]
     held = heldout_queries(queries["query_id"], config.train.heldout_query_share)
-    catalogue = built["item_values"]
-    values = item_values(catalogue)
-    lexicon = QueryLexicon.learn(queries[~held], labels, values)
     candidates = served_query_candidates(
         spark, items, interactions, queries[held], config, shipped, item_vectors
     )
-    lists = query_fusion_lists(candidates, queries[held], labels, catalogue, built["item_events"], lexicon)
-    return train_query_fusion(lists, lexicon, config.train)
+    labels, items_pd, item_events = built["query_labels"], built["item_values"], built["item_events"]
+    return judged_query_fusion(candidates, queries, labels, items_pd, item_events, held, config.train)
+
+
+def judged_query_fusion(
+    candidates: pd.DataFrame,
+    queries: pd.DataFrame,
+    labels: pd.DataFrame,
+    items: pd.DataFrame,
+    item_events: pd.DataFrame,
+    held: pd.Series,
+    cfg: TrainConfig,
+) -> QueryFusionResult | None:
+    """The query fusion of `queries` split by `held` (a mask over them): the lexicon learned from the
+    others' `labels`, the fusion fitted and judged on the held-out queries' `candidates` (their lists as
+    served; `query_fusion_lists` says the columns). None when too few queries are held out."""
+    lexicon = QueryLexicon.learn(queries[~held], labels, item_values(items))
+    lists = query_fusion_lists(candidates, queries[held], labels, items, item_events, lexicon)
+    return train_query_fusion(lists, lexicon, cfg)
