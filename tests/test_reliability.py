@@ -29,6 +29,7 @@ from llmrank_spark.lakehouse import (
     frame_from_pandas,
     latest_version,
     load,
+    table_exists,
     write_table,
 )
 from llmrank_spark.pipeline import steps
@@ -402,3 +403,8 @@ def test_step_names_are_checked_before_they_reach_a_replace_predicate(spark, con
     with pytest.raises(ValueError, match="partitioned by step"):
         write_table(frame_from_pandas(spark, rejects, "rejects"), config, "rejects", RUN_DATE, "x' OR '1'='1")
     assert not Path(config.table_path("rejects")).exists()
+    # A valid step name whose rows belong to another step fails the write as it runs, committing nothing.
+    rejects["step"] = "candidates"
+    with pytest.raises(ContractError, match="rows with step other than rerank"):
+        write_table(frame_from_pandas(spark, rejects, "rejects"), config, "rejects", RUN_DATE, "rerank")
+    assert not table_exists(spark, config, "rejects")

@@ -125,8 +125,17 @@ def test_rerunning_a_date_replaces_it_and_keeps_others_in_either_layout(
 
 
 def test_write_rejects_rows_of_another_date(spark, config):
-    with pytest.raises(ContractError, match="run_date other than"):
+    with pytest.raises(ContractError, match="table 'candidates': rows with run_date other than 2026-11-20"):
         write_table(_candidates(spark, dt.date(2026, 11, 19)), config, "candidates", dt.date(2026, 11, 20))
+    day = dt.date(2026, 11, 20)
+    write_table(_candidates(spark, day), config, "candidates", day)
+    # Checked as the rows are written: a wrong row fails the write and nothing of it is committed.
+    mixed = _candidates(spark, day).unionByName(_candidates(spark, dt.date(2026, 11, 21)))
+    with pytest.raises(ContractError, match="run_date other than 2026-11-20"):
+        write_table(mixed, config, "candidates", day)
+    name = f"delta.`{config.table_path('candidates')}`"
+    assert spark.sql(f"DESCRIBE HISTORY {name}").count() == 1
+    assert spark.read.format("delta").load(config.table_path("candidates")).count() == 3
 
 
 def test_outputs_have_the_change_data_feed_enabled(spark, config):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from dataclasses import dataclass
 from typing import cast
@@ -471,19 +470,22 @@ def frame_from_pandas(spark: SparkSession, frame: pd.DataFrame, table: str) -> D
     return spark.createDataFrame(pa.Table.from_arrays(arrays, schema=schema))
 
 
-def check_single_run_date(df: DataFrame, table: str, run_date: dt.date) -> None:
-    other = df.where(F.col("run_date") != F.lit(run_date)).limit(1).count()
-    if other:
-        raise ContractError(
-            f"table '{table}': rows with run_date other than {run_date} in a write for that date"
-        )
-
-
 STEP_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 
-def check_single_step(df: DataFrame, table: str, step: str | None) -> None:
-    if step is None or not STEP_NAME.match(step):
-        raise ValueError(f"table '{table}' is partitioned by step: pass the step's name (got {step!r})")
-    if df.where(F.col("step") != F.lit(step)).limit(1).count():
-        raise ContractError(f"table '{table}': rows of a step other than '{step}' in a write for that step")
+def partition_mismatch(table: str, column: str, value: object) -> str:
+    """The error a write raises when a row's partition column is not the partition it replaces."""
+    return f"table '{table}': rows with {column} other than {value} in a write for that {column}"
+
+
+def only_partition(df: DataFrame, table: str, column: str, value: object) -> DataFrame:
+    """`df` failing as it is written if a row's `column` is not `value` (null included): the partition a
+    replaceWhere write replaces. Checked inside the write's own pass, not by an action before it (which
+    would compute the whole frame, model scores included, a second time); where the column is a literal,
+    the optimiser folds the check away. A failed write commits nothing; `write_table` raises it as a
+    ContractError."""
+    if column == "step" and (not isinstance(value, str) or not STEP_NAME.match(value)):
+        raise ValueError(f"table '{table}' is partitioned by step: pass the step's name (got {value!r})")
+    matches = F.col(column) == F.lit(value)
+    failure = F.raise_error(F.lit(partition_mismatch(table, column, value)))
+    return df.withColumn(column, F.when(matches, F.col(column)).otherwise(failure))

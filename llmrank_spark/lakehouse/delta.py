@@ -13,10 +13,10 @@ from llmrank_spark.lakehouse.contracts import (
     ContractError,
     check_keys_not_null,
     check_schema,
-    check_single_run_date,
-    check_single_step,
     conform,
     contract,
+    only_partition,
+    partition_mismatch,
 )
 
 
@@ -145,20 +145,23 @@ def write_table(
     elif "run_date" in spec.partition_by:
         if run_date is None:
             raise ValueError(f"table '{table}' is partitioned by run_date: pass the run's date")
-        check_single_run_date(df, table, run_date)
+        df = only_partition(df, table, "run_date", run_date)
         # run_date is a datetime.date, so the predicate below is a literal we formatted, never user text.
         replace = f"run_date = DATE'{run_date.isoformat()}'"
         if "step" in spec.partition_by:
-            check_single_step(df, table, step)
-            replace += f" AND step = '{step}'"  # an identifier, checked by check_single_step
+            df = only_partition(df, table, "step", step)
+            replace += f" AND step = '{step}'"  # an identifier, checked by only_partition
         # replaceWhere also takes a predicate on a clustering column: the replace stays one atomic commit.
         writer = df.write.format("delta").mode("overwrite").option("replaceWhere", replace)
         if not liquid:
             writer = writer.partitionBy(*spec.partition_by)
     else:
         writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
-    if is_catalog_name(location):
-        writer.saveAsTable(location)
-    else:
-        writer.save(location)
+    try:
+        writer.saveAsTable(location) if is_catalog_name(location) else writer.save(location)
+    except Exception as error:
+        for column, value in (("run_date", run_date), ("step", step)):
+            if partition_mismatch(table, column, value) in str(error):
+                raise ContractError(partition_mismatch(table, column, value)) from error
+        raise
     return location

@@ -129,11 +129,15 @@ def rerank(spark: SparkSession, config: Config) -> StepRun:
             item_vectors=item_vectors(run.read_optional("item_embeddings"), items, config.candidates),
         )
         run.notes.append(f"served model: {spec.version}{_registry_note(requested, config)}")
-        with materialised(result.outcome, run.progress.sized(todays.count(), "pairs")):
+        with (
+            materialised(result.outcome, run.progress.sized(todays.count(), "pairs")),
+            # The fairness pass samples, calibrates on and re-orders the model's lists: ranked once.
+            materialised(result.ranked) as model_order,
+        ):
             ranked, calibration = (
-                fairness_pass(result.ranked, items, known_events, config)
+                fairness_pass(model_order, items, known_events, config)
                 if fair
-                else (_with_strength(result.ranked, None), None)
+                else (_with_strength(model_order, None), None)
             )
             if calibration is not None:
                 note = calibration.note(config.fairness.strategy)
