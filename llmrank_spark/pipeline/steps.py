@@ -131,7 +131,8 @@ def rerank(spark: SparkSession, config: Config) -> StepRun:
         run.notes.append(f"served model: {spec.version}{_registry_note(requested, config)}")
         with (
             materialised(result.outcome, run.progress.sized(todays.count(), "pairs")),
-            # The fairness pass samples, calibrates on and re-orders the model's lists: ranked once.
+            # Ranked once, before any write (a failure in it commits nothing), however often the
+            # fairness pass reads the lists: to sample, calibrate on, re-order and write them.
             materialised(result.ranked) as model_order,
         ):
             ranked, calibration = (
