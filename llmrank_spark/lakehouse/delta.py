@@ -134,6 +134,7 @@ def write_table(
     check_schema(df, table, f"write to {location}")
     df = conform(df, table)
     liquid = config.lakehouse.layout == "liquid" and bool(spec.partition_by)
+    checked: list[str] = []  # the errors `only_partition` may raise during this write
     if liquid:
         keys = [c for c in ("request_id",) if c in df.columns and c not in spec.partition_by]
         create_clustered(df, location, [*spec.partition_by, *keys])
@@ -146,10 +147,12 @@ def write_table(
         if run_date is None:
             raise ValueError(f"table '{table}' is partitioned by run_date: pass the run's date")
         df = only_partition(df, table, "run_date", run_date)
+        checked.append(partition_mismatch(table, "run_date", run_date))
         # run_date is a datetime.date, so the predicate below is a literal we formatted, never user text.
         replace = f"run_date = DATE'{run_date.isoformat()}'"
         if "step" in spec.partition_by:
             df = only_partition(df, table, "step", step)
+            checked.append(partition_mismatch(table, "step", step))
             replace += f" AND step = '{step}'"  # an identifier, checked by only_partition
         # replaceWhere also takes a predicate on a clustering column: the replace stays one atomic commit.
         writer = df.write.format("delta").mode("overwrite").option("replaceWhere", replace)
@@ -160,8 +163,8 @@ def write_table(
     try:
         writer.saveAsTable(location) if is_catalog_name(location) else writer.save(location)
     except Exception as error:
-        for column, value in (("run_date", run_date), ("step", step)):
-            if partition_mismatch(table, column, value) in str(error):
-                raise ContractError(partition_mismatch(table, column, value)) from error
+        for mismatch in checked:
+            if mismatch in str(error):
+                raise ContractError(mismatch) from error
         raise
     return location
