@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 from llmrank_spark.config import load_config
 from llmrank_spark.evaluation.evaluate import user_labels
 from llmrank_spark.events import end_of_day
-from llmrank_spark.lakehouse.session import get_spark
+from llmrank_spark.lakehouse import checkpointed, get_spark
 from llmrank_spark.metrics import relative_change
 from llmrank_spark.rerank import (
     FEATURES,
@@ -49,7 +49,7 @@ def back_dated_run(
     retrieved = build_candidates(spark, items, history, None, config.candidates, day, item_vectors=vectors)
     # Its long query plan cut, as the gate does: stacked under the features' plan it can outgrow a task's
     # stack (a StackOverflowError on this bench's first runs).
-    lists = retrieved.candidates.where(F.col("request_type") == "user").localCheckpoint()
+    lists = checkpointed(retrieved.candidates.where(F.col("request_type") == "user"))
     pairs = lists.select(*REQUEST, "item_id", "retrieval_rank", "source_ranks")
     features = ranking_features_from(pairs, retrieved.inputs).drop("source_ranks").toPandas()
     labels = user_labels(interactions, lists.select("request_id").distinct(), day, config.evaluate).toPandas()

@@ -44,7 +44,7 @@ from pyspark.sql import DataFrame
 from llmrank_spark.config import Config, load_config, text_settings
 from llmrank_spark.data import generate_sample
 from llmrank_spark.events import item_event_counts
-from llmrank_spark.lakehouse import frame_from_pandas, get_spark
+from llmrank_spark.lakehouse import checkpointed, frame_from_pandas, get_spark
 from llmrank_spark.metrics import ndcg_at_k, recall_at_k
 from llmrank_spark.rerank import load_artifact, query_encoder_dir
 from llmrank_spark.retrieval import blend, prepare_inputs
@@ -182,7 +182,7 @@ def main() -> None:
     labels = tables["query_labels"].rename(columns={"query_id": "request_id"})
     inputs = prepare_inputs(spark, items, interactions, None, config.candidates, RUN_DATE)
     rankable = checked_queries(queries, config.candidates.max_query_chars).where("reason is null")
-    rankable = rankable.select("request_id", "query_text").localCheckpoint()
+    rankable = checkpointed(rankable.select("request_id", "query_text"))
 
     lexical, lexical_s = collect(lexical_candidates(spark, items, rankable, config.candidates, args.depth))
     encoder = None

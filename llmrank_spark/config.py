@@ -81,6 +81,14 @@ class SparkConfig(_Section):
         'spark.jars.packages (cached by Ivy). "provided": the platform ships Delta already (Databricks), '
         "so no jars are set.",
     )
+    checkpoint_dir: str | None = Field(
+        None,
+        description="Directory of the intermediate results steps compute once (spark.checkpoint.dir), on "
+        "storage every executor reads (HDFS, DBFS, S3, ABFS), so a lost executor does not fail a step. "
+        "Unset: a scratch directory removed at exit when this job starts a local session; a cluster's own "
+        "spark.checkpoint.dir otherwise, and without one steps keep those results on their executors only "
+        "(and warn).",
+    )
     conf: dict[str, str] = Field(
         default_factory=dict,
         description="Extra Spark settings, by Spark key (e.g. spark.sql.shuffle.partitions); they win over "

@@ -46,20 +46,34 @@ def ml100k_dir() -> Path:
     return ML100K_DIR
 
 
-@pytest.fixture(scope="session", autouse=True)
-def worker_kill_job(request, tmp_path_factory):
-    """tests/worker_kill_job.py, started with the session when test_worker_retry.py is collected: it runs in
-    a Spark of its own (a JVM that mostly waits on its own start and small jobs) beside the suite, and
-    its test waits for it. Yields (process, directory) or None."""
-    if not any(item.path.name == "test_worker_retry.py" for item in request.session.items):
+def _job_beside_the_suite(request, tmp_path_factory, job: str, test_file: str):
+    """`python tests/<job> DIR`, started with the session when <test_file> is collected: it runs in a Spark
+    of its own (a JVM that mostly waits on its own start and small jobs) beside the suite, and its test
+    waits for it. Yields (process, DIR), DIR holding its stdout.txt and stderr.txt, or None."""
+    if not any(item.path.name == test_file for item in request.session.items):
         yield None
         return
-    job = Path(__file__).with_name("worker_kill_job.py")
-    directory = tmp_path_factory.mktemp("worker-kill")
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(job.parents[1]), str(job.parent)])}
+    script = Path(__file__).with_name(job)
+    directory = tmp_path_factory.mktemp(script.stem)
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(script.parents[1]), str(script.parent)])}
     with open(directory / "stdout.txt", "w") as stdout, open(directory / "stderr.txt", "w") as stderr:
         process = subprocess.Popen(
-            [sys.executable, str(job), str(directory)], env=environment, stdout=stdout, stderr=stderr
+            [sys.executable, str(script), str(directory)],
+            env=environment,
+            stdout=stdout,
+            stderr=stderr,
         )
     yield process, directory
     process.kill()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def worker_kill_job(request, tmp_path_factory):
+    """tests/worker_kill_job.py: the rerank step with a Python worker killed (test_worker_retry.py)."""
+    yield from _job_beside_the_suite(request, tmp_path_factory, "worker_kill_job.py", "test_worker_retry.py")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def executor_loss_job(request, tmp_path_factory):
+    """tests/executor_loss_job.py: a checkpoint read after its executors were killed (test_checkpoints.py)."""
+    yield from _job_beside_the_suite(request, tmp_path_factory, "executor_loss_job.py", "test_checkpoints.py")

@@ -34,6 +34,7 @@ from scipy.stats import kendalltau  # scipy comes with sentence-transformers
 from llmrank_spark.config import AttributesConfig, RerankConfig
 from llmrank_spark.explain.behaviour import CONTEXT_KEYS, BehaviourImportance
 from llmrank_spark.explain.orders import REQUEST_KEYS
+from llmrank_spark.lakehouse import checkpointed
 
 # The category's most common values of an attribute that its text names: enough to show what kind of
 # attribute it is, few enough to leave the context its share of the token budget.
@@ -346,7 +347,7 @@ def attribute_model_importance(
     from llmrank_spark.rerank import with_contexts
 
     values = attribute_values(items, cfg.item_fields)
-    texts = attribute_texts(values).localCheckpoint()
+    texts = checkpointed(attribute_texts(values))
 
     def contexts_of(requests: DataFrame) -> DataFrame:
         distinct = requests.select(*REQUEST_KEYS).distinct()

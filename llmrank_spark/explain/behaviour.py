@@ -38,7 +38,7 @@ from pyspark.sql import functions as F
 from llmrank_spark.config import AttributesConfig
 from llmrank_spark.events import events_until
 from llmrank_spark.explain.orders import ITEM_KEYS, REQUEST_KEYS, ddl, segment_labels
-from llmrank_spark.lakehouse import conform
+from llmrank_spark.lakehouse import checkpointed, conform
 from llmrank_spark.text import MISSING_VALUE
 
 BEHAVIOUR = "behaviour"  # the tables' `source`: the context's own choices, shrunk toward its segment
@@ -269,7 +269,7 @@ def behaviour_importance(
     chosen = behaviour_choices(interactions, run_date, query_labels).join(values, "item_id")
     labels = segment_labels(chosen, users, queries)
     # Every level below reads the choices several times: computed once, without the joins behind them.
-    chosen = chosen.join(labels, REQUEST_KEYS).localCheckpoint()
+    chosen = checkpointed(chosen.join(labels, REQUEST_KEYS))
     market = market_shares(values, chosen)
     group_values = chosen.groupBy(*GROUP_KEYS, "value").agg(F.sum("weight").alias("segment_weight"))
     group_totals = group_values.groupBy(*GROUP_KEYS).agg(F.sum("segment_weight").alias("segment_total"))

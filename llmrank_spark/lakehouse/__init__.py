@@ -1,5 +1,6 @@
 """The lakehouse: the Spark session, table contracts, Delta reads and writes, reject rows."""
 
+from llmrank_spark.lakehouse.checkpoints import checkpointed
 from llmrank_spark.lakehouse.contracts import (
     CONTRACTS,
     FAIRNESS_STRENGTH,
@@ -54,6 +55,7 @@ __all__ = [
     "as_rejects",
     "check_pairs",
     "check_schema",
+    "checkpointed",
     "conform",
     "contract",
     "frame_from_pandas",

@@ -14,6 +14,7 @@ import sys
 from pyspark.sql import SparkSession
 
 from llmrank_spark.config import Config
+from llmrank_spark.lakehouse.checkpoints import CHECKPOINT_DIR, checkpoint_settings
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
@@ -81,6 +82,7 @@ def get_spark(config: Config) -> SparkSession:
             "spark.sql.extensions": DELTA_EXTENSION,
             "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
         }
+    master, checkpoints_set = remote or config.spark.master, CHECKPOINT_DIR in settings
     if "PYSPARK_GATEWAY_PORT" in os.environ and not remote:
         # Started by spark-submit: its --master, --conf and --packages (visible in a fresh SparkConf) win
         # over the config's, so one config file serves local, YARN and Kubernetes submissions.
@@ -88,7 +90,11 @@ def get_spark(config: Config) -> SparkSession:
 
         submitted = SparkConf()
         settings = {key: value for key, value in settings.items() if not submitted.contains(key)}
+        master = submitted.get("spark.master", "")
+        checkpoints_set = checkpoints_set or submitted.contains(CHECKPOINT_DIR)
         resolve_delta_jars = False
+    if not checkpoints_set:
+        settings |= checkpoint_settings(config, master)
     builder = SparkSession.builder.remote(remote) if remote else SparkSession.builder
     for key, value in settings.items():
         builder = builder.config(key, value)

@@ -15,6 +15,7 @@ from llmrank_spark.config import Config
 from llmrank_spark.lakehouse import (
     FAIRNESS_STRENGTH,
     REQUEST_KEY,
+    checkpointed,
     frame_from_pandas,
     read_table,
 )
@@ -312,7 +313,7 @@ def train(spark: SparkSession, config: Config) -> StepRun:
         # Encoded here at most once: the lists and the gate each collect the vectors (a count, then the
         # rows), which would run the encoder again every time for items the table lacks.
         stored = run.read_optional("item_embeddings")
-        vectors = item_vectors(stored, items, config.candidates).localCheckpoint()
+        vectors = checkpointed(item_vectors(stored, items, config.candidates))
         gated = config.train.gate_days > 0
         # The gate's days stay out of training: the version is judged on days it never saw.
         seen = interactions.where(F.col("event_ts") < F.lit(training_end(config))) if gated else interactions

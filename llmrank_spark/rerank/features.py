@@ -28,6 +28,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from llmrank_spark.config import RETRIEVERS, CandidatesConfig
+from llmrank_spark.lakehouse import checkpointed
 from llmrank_spark.retrieval import (
     SECONDS_PER_DAY,
     RetrievalInputs,
@@ -123,11 +124,11 @@ def ranking_features_from(pairs: DataFrame, inputs: RetrievalInputs) -> DataFram
     column of `FEATURES`, computed from prepared retrieval inputs (`prepare_inputs`).
 
     The events, the histories and the pairs are computed once and their query plans cut
-    (`localCheckpoint`): every feature below is a branch over them, and with their full plans under each
+    (`checkpointed`): every feature below is a branch over them, and with their full plans under each
     branch a task of the joined plan grows too deep for the executor to deserialize.
     """
-    inputs = replace(inputs, events=inputs.events.localCheckpoint(), history=inputs.history.localCheckpoint())
-    pairs = pairs.localCheckpoint()
+    inputs = replace(inputs, events=checkpointed(inputs.events), history=checkpointed(inputs.history))
+    pairs = checkpointed(pairs)
     items = inputs.items
     user = F.when(F.col("request_type") == "user", F.col("request_id"))
     frame = pairs.withColumn("_user", user)

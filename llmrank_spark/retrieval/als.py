@@ -8,6 +8,7 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from llmrank_spark.lakehouse import checkpointed
 from llmrank_spark.retrieval.inputs import RetrievalInputs
 from llmrank_spark.retrieval.retrieved import empty_retrieval
 from llmrank_spark.retrieval.vector_search import (
@@ -25,13 +26,12 @@ def _dense_index(frame: DataFrame, column: str) -> DataFrame:
     one row per partition (its size and first id) reaches the driver to turn those into global offsets.
     The tagged rows are checkpointed, so the sort is not sampled twice into other partition bounds.
     """
-    tagged = (
+    tagged = checkpointed(
         frame.select(column)
         .distinct()
         .repartitionByRange(column)
         .sortWithinPartitions(column)
         .select(column, F.spark_partition_id().alias("part"), F.monotonically_increasing_id().alias("row_id"))
-        .localCheckpoint()
     )
     sizes = tagged.groupBy("part").agg(F.count("*").alias("rows"), F.min("row_id").alias("first_id"))
     parts: pd.DataFrame = sizes.orderBy("part").toPandas()

@@ -16,7 +16,7 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from llmrank_spark.lakehouse import EMPTY_QUERY_TEXT, QUERY_TOO_LONG
+from llmrank_spark.lakehouse import EMPTY_QUERY_TEXT, QUERY_TOO_LONG, checkpointed
 from llmrank_spark.retrieval.blending import blend
 from llmrank_spark.retrieval.inputs import RetrievalInputs
 from llmrank_spark.retrieval.lexical import lexical_candidates
@@ -78,7 +78,7 @@ def query_lists(
     (request_type, request_id, item_id, reason, detail) rows. `encoder`: the fine-tuned query encoder
     of the query semantic retriever; None: the packaged MiniLM. `semantic`: that retriever's lists when
     already found by a fine-tuned encoder (the train step's, still in memory), in the retrievers' form."""
-    checked = checked_queries(queries, inputs.cfg.max_query_chars).localCheckpoint()
+    checked = checkpointed(checked_queries(queries, inputs.cfg.max_query_chars))
     rankable = checked.where(F.col("reason").isNull()).select("request_id", "query_text")
     depth = inputs.cfg.n_per_request
     retrieved = [

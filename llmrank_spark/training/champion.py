@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 
 from llmrank_spark.config import Config
 from llmrank_spark.events import end_of_day, events_until
-from llmrank_spark.lakehouse import in_hashed_share
+from llmrank_spark.lakehouse import checkpointed, in_hashed_share
 from llmrank_spark.metrics import ndcg_at_k, relative_change
 from llmrank_spark.rerank import PRERANK_RANK, PairScorer, read_manifest
 from llmrank_spark.training.lists import LIST, list_labels, rank_by_score
@@ -165,7 +165,7 @@ def gate_version(
         spark, items, history, None, config.candidates, cutoff, item_vectors=vectors
     ).candidates
     # Computed once, and its long query plan cut: the rerank below stacks the features' plan on it.
-    candidates = candidates.join(sample, "request_id", "left_semi").localCheckpoint()
+    candidates = checkpointed(candidates.join(sample, "request_id", "left_semi"))
     labels_pd: pd.DataFrame = labels.join(sample, "request_id", "left_semi").toPandas()
     requests = pd.Index(sorted(labels_pd["request_id"].unique()), name="request_id")
     top_k = config.rerank.top_k
