@@ -1,4 +1,4 @@
-"""A checkpointed frame read after every executor that computed it was killed, in a Spark of its own.
+"""A checkpointed frame read after the one executor that computed it was killed, in a Spark of its own.
 
 Started with the test session by tests/conftest.py (`executor_loss_job`) as `python
 tests/executor_loss_job.py DIR`, and checked by tests/test_executor_loss.py: the suite's shared session is
@@ -39,7 +39,7 @@ def executor_pids(app_id: str) -> list[int]:
 def main() -> None:
     config = load_config(
         overrides=[
-            "spark.master=local-cluster[2,1,1024]",
+            "spark.master=local-cluster[1,1,1024]",
             "spark.conf={spark.executor.memory: '1g', spark.default.parallelism: '4'}",
         ]
     )

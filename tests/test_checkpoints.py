@@ -13,7 +13,7 @@ from llmrank_spark.lakehouse import checkpointed
 from llmrank_spark.lakehouse.checkpoints import CHECKPOINT_DIR, _warn_local_checkpoints, checkpoint_settings
 
 
-def test_a_checkpoint_is_read_back_after_every_executor_that_computed_it_was_killed(executor_loss_job):
+def test_a_checkpoint_is_read_back_after_the_executor_that_computed_it_was_killed(executor_loss_job):
     """The job (tests/executor_loss_job.py) was started with the session by conftest's fixture. With a
     local checkpoint the same job fails: `Checkpoint block rdd_3_0 not found`."""
     process, directory = executor_loss_job
@@ -21,8 +21,8 @@ def test_a_checkpoint_is_read_back_after_every_executor_that_computed_it_was_kil
     stderr = (directory / "stderr.txt").read_text()
     assert returncode == 0, stderr[-3000:]
     result = json.loads((directory / "stdout.txt").read_text().strip().splitlines()[-1])
-    assert result["killed"] == 2, "the fault never fired: the job found no executor to kill"
-    assert "Lost executor" in stderr, "Spark did not see the executors die"
+    assert result["killed"] == 1, "the fault never fired: the job found no executor to kill"
+    assert "Lost executor" in stderr, "Spark did not see the executor die"
     assert result["sum"] == result["expected"]
     # A local-cluster session this job starts gets a scratch checkpoint directory.
     assert result["checkpoint_dir"] and "llmrank-checkpoints-" in result["checkpoint_dir"]
