@@ -2,15 +2,16 @@
 executors that computed them are gone; local ones only where no directory is set, with a warning."""
 
 import json
-import logging
 from pathlib import Path
 from types import SimpleNamespace
 
 from pyspark.sql import functions as F
 
 from llmrank_spark.config import load_config
-from llmrank_spark.lakehouse import checkpointed
-from llmrank_spark.lakehouse.checkpoints import CHECKPOINT_DIR, _warn_local_checkpoints, checkpoint_settings
+from llmrank_spark.lakehouse import LOCAL_CHECKPOINTS, checkpointed
+from llmrank_spark.lakehouse.checkpoints import CHECKPOINT_DIR, checkpoint_settings
+from llmrank_spark.pipeline import run_log
+from llmrank_spark.pipeline.run_log import StepRun
 
 
 def test_a_checkpoint_is_read_back_after_the_executor_that_computed_it_was_killed(executor_loss_job):
@@ -49,13 +50,18 @@ def test_a_configured_directory_wins_and_only_local_masters_get_a_scratch_one():
     assert checkpoint_settings(defaults, "k8s://https://cluster:443") == {}
 
 
-def test_without_a_directory_a_step_keeps_local_checkpoints_and_says_so_once(caplog):
+def test_without_a_directory_checkpoints_stay_local_and_every_step_says_so(spark, config, monkeypatch):
     """A session with no checkpoint directory (a Databricks cluster whose Spark config sets none)."""
     no_directory = SimpleNamespace(conf=SimpleNamespace(get=lambda key, default=None: default))
     frame = SimpleNamespace(sparkSession=no_directory, localCheckpoint=lambda eager: ("kept locally", eager))
-    _warn_local_checkpoints.cache_clear()
-    with caplog.at_level(logging.WARNING):
-        assert checkpointed(frame) == ("kept locally", True)
-        assert checkpointed(frame) == ("kept locally", True)
-    warnings = [record.getMessage() for record in caplog.records if CHECKPOINT_DIR in record.getMessage()]
-    assert len(warnings) == 1 and "spark.checkpoint_dir" in warnings[0]
+    assert checkpointed(frame) == ("kept locally", True)
+    monkeypatch.setattr(run_log, "has_checkpoint_dir", lambda session: False)
+    with StepRun(spark, config, "candidates") as run:
+        pass
+    assert run.warnings == [LOCAL_CHECKPOINTS]
+    assert "spark.checkpoint_dir" in run.summary()
+    # The suite's own session has one: its steps do not warn.
+    monkeypatch.undo()
+    with StepRun(spark, config, "candidates") as run:
+        pass
+    assert run.warnings == []

@@ -1,6 +1,6 @@
 """The lakehouse: the Spark session, table contracts, Delta reads and writes, reject rows."""
 
-from llmrank_spark.lakehouse.checkpoints import checkpointed
+from llmrank_spark.lakehouse.checkpoints import LOCAL_CHECKPOINTS, checkpointed, has_checkpoint_dir
 from llmrank_spark.lakehouse.contracts import (
     CONTRACTS,
     FAIRNESS_STRENGTH,
@@ -44,6 +44,7 @@ __all__ = [
     "EMPTY_QUERY_TEXT",
     "FAIRNESS_STRENGTH",
     "ITEM_NOT_IN_CATALOGUE",
+    "LOCAL_CHECKPOINTS",
     "NON_FINITE_SCORE",
     "NO_CANDIDATES",
     "PAIR_COLUMNS",
@@ -60,6 +61,7 @@ __all__ = [
     "contract",
     "frame_from_pandas",
     "get_spark",
+    "has_checkpoint_dir",
     "in_hashed_share",
     "is_connect",
     "latest_commit",

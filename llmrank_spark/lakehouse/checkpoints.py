@@ -10,40 +10,38 @@ on storage every executor reads, and works the same on Spark Connect.
 from __future__ import annotations
 
 import atexit
-import functools
-import logging
 import shutil
 import tempfile
 
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 
 from llmrank_spark.config import Config
 
-LOG = logging.getLogger(__name__)
-
 CHECKPOINT_DIR = "spark.checkpoint.dir"
+
+
+# A step's warning (in `runs` and its summary) when its session has no checkpoint directory.
+LOCAL_CHECKPOINTS = (
+    f"{CHECKPOINT_DIR} is not set: intermediate results are kept on the executors that computed them, and "
+    "the step fails if one of them is lost. Set it to a directory every executor reads (HDFS, DBFS, S3, "
+    "ABFS) in the cluster's Spark config or as spark.checkpoint_dir in the llmrank config."
+)
+
+
+def has_checkpoint_dir(spark: SparkSession) -> bool:
+    return bool(spark.conf.get(CHECKPOINT_DIR, None))
 
 
 def checkpointed(frame: DataFrame) -> DataFrame:
     """`frame` computed now, once, and read back from the session's checkpoint directory.
 
     A session without one (a cluster whose Spark config does not set `spark.checkpoint.dir`) gets a local
-    checkpoint and one warning: the step still runs, but does not survive a lost executor.
+    checkpoint: the step still runs, but does not survive a lost executor, and says so
+    (`LOCAL_CHECKPOINTS`, from `StepRun`).
     """
-    if frame.sparkSession.conf.get(CHECKPOINT_DIR, None):
+    if has_checkpoint_dir(frame.sparkSession):
         return frame.checkpoint(eager=True)
-    _warn_local_checkpoints()
     return frame.localCheckpoint(eager=True)
-
-
-@functools.cache
-def _warn_local_checkpoints() -> None:
-    LOG.warning(
-        "%s is not set: intermediate results are kept on the executors that computed them, and a step "
-        "fails if one of them is lost. Set it to a directory every executor can read (HDFS, DBFS, S3, "
-        "ABFS) in the cluster's Spark config or the llmrank config's spark.checkpoint_dir.",
-        CHECKPOINT_DIR,
-    )
 
 
 def checkpoint_settings(config: Config, master: str) -> dict[str, str]:

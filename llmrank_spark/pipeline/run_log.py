@@ -16,8 +16,10 @@ from pyspark.sql import functions as F
 
 from llmrank_spark.config import Config
 from llmrank_spark.lakehouse import (
+    LOCAL_CHECKPOINTS,
     contract,
     frame_from_pandas,
+    has_checkpoint_dir,
     latest_commit,
     latest_version,
     load,
@@ -75,6 +77,8 @@ class StepRun:
         say(f"[{self.step}] started for run_date {self.config.run.run_date}")
         self.progress = Progress(self.spark, self.step)
         self.progress.start()
+        if not has_checkpoint_dir(self.spark):
+            self.warn(LOCAL_CHECKPOINTS)
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
