@@ -33,6 +33,7 @@ from test_pipeline import RUN_DATE, SMALL_SAMPLE  # noqa: E402 - the tests' smal
 
 from llmrank_spark.config import load_config  # noqa: E402
 from llmrank_spark.lakehouse import get_spark, load  # noqa: E402
+from llmrank_spark.lakehouse.checkpoints import CHECKPOINT_DIR  # noqa: E402
 from llmrank_spark.pipeline import main as llmrank  # noqa: E402
 
 
@@ -43,7 +44,7 @@ def keep_checkpoints_locally() -> None:
 
     def local_checkpoint(frame: DataFrame, eager: bool = True) -> DataFrame:
         kept = frame.localCheckpoint(eager)
-        marker = Path(frame.sparkSession.conf.get("spark.checkpoint.dir")) / uuid.uuid4().hex / "part-00000"
+        marker = Path(frame.sparkSession.conf.get(CHECKPOINT_DIR)) / uuid.uuid4().hex / "part-00000"
         marker.parent.mkdir(parents=True)
         marker.touch()
         return kept
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     done, killed = threading.Event(), []
     watcher = threading.Thread(
         target=kill_at_each_checkpoint,
-        args=(Path(spark.conf.get("spark.checkpoint.dir")), spark.sparkContext.applicationId, done, killed),
+        args=(Path(spark.conf.get(CHECKPOINT_DIR)), spark.sparkContext.applicationId, done, killed),
     )
     watcher.start()
     started = time.perf_counter()

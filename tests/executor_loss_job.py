@@ -1,7 +1,7 @@
 """A checkpointed frame read after the one executor that computed it was killed, in a Spark of its own.
 
 Started with the test session by tests/conftest.py (`executor_loss_job`) as `python
-tests/executor_loss_job.py DIR`, and checked by tests/test_executor_loss.py: the suite's shared session is
+tests/executor_loss_job.py DIR`, and checked by tests/test_checkpoints.py: the suite's shared session is
 `local[2]`, one JVM that cannot lose an executor, so this needs a `local-cluster` master (executors in JVMs
 of their own, as on a cluster) in its own process. Prints what happened as JSON on its last line.
 """
@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 
 from llmrank_spark.config import load_config
 from llmrank_spark.lakehouse import checkpointed, get_spark
+from llmrank_spark.lakehouse.checkpoints import CHECKPOINT_DIR
 
 ROWS = 100_000
 
@@ -55,7 +56,7 @@ def main() -> None:
         "killed": len(killed),
         "sum": total,
         "expected": sum(n * n for n in range(ROWS)),
-        "checkpoint_dir": spark.conf.get("spark.checkpoint.dir", None),
+        "checkpoint_dir": spark.conf.get(CHECKPOINT_DIR, None),
         "seconds_after_kill": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(result))
