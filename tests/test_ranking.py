@@ -9,15 +9,18 @@ from test_scoring import direct_scores
 from tiny_reranker import TINY_VERSION, tiny_artifact
 
 from llmrank_spark.config import RerankConfig
+from llmrank_spark.events import ITEM_EVENTS
 from llmrank_spark.lakehouse import check_schema, frame_from_pandas
 from llmrank_spark.rerank import (
     MANIFEST_FILE,
     RETRIEVAL_VERSION,
     ZERO_SHOT_VERSION,
     ArtifactError,
+    FusionHead,
+    ServedModel,
     model_for,
-    rank_request,
     rerank_candidates,
+    top_k_by_score,
 )
 from llmrank_spark.text import NEW_SHOPPER_CONTEXT, item_text_frame, user_context_frame
 
@@ -113,23 +116,53 @@ def expected_scores(cfg: RerankConfig) -> pd.DataFrame:
     return pairs.assign(score=direct_scores(pairs["context_text"].tolist(), pairs["item_text"].tolist()))
 
 
-def test_ties_are_broken_by_retrieval_rank_then_item_id_never_by_input_order():
+def test_ties_are_broken_by_retrieval_rank_then_item_id_never_by_input_order(spark):
     scored = pd.DataFrame(
         {
-            "request_id": "u1",
+            "request_id": ["u1"] * 5 + ["u2"],
             "request_type": "user",
-            "item_id": ["d", "c", "b", "a", "e"],
-            "score": [0.5, 0.9, 0.5, 0.5, 0.1],
-            "retrieval_rank": [2, 1, 3, 2, 4],
-            "retrieval_score": [0.5, 1.0, 0.3, 0.5, 0.2],
-            "sources": [["als"]] * 5,
+            "item_id": ["d", "c", "b", "a", "e", "a"],
+            "score": [0.5, 0.9, 0.5, 0.5, 0.1, 0.0],
+            "retrieval_rank": [2, 1, 3, 2, 4, 1],
+            "retrieval_score": [0.5, 1.0, 0.3, 0.5, 0.2, 1.0],
+            "sources": [["als"]] * 6,
         }
     )
-    outputs = [rank_request(scored.sample(frac=1, random_state=seed), top_k=4) for seed in range(5)]
+    outputs = [
+        top_k_by_score(spark.createDataFrame(scored.sample(frac=1, random_state=seed)), top_k=4)
+        .toPandas()
+        .sort_values(["request_id", "rank"], ignore_index=True)
+        for seed in range(3)
+    ]
     for output in outputs:
         pd.testing.assert_frame_equal(output, outputs[0])
-    assert outputs[0]["item_id"].tolist() == ["c", "a", "d", "b"]
-    assert outputs[0]["rank"].tolist() == [1, 2, 3, 4]
+    first = outputs[0][outputs[0].request_id == "u1"]
+    assert first["item_id"].tolist() == ["c", "a", "d", "b"]
+    assert first["rank"].tolist() == first["model_rank"].tolist() == [1, 2, 3, 4]
+    assert outputs[0][outputs[0].request_id == "u2"]["rank"].tolist() == [1], "each request is ranked alone"
+
+
+def test_the_served_score_of_a_batch_of_requests_is_each_request_scored_alone():
+    """`ServedModel.scores` reads rows, not lists: a batch mixing requests (as Arrow hands it to the UDF)
+    gets the scores each request gets alone. A type the version was not trained on keeps its score."""
+    head = FusionHead(features=["als", ITEM_EVENTS], feature_weights=[2.0, 0.5], logit_weight=0.3, bias=0.1)
+    served = ServedModel(served_types=frozenset({"user"}), head=head)
+    rows = pd.DataFrame(
+        {
+            "request_type": ["user", "user", "query", "user"],
+            "score": [1.0, -2.0, 0.7, 0.25],
+            "source_ranks": [{"als": 1}, None, {"als": 3}, [("als", 2)]],
+            ITEM_EVENTS: [3.0, None, 1.0, 0.0],
+        }
+    )
+    batch = served.scores(rows)
+    alone = np.concatenate([served.scores(rows.iloc[[i]]) for i in range(len(rows))])
+    np.testing.assert_array_equal(batch, alone)
+    als = np.array([1.0, 0.0, 0.0, 1.0 / np.log2(3.0)])
+    events = np.log1p([3.0, 0.0, 0.0, 0.0])
+    expected = 0.3 * rows["score"].to_numpy() + 2.0 * als + 0.5 * events + 0.1
+    expected[2] = 0.7  # a query: not a type this version ranks
+    np.testing.assert_allclose(batch, expected, rtol=1e-6)
 
 
 def test_cross_encoder_mode_without_artifact_fails_before_scoring(spark):

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from llmrank_spark.config import RerankConfig
-from llmrank_spark.lakehouse import CHECKED_COLUMNS, REASONS, check_pairs
+from llmrank_spark.lakehouse import CHECKED_COLUMNS, COPY_OF, REASONS, check_pairs, mark_copies
 from llmrank_spark.text import NEW_SHOPPER_CONTEXT, clean_text, item_text_frame
 
 RELIABILITY_DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
@@ -23,6 +23,7 @@ def pairs(rows: list[dict]) -> pd.DataFrame:
         "item_text": "Trail Runner. Brand: Acme.",
         "context_found": True,
         "context_text": "Recently viewed: Red Shoe",
+        COPY_OF: None,
     }
     return pd.DataFrame([{**defaults, **row} for row in rows])
 
@@ -32,7 +33,7 @@ def test_each_bad_pair_gets_its_reason_and_good_pairs_none():
         pairs(
             [
                 {"item_id": "ok", "retrieval_rank": 1},
-                {"item_id": "dup", "retrieval_rank": 5, "retrieval_score": 0.2},
+                {"item_id": "dup", "retrieval_rank": 5, "retrieval_score": 0.2, COPY_OF: "2"},
                 {"item_id": "dup", "retrieval_rank": 2, "retrieval_score": 0.9},
                 {"item_id": "gone", "retrieval_rank": 3, "in_catalogue": None, "item_text": None},
                 {"item_id": "blank", "retrieval_rank": 4, "item_text": None},
@@ -43,21 +44,41 @@ def test_each_bad_pair_gets_its_reason_and_good_pairs_none():
     by_item = checked.assign(reason=checked.reason.fillna("scored")).groupby("item_id")["reason"].agg(list)
     assert by_item.to_dict() == {
         "blank": ["empty_item_text"],
-        "dup": ["scored", "duplicate_candidate"],
+        "dup": ["duplicate_candidate", "scored"],
         "gone": ["item_not_in_catalogue"],
         "ok": ["scored"],
     }
-    kept = checked[(checked.item_id == "dup") & checked.reason.isna()]
-    assert kept.retrieval_rank.tolist() == [2], "the best-ranked copy of a duplicate is the one scored"
     dropped = checked[checked.reason == "duplicate_candidate"]
     assert dropped.detail.tolist() == ["kept the copy at retrieval_rank 2"]
 
 
-def test_output_does_not_depend_on_input_order():
-    rows = pairs([{"item_id": f"i{n % 4}", "retrieval_rank": n} for n in range(1, 9)])
-    outputs = [check_pairs(rows.sample(frac=1, random_state=seed)) for seed in range(4)]
+def test_the_best_copy_of_a_candidate_is_kept_whatever_the_input_order(spark):
+    """The copy kept has the best retrieval_rank, then the higher score; the same item in another
+    request is not a copy."""
+    rows = pd.DataFrame(
+        {
+            "request_type": "user",
+            "request_id": ["u1", "u1", "u1", "u1", "u2"],
+            "item_id": ["a", "a", "a", "b", "a"],
+            "retrieval_rank": [5, 2, 2, 1, 9],
+            "retrieval_score": [0.9, 0.5, 0.7, 1.0, 0.1],
+            "sources": [["als"], ["covisit"], ["popularity"], ["als"], ["als"]],
+        }
+    )
+    outputs = []
+    for seed in range(3):
+        shuffled = spark.createDataFrame(rows.sample(frac=1, random_state=seed)).repartition(2 + seed)
+        marked = mark_copies(shuffled).toPandas()
+        outputs.append(marked.sort_values(["request_id", "item_id", "retrieval_rank", "retrieval_score"]))
     for output in outputs:
-        pd.testing.assert_frame_equal(output, outputs[0])
+        pd.testing.assert_frame_equal(output.reset_index(drop=True), outputs[0].reset_index(drop=True))
+    kept = outputs[0][outputs[0][COPY_OF].isna()]
+    assert sorted(zip(kept.request_id, kept.item_id, kept.retrieval_score, strict=True)) == [
+        ("u1", "a", 0.7),
+        ("u1", "b", 1.0),
+        ("u2", "a", 0.1),
+    ]
+    assert outputs[0][COPY_OF].dropna().tolist() == ["2", "2"]
 
 
 def test_query_requests_need_a_row_and_a_text_and_users_without_history_get_the_fallback():

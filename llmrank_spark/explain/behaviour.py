@@ -38,7 +38,7 @@ from pyspark.sql import functions as F
 from llmrank_spark.config import AttributesConfig
 from llmrank_spark.events import events_until
 from llmrank_spark.explain.orders import ITEM_KEYS, REQUEST_KEYS, ddl, segment_labels
-from llmrank_spark.lakehouse import checkpointed, conform
+from llmrank_spark.lakehouse import checkpointed, conform, request_batch
 from llmrank_spark.text import MISSING_VALUE
 
 BEHAVIOUR = "behaviour"  # the tables' `source`: the context's own choices, shrunk toward its segment
@@ -61,8 +61,6 @@ STATISTICS = {
 # How many choices' worth of the catalogue's value shares the market shares start from, so a value no
 # shopper chose yet keeps a share in proportion to its items (a category nobody chose in: the catalogue's).
 MARKET_PRIOR_CHOICES = 1.0
-# Contexts per call of the estimator: a batch's frames hold its contexts' choices x the values offered.
-CONTEXTS_PER_BATCH = 1000
 # Rates are kept this far from 0 and 1 before the logit: a context that always hit stays finite.
 RATE_FLOOR = 1e-4
 
@@ -286,11 +284,9 @@ def behaviour_importance(
     def estimate(choices: pd.DataFrame, offers: pd.DataFrame) -> pd.DataFrame:
         return preference_statistics(choices, offers, prior_events)
 
-    # The estimator is vectorised over contexts, so each call gets a batch of whole contexts (a hash
-    # bucket of about CONTEXTS_PER_BATCH) rather than one: a call per shopper would cost more than its work.
+    # The estimator is vectorised over contexts, so each call gets a batch of whole contexts.
     requests = chosen.select(*REQUEST_KEYS).distinct().count()
-    buckets = max(1, -(-requests // CONTEXTS_PER_BATCH))
-    bucket = F.pmod(F.xxhash64(*REQUEST_KEYS), F.lit(buckets)).alias("bucket")
+    bucket = request_batch(requests, REQUEST_KEYS).alias("bucket")
     # Both sides come from `chosen`: selecting the columns anew gives them new identities, which the
     # cogroup needs to tell the sides apart.
     choices = chosen.select(bucket, *CONTEXT_KEYS, "item_id", "value", "weight")

@@ -1,5 +1,6 @@
 """The lakehouse: the Spark session, table contracts, Delta reads and writes, reject rows."""
 
+from llmrank_spark.lakehouse.batches import REQUESTS_PER_BATCH, request_batch
 from llmrank_spark.lakehouse.checkpoints import LOCAL_CHECKPOINTS, checkpointed, has_checkpoint_dir
 from llmrank_spark.lakehouse.contracts import (
     CONTRACTS,
@@ -24,6 +25,7 @@ from llmrank_spark.lakehouse.delta import (
 from llmrank_spark.lakehouse.rejects import (
     CHECKED_COLUMNS,
     CHECKED_SCHEMA,
+    COPY_OF,
     EMPTY_QUERY_TEXT,
     ITEM_NOT_IN_CATALOGUE,
     NO_CANDIDATES,
@@ -34,6 +36,7 @@ from llmrank_spark.lakehouse.rejects import (
     UNKNOWN_EVENT_TYPE,
     as_rejects,
     check_pairs,
+    mark_copies,
 )
 from llmrank_spark.lakehouse.session import get_spark, is_connect
 
@@ -41,6 +44,7 @@ __all__ = [
     "CHECKED_COLUMNS",
     "CHECKED_SCHEMA",
     "CONTRACTS",
+    "COPY_OF",
     "EMPTY_QUERY_TEXT",
     "FAIRNESS_STRENGTH",
     "ITEM_NOT_IN_CATALOGUE",
@@ -50,6 +54,7 @@ __all__ = [
     "PAIR_COLUMNS",
     "QUERY_TOO_LONG",
     "REASONS",
+    "REQUESTS_PER_BATCH",
     "REQUEST_KEY",
     "UNKNOWN_EVENT_TYPE",
     "ContractError",
@@ -67,7 +72,9 @@ __all__ = [
     "latest_commit",
     "latest_version",
     "load",
+    "mark_copies",
     "read_table",
+    "request_batch",
     "sql_name",
     "table_exists",
     "write_table",

@@ -3,8 +3,9 @@
 A bad input row is either repaired by a documented rule (control characters, invalid UTF-8, over-long
 text, duplicate candidates) or rejected: written to `rejects` with one of the `REASONS` below. Every
 rule is listed in docs/reliability.md with the test that injects it. `check_pairs` is the pure rule set
-of the rerank step (one request's candidate pairs in, each marked scorable or rejected); `as_rejects`
-shapes any step's rejected rows into the table.
+of the rerank step (candidate pairs of any requests in, each marked scorable or rejected), after
+`mark_copies` has found the copies of a request's candidate in Spark; `as_rejects` shapes any step's
+rejected rows into the table.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pandas as pd
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from llmrank_spark.lakehouse.contracts import conform
@@ -44,7 +45,7 @@ REASONS = {
     "catalogue)",
 }
 
-# One request's candidate pairs, joined to their texts, as `check_pairs` receives them.
+# Candidate pairs joined to their texts, as `mark_copies` receives them (`check_pairs` also gets COPY_OF).
 PAIR_COLUMNS = {
     "request_id": "string",
     "request_type": "string",
@@ -58,6 +59,8 @@ PAIR_COLUMNS = {
     "context_found": "boolean",  # null: no context row (a user without history, or an unknown query)
     "context_text": "string",
 }
+# On every copy of a request's candidate but the one kept: the retrieval_rank of the kept copy, as text.
+COPY_OF = "copy_of"
 CHECKED_COLUMNS = {
     **{name: kind for name, kind in PAIR_COLUMNS.items() if name not in ("in_catalogue", "context_found")},
     "reason": "string",
@@ -66,20 +69,27 @@ CHECKED_COLUMNS = {
 CHECKED_SCHEMA = ", ".join(f"{name} {kind}" for name, kind in CHECKED_COLUMNS.items())
 
 
+def mark_copies(pairs: DataFrame) -> DataFrame:
+    """`pairs` with COPY_OF set on every copy of a (request, item) but the best: the lowest retrieval_rank,
+    then the highest retrieval_score, then the sources. A window per (request, item): the copies of a
+    candidate are rows of its request, and a rule over one row at a time cannot see them."""
+    copies = Window.partitionBy("request_type", "request_id", "item_id").orderBy(
+        F.asc_nulls_last("retrieval_rank"),
+        F.desc_nulls_last("retrieval_score"),
+        F.concat_ws(",", "sources"),
+    )
+    kept_rank = F.coalesce(F.first("retrieval_rank").over(copies).cast("string"), F.lit("null"))
+    return pairs.withColumn(COPY_OF, F.when(F.row_number().over(copies) > 1, kept_rank))
+
+
 def check_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
-    """One request's candidate pairs, each with `reason` None (to be scored) or why it is rejected.
+    """Candidate pairs (PAIR_COLUMNS and COPY_OF, of any requests), each with `reason` None (to be scored)
+    or why it is rejected; rows are independent, so a batch may cut a request anywhere.
 
     The first rule that applies wins: duplicate, item not in catalogue, empty item text, unknown request
     type, query not found, empty query text. Texts come back cleaned; a user without history gets
-    `NEW_SHOPPER_CONTEXT`. Rows are ordered by item, so the output never depends on input order.
+    `NEW_SHOPPER_CONTEXT`.
     """
-    tie_break = pairs["sources"].map(lambda s: ",".join(s) if s is not None else "")
-    pairs = (
-        pairs.assign(_score=-pairs["retrieval_score"], _sources=tie_break)
-        .sort_values(["item_id", "retrieval_rank", "_score", "_sources"], kind="mergesort")
-        .drop(columns=["_score", "_sources"])
-        .reset_index(drop=True)
-    )
     reason = pd.Series([None] * len(pairs), index=pairs.index, dtype=object)
     detail = reason.copy()
 
@@ -88,12 +98,8 @@ def check_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
         reason[fresh] = why
         detail[fresh] = what[fresh] if isinstance(what, pd.Series) else what
 
-    kept_rank = pairs.groupby("item_id")["retrieval_rank"].transform("first")
-    reject(
-        pairs.duplicated("item_id"),
-        DUPLICATE_CANDIDATE,
-        "kept the copy at retrieval_rank " + kept_rank.astype(str),
-    )
+    copy_of = pairs[COPY_OF]
+    reject(copy_of.notna(), DUPLICATE_CANDIDATE, "kept the copy at retrieval_rank " + copy_of.fillna(""))
     reject(pairs["in_catalogue"].isna(), ITEM_NOT_IN_CATALOGUE, "no row in the items table")
     reject(pairs["item_text"].isna(), EMPTY_ITEM_TEXT, "title is null or blank")
     is_user, is_query = pairs["request_type"] == "user", pairs["request_type"] == "query"

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -18,6 +19,7 @@ from llmrank_spark.lakehouse import (
     checkpointed,
     frame_from_pandas,
     read_table,
+    request_batch,
 )
 from llmrank_spark.pipeline.preflight import (
     PreflightError,
@@ -30,6 +32,10 @@ from llmrank_spark.pipeline.run_log import StepRun, materialised
 
 if TYPE_CHECKING:
     from llmrank_spark.postprocess import Calibration
+
+# The fairness pass's working columns: a row's batch of lists, and its request_id while request_id holds
+# the full request key.
+_BATCH, _REQUEST_ID = "_batch", "_request_id"
 
 
 def _write_input_tables(spark: SparkSession, config: Config, step: str, frames: dict) -> StepRun:
@@ -158,7 +164,7 @@ def fairness_pass(
     With `fairness.control` target, the strength is calibrated on the driver over a hashed sample of at
     most `fairness.target.calibration_requests` whole lists (`postprocess.calibrate_run`); with
     `fairness.strategy` run the provider boosts are fitted on a sample of at most `fairness.fit_requests`.
-    Then every list is re-ordered in its own pandas call.
+    Then every list is re-ordered, in pandas calls over batches of whole lists.
     """
     fairness = config.fairness
     if fairness.mode == "off":
@@ -191,7 +197,16 @@ def fairness_pass(
         return _with_strength(ranked, None), calibration
     reorder = run_reorderer(policy, fairness, category, strength, model_order=sample)
     columns = ranked.columns
-    fair = ranked.groupBy(*REQUEST_KEY).applyInPandas(lambda one: reorder(one)[columns], ranked.schema)
+
+    def reorder_batch(lists: pd.DataFrame) -> pd.DataFrame:
+        fair = reorder(lists.drop(columns=_BATCH))
+        return fair.assign(request_id=fair[_REQUEST_ID])[columns]
+
+    # Batches of whole lists per pandas call; within a batch request_id is the full request key, since
+    # the re-ordering groups by request_id alone.
+    batch = request_batch(ranked.select(*REQUEST_KEY).distinct().count())
+    keyed = one_request_column(ranked.withColumn(_REQUEST_ID, F.col("request_id")).withColumn(_BATCH, batch))
+    fair = keyed.groupBy(_BATCH).applyInPandas(reorder_batch, ranked.schema)
     return _with_strength(fair, strength), calibration
 
 

@@ -42,12 +42,13 @@ from llmrank_spark.rerank.fusion import (
 )
 from llmrank_spark.rerank.rerank import (
     PRERANK_RANK,
+    ServedModel,
     fused_scores,
     model_for,
-    rank_request,
     rerank_candidates,
     retrieval_features,
     score_by_request,
+    top_k_by_score,
     with_contexts,
 )
 from llmrank_spark.rerank.scorer import (
@@ -92,6 +93,7 @@ __all__ = [
     "RequestType",
     "ScoringOutOfMemory",
     "ScoringSettings",
+    "ServedModel",
     "SharedContextEncoded",
     "autocast_dtype",
     "base_model_dir",
@@ -107,7 +109,6 @@ __all__ = [
     "load_tokenizer",
     "model_for",
     "query_encoder_dir",
-    "rank_request",
     "ranking_features",
     "ranking_features_from",
     "read_manifest",
@@ -120,6 +121,7 @@ __all__ = [
     "shared_context_logits",
     "ship_model",
     "task_device",
+    "top_k_by_score",
     "untrained_cross_encoder",
     "with_contexts",
     "zero_shot_spec",

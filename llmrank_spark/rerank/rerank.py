@@ -1,9 +1,10 @@
 """The rerank stage: score every candidate with the broadcast BERT model, keep each request's top-K.
 
-`rank_request` is the pure listwise step (one request's scored candidates -> its ranked top-K);
-`rerank_candidates` is the Spark layer the pipeline calls: it builds the texts, checks each request's
-pairs (`rejects.check_pairs`), scores the valid ones in the pandas UDF of `scoring`, and applies
-`rank_request` per request with `applyInPandas`; what cannot be ranked goes to `rejects` with a reason.
+`ServedModel.scores` is the pure last layer (a batch of scored candidate rows, of any requests -> the
+score each is served with); `rerank_candidates` is the Spark layer the pipeline calls: it builds the
+texts, checks each request's pairs (`rejects.check_pairs`), scores the valid ones in the pandas UDF of
+`scoring`, applies `ServedModel.scores` over Arrow batches and keeps each request's top-K with a window
+(`top_k_by_score`); what cannot be ranked goes to `rejects` with a reason.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from llmrank_spark.config import CandidatesConfig, FaultsConfig, RerankConfig, t
 from llmrank_spark.events import ITEM_EVENTS, item_event_counts
 from llmrank_spark.lakehouse import (
     CHECKED_SCHEMA,
+    COPY_OF,
     NON_FINITE_SCORE,
     PAIR_COLUMNS,
     REQUEST_KEY,
     as_rejects,
     check_pairs,
     conform,
+    mark_copies,
 )
 from llmrank_spark.rerank.artifact import (
     QUERY_LEXICON_FILE,
@@ -50,7 +53,7 @@ from llmrank_spark.text import NEW_SHOPPER_CONTEXT, item_texts, user_contexts
 
 # Best first; equal scores fall back to the retrieval order, then the item id: never to input order.
 RANK_ORDER = (("score", False), ("retrieval_rank", True), ("item_id", True))
-# What the listwise step returns per request; model_version and run_date are added once, in Spark.
+# The rows `top_k_by_score` keeps per request; model_version and run_date are added once, in Spark.
 RANKED_COLUMNS = {
     "request_id": "string",
     "request_type": "string",
@@ -62,8 +65,6 @@ RANKED_COLUMNS = {
     "sources": "array<string>",
     "model_rank": "int",
 }
-# A request is (request_type, request_id): a user and a query may share an id.
-RANKED_SCHEMA = ", ".join(f"{name} {kind}" for name, kind in RANKED_COLUMNS.items())
 # A fused user's candidate's place in its list by the version's prerank (`cascade_scores`).
 PRERANK_RANK = "prerank_rank"
 
@@ -94,13 +95,22 @@ def fused_scores(logits: np.ndarray, features: np.ndarray, head: FusionHead | No
     return head.logit_weight * np.asarray(logits, dtype=np.float64) + features @ weights + head.bias
 
 
-def rank_request(scored: pd.DataFrame, top_k: int) -> pd.DataFrame:
-    """One request's scored candidates in model order, ties broken deterministically, cut to `top_k`."""
-    columns, ascending = zip(*RANK_ORDER, strict=True)
-    ranked = scored.sort_values(list(columns), ascending=list(ascending), kind="mergesort").head(top_k)
-    positions = np.arange(1, len(ranked) + 1, dtype=np.int32)
-    ranked = ranked.assign(rank=positions, model_rank=positions)
-    return ranked[list(RANKED_COLUMNS)].reset_index(drop=True)
+def top_k_by_score(scored: DataFrame, top_k: int) -> DataFrame:
+    """Each request's `top_k` rows of `scored` in model order (RANK_ORDER: ties never fall to input order),
+    with `rank` = `model_rank` = the place, as RANKED_COLUMNS.
+
+    A window per request, not a pandas call per request: Spark keeps each partition's top-K before the
+    shuffle (its window group limit), and sorts only what is left.
+    """
+    order = Window.partitionBy(*REQUEST_KEY).orderBy(
+        *[F.col(name).asc() if ascending else F.col(name).desc() for name, ascending in RANK_ORDER]
+    )
+    return (
+        scored.withColumn("rank", F.row_number().over(order))
+        .where(F.col("rank") <= top_k)
+        .withColumn("model_rank", F.col("rank"))
+        .select(*[F.col(name).cast(kind) for name, kind in RANKED_COLUMNS.items()])
+    )
 
 
 def model_for(cfg: RerankConfig) -> tuple[ModelSpec, RerankConfig]:
@@ -173,10 +183,10 @@ class RerankResult:
 def checked_pairs(
     candidates: DataFrame, items: DataFrame, contexts: DataFrame, cfg: RerankConfig
 ) -> DataFrame:
-    """Every candidate row with its texts, grouped by request and marked scorable or rejected (`check_pairs`).
+    """Every candidate row with its texts, marked scorable or rejected (`mark_copies`, `check_pairs`).
 
-    The grouping also places whole requests in one partition in a fixed order, so Arrow batches (and so
-    the scores, bit for bit) are the same on every rerun, and a batch repeats few contexts.
+    Whole requests in one partition, rows in a fixed order (request, item, copy), so Arrow batches (and
+    so the scores, bit for bit) are the same on every rerun, and a batch repeats few contexts.
     """
     catalogue = item_texts(items, cfg).withColumn("in_catalogue", F.lit(True))
     pairs = (
@@ -193,7 +203,10 @@ def checked_pairs(
         .join(contexts.withColumn("context_found", F.lit(True)), ["request_type", "request_id"], "left")
         .select(*PAIR_COLUMNS)
     )
-    return pairs.groupBy("request_type", "request_id").applyInPandas(check_pairs, CHECKED_SCHEMA)
+    marked = mark_copies(pairs.repartition(*REQUEST_KEY)).sortWithinPartitions(
+        *REQUEST_KEY, "item_id", F.col(COPY_OF).asc_nulls_first(), "retrieval_rank"
+    )
+    return marked.mapInPandas(lambda batches: map(check_pairs, batches), CHECKED_SCHEMA)
 
 
 def with_contexts(
@@ -285,6 +298,47 @@ def _query_fusion(lexicon: str, text: str, inputs: tuple[str, ...], trees: int) 
     return QueryFusion.from_texts(lexicon, text, FusionSpec(inputs=list(inputs), trees=trees))
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """What turns a scored candidate row into the score it is served with, read on the driver and shipped
+    in the closure (texts, not paths). Rows are independent: a batch may hold any requests' rows.
+
+    A request type the version was not trained on keeps its score (the retrieval score). Query rows of a
+    version with a query fusion get its score; user rows of a version with a LambdaMART fusion get the
+    fusion's score over their features and BERT score, or keep the prerank's at depth 0
+    (`prerank_only`); other served rows go through the linear head, when there is one.
+    """
+
+    served_types: frozenset[str] | None  # None: every type (an untrained or zero-shot model)
+    fusion: tuple[str, tuple[str, ...], int] | None = None  # `_fusion_model`'s arguments
+    query_fusion: tuple[str, str, tuple[str, ...], int] | None = None  # `_query_fusion`'s arguments
+    head: FusionHead | None = None
+    prerank_only: bool = False
+
+    def scores(self, rows: pd.DataFrame) -> np.ndarray:
+        """The served score of each row (request_type, score and the inputs the version reads)."""
+        scores = rows["score"].to_numpy(dtype=np.float64, copy=True)
+        types = rows["request_type"]
+        served = types.isin(self.served_types) if self.served_types is not None else types.notna()
+        queries = users = np.zeros(len(rows), dtype=bool)
+        if self.query_fusion is not None:
+            queries = (served & (types == "query")).to_numpy()
+            if queries.any():
+                query_rows = rows[queries].rename(columns={"context_text": "query_text"})
+                scores[queries] = _query_fusion(*self.query_fusion).scores(query_rows)
+        if self.fusion is not None:
+            users = (served & (types == "user")).to_numpy()
+            if users.any() and not self.prerank_only:
+                inputs = rows[users].assign(**{BERT_SCORE: rows["score"][users]})
+                scores[users] = _fusion_model(*self.fusion).score(inputs)
+        by_head = served.to_numpy() & ~queries & ~users
+        if self.head is not None and by_head.any():
+            head_rows = rows[by_head]
+            features = retrieval_features(head_rows, self.head.features)
+            scores[by_head] = fused_scores(head_rows["score"], features, self.head)
+        return scores
+
+
 def with_query_signals(scorable: DataFrame, candidates: DataFrame, items: DataFrame) -> DataFrame:
     """`scorable` with what the query fusion reads besides the pair (`query_fusion.QUERY_ROW_COLUMNS`):
     each query candidate's retriever scores and the item's category and attributes; null on user rows."""
@@ -354,7 +408,7 @@ def rerank_candidates(
                 scorable_pairs.where(~modelled | query_fused).withColumn("score", F.col("retrieval_score"))
             )
         )
-    carried: list[str] = []  # the fusion's inputs, carried to the listwise step
+    carried: list[str] = []  # the fusion's inputs, carried to `ServedModel.scores`
     if fusion is not None and manifest is not None:
         if candidates_cfg is None:
             raise ValueError(f"model {spec.version} fuses ranking features: pass candidates_cfg")
@@ -386,52 +440,46 @@ def rerank_candidates(
         ),
         allowMissingColumns=True,
     )
-    fusion_key = None if fusion is None else _model_key(spec.path, fusion)
     query_fusion_key = None
     if query_fusion is not None:
         query_fusion_key = (
             (Path(spec.path) / QUERY_LEXICON_FILE).read_text(),
             *_model_key(spec.path, query_fusion),
         )
-    # At depth 0 a version with a prerank is served in the prerank's order: its scores are the prerank's.
-    prerank_only = depth == 0 and manifest is not None and manifest.prerank is not None
-    served_types = None if manifest is None else set(manifest.request_types)
-
-    def rank(scored_request: pd.DataFrame) -> pd.DataFrame:
-        request_type = scored_request["request_type"].iloc[0]
-        if served_types is not None and request_type not in served_types:
-            return rank_request(scored_request, cfg.top_k)  # scored by retrieval_score above
-        if query_fusion_key is not None and request_type == "query":
-            rows = scored_request.rename(columns={"context_text": "query_text"})
-            scored_request = scored_request.assign(score=_query_fusion(*query_fusion_key).scores(rows))
-        elif fusion_key is not None and request_type == "user":
-            if not prerank_only:
-                # Past the depth a score is the prerank's, and only the first `depth` can be served.
-                scored_request = scored_request[~scored_request[PRERANK_RANK].gt(depth)]
-                inputs = scored_request.assign(**{BERT_SCORE: scored_request["score"]})
-                scored_request = scored_request.assign(score=_fusion_model(*fusion_key).score(inputs))
-        elif head is not None:
-            features = retrieval_features(scored_request, head.features)
-            scored_request = scored_request.assign(
-                score=fused_scores(scored_request["score"], features, head)
-            )
-        return rank_request(scored_request, cfg.top_k)
-
-    # The grouping shuffles again, but only ids, scores and the fusion's inputs.
-    kept = [name for name in RANKED_COLUMNS if name not in ("rank", "model_rank")]
-    scorable = outcome.where(~rejected)
-    extra = list(carried)
-    # The head's inputs, for the lists it scores: all of them, or with a fusion only the queries (none
+    served_types = None if manifest is None else frozenset(manifest.request_types)
+    # The head scores the lists nothing else does: all of them, or with a fusion only the queries (none
     # when a query fusion ranks them).
-    ranks_queries = "query" in (served_types or set())
-    head_scores = head is not None and (fusion is None or (ranks_queries and query_fusion is None))
+    head_scores = head is not None and (
+        fusion is None or ("query" in (served_types or set()) and query_fusion is None)
+    )
+    served_model = ServedModel(
+        served_types=served_types,
+        fusion=None if fusion is None else _model_key(spec.path, fusion),
+        query_fusion=query_fusion_key,
+        head=head if head_scores else None,
+        # At depth 0 a version with a prerank is served in the prerank's order: its scores are the prerank's.
+        prerank_only=depth == 0 and manifest is not None and manifest.prerank is not None,
+    )
+    scorable = outcome.where(~rejected)
+    if fusion is not None and not served_model.prerank_only:
+        # Past the depth a fused user's score is the prerank's, and only the first `depth` can be served.
+        scorable = scorable.where(~F.coalesce(F.col(PRERANK_RANK) > depth, F.lit(False)))
+    inputs = ["request_type", "score", *carried]  # what `ServedModel.scores` reads
     if head_scores or query_fusion is not None:
         scorable = scorable.join(F.broadcast(item_event_counts(interactions, run_date)), "item_id", "left")
-        extra += ["source_ranks", ITEM_EVENTS]
+        inputs += ["source_ranks", ITEM_EVENTS]
     if query_fusion is not None:
         scorable = with_query_signals(scorable, candidates, items)
-        extra += ["source_scores", "category", "attributes"]  # context_text is carried
-    ranked = scorable.select(*kept, *extra).groupBy(*REQUEST_KEY).applyInPandas(rank, RANKED_SCHEMA)
+        # QUERY_ROW_COLUMNS; the query's text is carried as context_text
+        inputs += ["item_id", "retrieval_rank", "source_scores", "category", "attributes"]
+
+    @pandas_udf("double")  # type: ignore[call-overload]  # pyspark's stubs lack the type-hinted form
+    def served_scores(rows: pd.DataFrame) -> pd.Series:
+        return pd.Series(served_model.scores(rows), index=rows.index)
+
+    kept = [name for name in RANKED_COLUMNS if name not in ("rank", "model_rank", "score")]
+    scored_rows = scorable.select(*kept, served_scores(F.struct(*dict.fromkeys(inputs))).alias("score"))
+    ranked = top_k_by_score(scored_rows, cfg.top_k)
     version = F.when(modelled, F.lit(spec.version)).otherwise(F.lit(RETRIEVAL_VERSION))
     ranked = ranked.withColumn("model_version", version).withColumn("run_date", F.lit(run_date))
     rejects = as_rejects(outcome.where(rejected), run_date, "rerank", "candidates")
