@@ -39,6 +39,11 @@ SMALL_SAMPLE = [
     # The query encoder's fine-tuning and serving are tested in test_query_encoder.py and the train step
     # end to end in test_fusion.py; here it would only add minutes.
     "train.query_encoder_epochs=0",
+    # The query fusion's fitting is tested in test_query_fusion.py, and the fusion's lists are capped as in
+    # test_fusion.py: the train notebook only has to run.
+    "train.query_fusion_trees=0",
+    "train.max_fusion_lists=30",
+    "train.fusion_random_negatives=3",
     # The attribute model is tested in test_attribute_behaviour.py; here it would be fine-tuned in every
     # attributes run.
     "attributes.model_epochs=0",
