@@ -464,7 +464,8 @@ def rerank_candidates(
     if fusion is not None and not served_model.prerank_only:
         # Past the depth a fused user's score is the prerank's, and only the first `depth` can be served.
         scorable = scorable.where(~F.coalesce(F.col(PRERANK_RANK) > depth, F.lit(False)))
-    inputs = ["request_type", "score", *carried]  # what `ServedModel.scores` reads
+    # What `ServedModel.scores` reads: the prerank's place only filtered the rows above.
+    inputs = ["request_type", "score", *[name for name in carried if name != PRERANK_RANK]]
     if head_scores or query_fusion is not None:
         scorable = scorable.join(F.broadcast(item_event_counts(interactions, run_date)), "item_id", "left")
         inputs += ["source_ranks", ITEM_EVENTS]
@@ -477,8 +478,7 @@ def rerank_candidates(
     def served_scores(rows: pd.DataFrame) -> pd.Series:
         return pd.Series(served_model.scores(rows), index=rows.index)
 
-    kept = [name for name in RANKED_COLUMNS if name not in ("rank", "model_rank", "score")]
-    scored_rows = scorable.select(*kept, served_scores(F.struct(*dict.fromkeys(inputs))).alias("score"))
+    scored_rows = scorable.select(*ids, served_scores(F.struct(*dict.fromkeys(inputs))).alias("score"))
     ranked = top_k_by_score(scored_rows, cfg.top_k)
     version = F.when(modelled, F.lit(spec.version)).otherwise(F.lit(RETRIEVAL_VERSION))
     ranked = ranked.withColumn("model_version", version).withColumn("run_date", F.lit(run_date))
