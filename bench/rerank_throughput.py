@@ -7,10 +7,12 @@
   c       a naive row-at-a-time Python UDF (one pair per forward)
   d       pyspark.ml.functions.predict_batch_udf with a tokenise+forward predict function
 
-With --architectures pair,shared_context the paths engine and b also run the same weights as a
-shared-context cross-encoder (llmrank_spark/rerank/shared_context.py: a request's context encoded once
-for all its candidates), at each --candidates count per request, and the run ends with one line per
-count: "shared-context/pair through the UDF: R.RRx at N candidates".
+With --architectures pair,shared_context,late_context the paths engine and b also run the same weights
+as a shared-context cross-encoder (llmrank_spark/rerank/shared_context.py: a request's context encoded
+once for all its candidates; under late_context each distinct item of a batch also read alone through
+the lower layers once), at each --candidates count per request. The run prints "ARCH/pair through the
+UDF: R.RRx at N candidates" per architecture and count, and ends with one line per count for the
+default architecture (train.architecture): "shared-context/pair through the UDF: R.RRx at N candidates".
 
 Pairs are synthetic e-commerce texts built with the job's own text functions (a history context
 of --history items, about 64 tokens with --history 3,6, and an item text), --candidates per request
@@ -19,7 +21,7 @@ initialised 1-logit head: the numbers are throughput only, since a head's weight
 cost of scoring.
 
   python bench/rerank_throughput.py --pairs 1024 --rounds 3 --naive-pairs 256     # 2-core CPU machine
-  python bench/rerank_throughput.py --paths engine,b --architectures pair,shared_context \
+  python bench/rerank_throughput.py --paths engine,b --architectures pair,shared_context,late_context \
       --candidates 20,100 --history 3,6 --pairs 2000 --rounds 3                    # shared context, CPU
   python bench/rerank_throughput.py --device cuda --pairs 200000 --paths a,engine,b --micro-batch 2048 \
       --threads 4 --master 'local[4]' --partitions 4                                # one GPU
@@ -42,7 +44,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from llmrank_spark.config import RerankConfig
+from llmrank_spark.config import RerankConfig, TrainConfig
 from llmrank_spark.rerank import (
     MANIFEST_FILE,
     ArtifactManifest,
@@ -57,6 +59,7 @@ from llmrank_spark.rerank import (
     save_artifact,
     untrained_cross_encoder,
 )
+from llmrank_spark.rerank.shared_context import SharedContextEncoded, alone_layers
 from llmrank_spark.text import history_context, render_item_texts
 
 ADJECTIVES = [
@@ -94,15 +97,22 @@ ATTRIBUTES = {
 
 
 def synthetic_pairs(
-    n_pairs: int, cfg: RerankConfig, seed: int = 7, candidates: int = 100, history: tuple[int, int] = (2, 5)
+    n_pairs: int,
+    cfg: RerankConfig,
+    seed: int = 7,
+    candidates: int = 100,
+    history: tuple[int, int] = (2, 5),
+    n_items: int | None = None,
 ) -> tuple[list[str], list[str]]:
-    """(contexts, items): `candidates` per request, with seeded product texts.
+    """(contexts, items): `candidates` per request, with seeded product texts, drawn from a catalogue of
+    `n_items` (default: one item per 20 pairs, at least 200, so an item recurs across lists as popular
+    items do in candidate lists).
 
     Lengths vary as in a real catalogue: titles of 1-4 adjectives, 0-5 attributes, `history` items (a
     range) in the context.
     """
     rng = np.random.default_rng(seed)
-    n_items = max(200, n_pairs // 20)
+    n_items = n_items or max(200, n_pairs // 20, candidates)
 
     def title(n: int) -> str:
         return " ".join([*rng.choice(ADJECTIVES, rng.integers(1, 5)), str(rng.choice(NOUNS)), str(n)])
@@ -148,21 +158,36 @@ def with_architecture(artifact: Path, architecture: str, scratch: Path) -> Path:
 
 
 def tokens_per_pair(scorer: PairScorer, contexts: list[str], items: list[str]) -> float:
-    """Tokens the scorer runs through the model per pair, counted from the inputs it builds."""
+    """Tokens the scorer runs through the model per pair, counted from the inputs it builds: under
+    late_context an item's tokens count for the share of layers they run in, once per distinct item
+    for the layers read alone."""
     counted = []
-    build = scorer.model_inputs
+    build, build_alone = scorer.model_inputs, SharedContextEncoded.alone_item_inputs
+    layers = len(scorer.model.base_model.encoder.layer)
+    alone = alone_layers(scorer.model, scorer.architecture) / layers
 
     def counting(encoded, rows):
         inputs = build(encoded, rows)
-        masks = ("attention_mask", "context_mask", "item_mask")
-        counted.append(sum(int(inputs[name].sum()) for name in masks if name in inputs))
+        context = sum(
+            int(inputs[name].sum()) for name in ("attention_mask", "context_mask") if name in inputs
+        )
+        counted.append(
+            context + (1 - alone) * int(inputs["item_mask"].sum()) if "item_mask" in inputs else context
+        )
+        return inputs
+
+    def counting_alone(encoded, codes, *args):
+        inputs = build_alone(encoded, codes, *args)
+        counted.append(alone * int(inputs["item_mask"].sum()))
         return inputs
 
     scorer.model_inputs = counting  # type: ignore[method-assign]
+    SharedContextEncoded.alone_item_inputs = counting_alone  # type: ignore[method-assign]
     try:
         scorer.score(contexts, items)
     finally:
         del scorer.model_inputs
+        SharedContextEncoded.alone_item_inputs = build_alone  # type: ignore[method-assign]
     return sum(counted) / len(contexts)
 
 
@@ -337,7 +362,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--architectures",
         default="pair",
-        help="comma-separated subset of pair,shared_context: how engine and b read the pairs",
+        help="comma-separated subset of pair,shared_context,late_context: how engine and b read the pairs",
+    )
+    parser.add_argument(
+        "--items", type=int, help="catalogue size the candidates are drawn from; default: pairs / 20, >= 200"
     )
     parser.add_argument("--candidates", default="100", help="comma-separated candidates per request")
     parser.add_argument("--history", default="2,5", help="history items per context: min,max")
@@ -384,7 +412,9 @@ def main(argv: list[str] | None = None) -> None:
 
         udf_ratios = []
         for candidates in (int(n) for n in args.candidates.split(",")):
-            contexts, items = synthetic_pairs(args.pairs, cfg, candidates=candidates, history=(low, high))
+            contexts, items = synthetic_pairs(
+                args.pairs, cfg, candidates=candidates, history=(low, high), n_items=args.items
+            )
             pair_tokens = [
                 len(ids) for ids in tokenizer(contexts[:2000], items[:2000], truncation=True)["input_ids"]
             ]
@@ -394,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{np.mean(context_tokens):.0f} tokens, pairs of mean {np.mean(pair_tokens):.0f} tokens "
                 f"(max_length {args.max_length}), device {args.device}, precision {args.precision}, "
                 f"micro-batch {args.micro_batch}, torch threads {args.threads}, Spark {args.master} with "
-                f"{args.partitions} partitions"
+                f"{args.partitions} partitions; {len(set(items))} distinct items"
             )
             for arch, engine in engines.items():
                 tokens = tokens_per_pair(engine, contexts, items)
@@ -410,10 +440,15 @@ def main(argv: list[str] | None = None) -> None:
                     "b versus:    "
                     + ", ".join(f"b/{p} = {results['b'] / r:.2f}" for p, r in results.items() if p != "b")
                 )
-            if "b" in results and "b-shared_context" in results:
-                udf_ratios.append((results["b-shared_context"] / results["b"], candidates))
-        for ratio, candidates in udf_ratios:
-            print(f"shared-context/pair through the UDF: {ratio:.2f}x at {candidates} candidates")
+            for arch in architectures:
+                if arch != "pair" and "b" in results and f"b-{arch}" in results:
+                    udf_ratios.append((arch, results[f"b-{arch}"] / results["b"], candidates))
+        for arch, ratio, candidates in udf_ratios:
+            print(f"{arch}/pair through the UDF: {ratio:.2f}x at {candidates} candidates")
+        served = TrainConfig().architecture  # the default architecture: the last lines are its ratios
+        for arch, ratio, candidates in udf_ratios:
+            if arch == served:
+                print(f"shared-context/pair through the UDF: {ratio:.2f}x at {candidates} candidates")
 
 
 def timed(runners: dict[str, Callable], contexts: list[str], items: list[str], args) -> dict[str, float]:
@@ -432,7 +467,7 @@ def timed(runners: dict[str, Callable], contexts: list[str], items: list[str], a
             seconds = time.perf_counter() - start
             results[path] = max(results.get(path, 0.0), n / seconds)
             # Scores are compared within an architecture: the two read the same weights differently.
-            first = reference.setdefault("shared" if "shared" in path else "pair", scores)
+            first = reference.setdefault(path.partition("-")[2] or "pair", scores)
             print(
                 f"  round {round_number} {path:>17}: {n:>7} pairs in {seconds:7.2f}s = {n / seconds:9.1f} "
                 f"pairs/s (max |score - first of its architecture| {np.abs(scores - first[:n]).max():.1e})"

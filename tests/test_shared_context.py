@@ -14,6 +14,7 @@ from llmrank_spark.rerank import (
     scoring_udf,
     ship_model,
 )
+from llmrank_spark.rerank.scorer import encoder_logits
 from llmrank_spark.text import budget_split, shared_context_split
 
 CPU = torch.device("cpu")
@@ -28,55 +29,85 @@ ITEMS = [
 ]
 
 
-def shared_scorer(**settings) -> PairScorer:
-    spec = cross_encoder_spec(str(tiny_artifact("shared_context")))
-    assert spec.architecture == "shared_context"  # read from the artifact's reranker.json
+SHARED = ["shared_context", "late_context"]
+
+
+def shared_scorer(architecture: str = "shared_context", **settings) -> PairScorer:
+    spec = cross_encoder_spec(str(tiny_artifact(architecture)))
+    assert spec.architecture == architecture  # read from the artifact's reranker.json
     return PairScorer.from_spec(spec, CPU, ScoringSettings(**settings))
 
 
-def literal_mask_scores(context: str, items: list[str]) -> np.ndarray:
-    """The reference: HF BERT on the literal sequence [CLS] context [SEP] item_1 [SEP] item_2 [SEP] ...,
-    with the block attention mask and restarting position ids built here, no engine involved."""
-    artifact = load_artifact(tiny_artifact("shared_context"))
+def literal_mask_scores(
+    context: str, items: list[str], architecture: str, layer_by_layer: bool = True
+) -> np.ndarray:
+    """The reference: HF BERT's own layers on the literal sequence [CLS] context [SEP] item_1 [SEP] ...,
+    with block attention masks and position ids built here, no engine involved. Each item attends to the
+    context and itself; under late_context, to itself only in the first half of the layers, with
+    positions from 1 as if read alone. Without `layer_by_layer`, BertModel itself runs the one mask."""
+    artifact = load_artifact(tiny_artifact(architecture))
     tokenizer, model = artifact.tokenizer, artifact.model
     ids = [tokenizer.cls_token_id, *tokenizer(context, add_special_tokens=False)["input_ids"]]
     ids.append(tokenizer.sep_token_id)
     after_context = len(ids)
+    item_first = 1 if architecture == "late_context" else after_context
     positions, types, spans = list(range(after_context)), [0] * after_context, []
     for item in items:
         item_ids = [*tokenizer(item, add_special_tokens=False)["input_ids"], tokenizer.sep_token_id]
         spans.append((len(ids), len(ids) + len(item_ids)))
         ids += item_ids
-        positions += range(after_context, after_context + len(item_ids))
+        positions += range(item_first, item_first + len(item_ids))
         types += [1] * len(item_ids)
-    mask = torch.zeros(len(ids), len(ids), dtype=torch.bool)
-    mask[:after_context, :after_context] = True
+    alone = torch.zeros(len(ids), len(ids), dtype=torch.bool)
+    alone[:after_context, :after_context] = True
     for start, end in spans:
-        mask[start:end, :after_context] = True
-        mask[start:end, start:end] = True
+        alone[start:end, start:end] = True
+    joined = alone.clone()
+    for start, end in spans:
+        joined[start:end, :after_context] = True
+    layers = model.bert.encoder.layer
+    alone_layers = len(layers) // 2 if architecture == "late_context" else 0
+    inputs = {
+        "input_ids": torch.tensor([ids]),
+        "token_type_ids": torch.tensor([types]),
+        "position_ids": torch.tensor([positions]),
+    }
     with torch.inference_mode():
-        hidden = model.bert(
-            input_ids=torch.tensor([ids]),
-            token_type_ids=torch.tensor([types]),
-            position_ids=torch.tensor([positions]),
-            attention_mask=mask[None, None],
-        ).last_hidden_state[0]
-        pooled = torch.stack([hidden[start:end].mean(0) for start, end in spans])
+        if layer_by_layer:
+            hidden = model.bert.embeddings(**inputs)
+            for index, layer in enumerate(layers):
+                hidden = layer(hidden, attention_mask=(alone if index < alone_layers else joined)[None, None])
+        else:
+            assert alone_layers == 0, "BertModel runs one mask in every layer"
+            hidden = model.bert(**inputs, attention_mask=joined[None, None]).last_hidden_state
+        pooled = torch.stack([hidden[0, start:end].mean(0) for start, end in spans])
         pooled = model.bert.pooler.activation(model.bert.pooler.dense(pooled))
         return model.classifier(pooled)[:, 0].numpy()
 
 
-def test_one_pass_over_a_chunk_equals_the_literal_block_mask_and_each_item_alone():
-    scorer = shared_scorer()
+@pytest.mark.parametrize("architecture", SHARED)
+def test_one_pass_over_a_chunk_equals_the_literal_block_mask_and_each_item_alone(architecture):
+    scorer = shared_scorer(architecture)
     together = scorer.score([CONTEXT] * len(ITEMS), ITEMS)
     assert np.ptp(together) > 0.5  # the tiny model separates items, so a misaligned score would show
-    np.testing.assert_allclose(together, literal_mask_scores(CONTEXT, ITEMS), atol=1e-5)
+    np.testing.assert_allclose(together, literal_mask_scores(CONTEXT, ITEMS, architecture), atol=1e-5)
     alone = [scorer.score([CONTEXT], [item])[0] for item in ITEMS]
     np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
-def test_permuting_a_chunk_permutes_its_scores():
-    scorer = shared_scorer()
+def test_the_layer_by_layer_reference_is_bert_models_own_reading():
+    """The reference's loop over HF's layers equals BertModel run on the same mask, so with a mask per
+    layer (late_context) it is still HF BERT's reading."""
+    np.testing.assert_allclose(
+        literal_mask_scores(CONTEXT, ITEMS, "shared_context"),
+        literal_mask_scores(CONTEXT, ITEMS, "shared_context", layer_by_layer=False),
+        atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("architecture", SHARED)
+def test_permuting_a_chunk_permutes_its_scores(architecture):
+    scorer = shared_scorer(architecture)
     permutation = np.random.default_rng(3).permutation(len(ITEMS))
     np.testing.assert_allclose(
         scorer.score([CONTEXT] * len(ITEMS), [ITEMS[i] for i in permutation]),
@@ -85,8 +116,9 @@ def test_permuting_a_chunk_permutes_its_scores():
     )
 
 
-def test_an_item_never_changes_another_items_score():
-    scorer = shared_scorer()
+@pytest.mark.parametrize("architecture", SHARED)
+def test_an_item_never_changes_another_items_score(architecture):
+    scorer = shared_scorer(architecture)
     before = scorer.score([CONTEXT] * len(ITEMS), ITEMS)
     perturbed = [*ITEMS[:2], ITEMS[2] + " now with a much longer text of its own " * 3, *ITEMS[3:]]
     after = scorer.score([CONTEXT] * len(ITEMS), perturbed)
@@ -94,7 +126,8 @@ def test_an_item_never_changes_another_items_score():
     np.testing.assert_allclose(np.delete(after, 2), np.delete(before, 2), atol=1e-5)
 
 
-def test_chunking_a_long_list_gives_the_scores_of_one_long_chunk():
+@pytest.mark.parametrize("architecture", SHARED)
+def test_chunking_a_long_list_gives_the_scores_of_one_long_chunk(architecture):
     rng = np.random.default_rng(0)
     items = [
         " ".join(rng.choice(["red", "shoe", "hat", "acme", "wool", "42", "tote"], rng.integers(1, 9)))
@@ -102,11 +135,27 @@ def test_chunking_a_long_list_gives_the_scores_of_one_long_chunk():
     ]
     contexts = [CONTEXT] * 60 + ["new shopper with no history yet"] * 40
     # fp32 sums run in another order when a micro-batch pads to another width: within 1e-4 relative.
-    one_chunk = shared_scorer(micro_batch_size=128).score(contexts, items)
+    one_chunk = shared_scorer(architecture, micro_batch_size=128).score(contexts, items)
     for size in (1, 7, 32):
         np.testing.assert_allclose(
-            shared_scorer(micro_batch_size=size).score(contexts, items), one_chunk, rtol=1e-4, atol=1e-5
+            shared_scorer(architecture, micro_batch_size=size).score(contexts, items),
+            one_chunk,
+            rtol=1e-4,
+            atol=1e-5,
         )
+
+
+def test_late_context_reads_each_distinct_item_alone_once_per_batch():
+    scorer = shared_scorer("late_context", micro_batch_size=2)
+    contexts = [CONTEXT] * 4 + ["another shopper"] * 4
+    items = ITEMS[:4] + ITEMS[:4]  # each item in two lists
+    encoded = scorer.encode_pairs(contexts, items)
+    first_row, code, _ = encoded.distinct_items
+    assert len(first_row) == 4 and code[:4].tolist() == code[4:].tolist()
+    # The scorer's states read once per item equal the training path's, which reads them per row.
+    with torch.inference_mode():
+        per_row = encoder_logits(scorer.model, scorer.model_inputs(encoded, np.arange(8)), "late_context")
+    np.testing.assert_allclose(scorer.score(contexts, items), per_row.numpy(), atol=1e-5)
 
 
 def test_a_context_is_laid_out_once_per_micro_batch():
@@ -162,8 +211,8 @@ def test_udf_scores_equal_in_process_scores(spark):
     np.testing.assert_allclose(scored.sort_values("pair")["score"].to_numpy(), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("architecture", ["pair", "shared_context"])
-def test_int8_path_applies_to_both_architectures(architecture):
+@pytest.mark.parametrize("architecture", ["pair", *SHARED])
+def test_int8_path_applies_to_every_architecture(architecture):
     spec = cross_encoder_spec(str(tiny_artifact(architecture)))
     exact = PairScorer.from_spec(spec, CPU, ScoringSettings()).score([CONTEXT] * len(ITEMS), ITEMS)
     quantised = PairScorer.from_spec(spec, CPU, ScoringSettings(quantize_int8=True))

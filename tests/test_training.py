@@ -617,11 +617,17 @@ def _text_lists(n_lists: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_shared_context_trains_on_text_and_is_served_as_trained(tmp_path):
-    """The shared-context architecture learns from the text alone with a listwise loss over each list (one
-    chunk), and the saved artifact records it, so it is served exactly as it was validated."""
+# late_context's tiny model has one joined layer of its two, where the context meets the item: it learns
+# the text at a gentler rate.
+@pytest.mark.parametrize(
+    ("architecture", "learning_rate"), [("shared_context", 3e-3), ("late_context", 1e-3)]
+)
+def test_shared_context_trains_on_text_and_is_served_as_trained(tmp_path, architecture, learning_rate):
+    """The shared-context architectures learn from the text alone with a listwise loss over each list (one
+    chunk), and the saved artifact records theirs, so it is served exactly as it was validated (under
+    late_context, training reads each row's item alone where serving reuses one reading per item)."""
     artifact = load_artifact(tiny_with_head(tmp_path / "start", None))
-    model = FusionRanker(artifact.model, [], architecture="shared_context")
+    model = FusionRanker(artifact.model, [], architecture=architecture)
     cfg = TrainConfig(
         loss="listnet",
         batch_lists=4,
@@ -629,7 +635,7 @@ def test_shared_context_trains_on_text_and_is_served_as_trained(tmp_path):
         eval_every_steps=8,
         patience=4,
         max_length=32,
-        learning_rate=3e-3,
+        learning_rate=learning_rate,
     )
     scorer = training_scorer(model, artifact.tokenizer, cfg, torch.device("cpu"))
     train, validation = _text_lists(64, seed=1), _text_lists(16, seed=2)
@@ -637,9 +643,9 @@ def test_shared_context_trains_on_text_and_is_served_as_trained(tmp_path):
 
     result = fit(model, scorer, train, validation, cfg)
 
-    assert result.best_ndcg > before + 0.3
+    assert result.best_ndcg > max(before + 0.2, 0.9)
     manifest = read_manifest(tmp_path / "start").model_copy(
-        update={"version": "tiny-shared-v1", "architecture": "shared_context", "max_length": 32}
+        update={"version": f"tiny-{architecture}-v1", "architecture": architecture, "max_length": 32}
     )
     saved = save_artifact(model.encoder, artifact.tokenizer, tmp_path / "trained", manifest)
     spec = cross_encoder_spec(str(saved))

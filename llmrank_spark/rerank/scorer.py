@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -19,7 +20,13 @@ from pyspark import TaskContext
 from llmrank_spark.config import RerankConfig
 from llmrank_spark.rerank.artifact import ModelSpec, load_model
 from llmrank_spark.rerank.layout import PADDING, padded_rows
-from llmrank_spark.rerank.shared_context import Architecture, SharedContextEncoded, shared_context_logits
+from llmrank_spark.rerank.shared_context import (
+    Architecture,
+    SharedContextEncoded,
+    alone_item_states,
+    alone_layers,
+    shared_context_logits,
+)
 from llmrank_spark.text import budget_split
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
@@ -94,16 +101,17 @@ class _Encoded:
 
 def encoder_logits(model, inputs: dict[str, torch.Tensor], architecture: Architecture) -> torch.Tensor:
     """A cross-encoder's logits for `PairScorer.model_inputs` of its architecture: one per row."""
-    if architecture == "shared_context":
-        return shared_context_logits(model, inputs)
-    return model(**inputs).logits[:, 0]
+    if architecture == "pair":
+        return model(**inputs).logits[:, 0]
+    return shared_context_logits(model, inputs, alone_layers(model, architecture))
 
 
 class PairScorer:
     """Scores (context, item) pairs with one model on one device; build once, call `score` many times.
 
     A cross-encoder of the "shared_context" architecture (`shared_context.py`) scores the same pairs,
-    each context encoded once per micro-batch for all of its items there.
+    each context encoded once per micro-batch for all of its items there; under "late_context" each
+    distinct item of a batch is also read alone through the first layers once, for all rows holding it.
     """
 
     # Distinct texts whose token ids a scorer remembers: candidate lists repeat the same items all night.
@@ -164,9 +172,15 @@ class PairScorer:
         (`text.budget`; for a shared context, `shared_context_split`)."""
         codes, flat, offsets, counts = self._distinct_token_ids([*contexts, *items])
         context, item = codes[: len(contexts)], codes[len(contexts) :]
-        if self.architecture == "shared_context":
+        if self.architecture != "pair":
             return SharedContextEncoded.from_token_ids(
-                flat, offsets, counts, context, item, self.settings.max_length
+                flat,
+                offsets,
+                counts,
+                context,
+                item,
+                self.settings.max_length,
+                self.architecture == "late_context",
             )
         budget = self.settings.max_length - 3  # [CLS] context [SEP] item [SEP]
         kept_context, kept_item = budget_split(counts[context], counts[item], budget)
@@ -180,12 +194,8 @@ class PairScorer:
         tensor-core friendly, and 16 batch shapes instead of 128 for the attention kernels to plan for)."""
         width_multiple = 8 if self.device.type == "cuda" else 1
         if isinstance(encoded, SharedContextEncoded):
-            tensors = encoded.model_inputs(rows, self.special, width_multiple)
-        else:
-            tensors = self._pair_inputs(encoded, rows, width_multiple)
-        if self.device.type == "cuda":
-            return {name: t.pin_memory() for name, t in tensors.items()}
-        return tensors
+            return encoded.model_inputs(rows, self.special, width_multiple)
+        return self._pair_inputs(encoded, rows, width_multiple)
 
     def _pair_inputs(
         self, encoded: _Encoded, rows: np.ndarray, width_multiple: int
@@ -247,45 +257,82 @@ class PairScorer:
     def _run(
         self,
         encoded: _Encoded | SharedContextEncoded,
-        head: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+        head: Callable[..., torch.Tensor],
     ) -> np.ndarray:
         """Forward every row, longest first in micro-batches, and return outputs in input order.
 
         Shared-context rows go context by context (longest item first within one), so a context is
-        encoded once per micro-batch for all of its items there.
-
-        On CUDA out-of-memory the micro-batch is halved and the rows not yet scored are retried, down to
-        `min_micro_batch_size`; below that the scorer fails naming the settings to change.
+        encoded once per micro-batch for all of its items there. Under late_context the distinct items'
+        states read alone are computed first and handed to `head` as `item_states`.
         """
         if isinstance(encoded, SharedContextEncoded):
             order = np.lexsort((-encoded.lengths, encoded.context))
         else:
             order = np.argsort(-encoded.lengths, kind="stable")
-        on_gpu = self.device.type == "cuda"
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
-        )
-        outputs: list[torch.Tensor] = []
-        done = 0
-        with torch.inference_mode(), autocast:
-            while done < len(order):
-                size = self.micro_batch_size
-                chunks = [order[start : start + size] for start in range(done, len(order), size)]
-                try:
-                    built = prefetched(
-                        chunks, lambda rows: (len(rows), self.model_inputs(encoded, rows)), on_gpu
-                    )
-                    for n_rows, host in built:
-                        batch = {name: t.to(self.device, non_blocking=on_gpu) for name, t in host.items()}
-                        outputs.append(head(batch).float())
-                        done += n_rows
-                except torch.OutOfMemoryError as error:
-                    self._halve_micro_batch(error, int(encoded.lengths[order[done]]))
+        with torch.inference_mode(), self._autocast():
+            if isinstance(encoded, SharedContextEncoded) and encoded.items_alone_first:
+                head = functools.partial(head, item_states=self._alone_item_states(encoded))
+            outputs = self._forward(
+                order, encoded.lengths, lambda rows: self.model_inputs(encoded, rows), head
+            )
         # One device-to-host copy per batch: no sync per micro-batch, so the GPU never waits on Python.
         in_sorted_order = torch.cat(outputs).cpu().numpy()
         result = np.empty_like(in_sorted_order)
         result[order] = in_sorted_order
         return result
+
+    def _alone_item_states(self, encoded: SharedContextEncoded) -> torch.Tensor:
+        """The first layers' states of every distinct item of the batch, read alone, concatenated unpadded
+        in code order (`SharedContextEncoded.distinct_items`): each item once, however many rows hold it."""
+        first_row, _, _ = encoded.distinct_items
+        width_multiple = 8 if self.device.type == "cuda" else 1
+        layers = alone_layers(self.model, self.architecture)
+        return torch.cat(
+            self._forward(
+                np.arange(len(first_row)),
+                encoded.item_kept[first_row] + 1,
+                lambda codes: encoded.alone_item_inputs(codes, self.special, width_multiple),
+                lambda inputs: alone_item_states(self.model, inputs, layers),
+            )
+        )
+
+    def _forward(
+        self,
+        order: np.ndarray,
+        lengths: np.ndarray,
+        build: Callable[[np.ndarray], dict[str, torch.Tensor]],
+        head: Callable[..., torch.Tensor],
+    ) -> list[torch.Tensor]:
+        """`head` over `build` of the rows in `order`, in micro-batches; outputs in that order.
+
+        On CUDA out-of-memory the micro-batch is halved and the rows not yet run are retried, down to
+        `min_micro_batch_size`; below that the scorer fails naming the settings to change.
+        """
+        on_gpu = self.device.type == "cuda"
+
+        def host_inputs(rows: np.ndarray) -> tuple[int, dict[str, torch.Tensor]]:
+            """Inputs in pinned memory on GPU, so the copy to the device overlaps the previous forward."""
+            tensors = build(rows)
+            return len(rows), {name: t.pin_memory() for name, t in tensors.items()} if on_gpu else tensors
+
+        outputs: list[torch.Tensor] = []
+        done = 0
+        while done < len(order):
+            size = self.micro_batch_size
+            chunks = [order[start : start + size] for start in range(done, len(order), size)]
+            try:
+                for n_rows, host in prefetched(chunks, host_inputs, on_gpu):
+                    batch = {name: t.to(self.device, non_blocking=on_gpu) for name, t in host.items()}
+                    outputs.append(head(batch))
+                    done += n_rows
+            except torch.OutOfMemoryError as error:
+                self._halve_micro_batch(error, int(lengths[order[done]]))
+        return outputs
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
 
     def _halve_micro_batch(self, error: torch.OutOfMemoryError, longest_tokens: int) -> None:
         floor = min(self.settings.min_micro_batch_size, self.settings.micro_batch_size)
@@ -305,15 +352,18 @@ class PairScorer:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _logit(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return encoder_logits(self.model, batch, self.architecture)
+    def _logit(self, batch: dict[str, torch.Tensor], item_states: torch.Tensor | None = None) -> torch.Tensor:
+        if item_states is None:
+            return encoder_logits(self.model, batch, self.architecture).float()
+        layers = alone_layers(self.model, self.architecture)
+        return shared_context_logits(self.model, batch, layers, item_states).float()
 
     def _mean_pooled(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Token embeddings averaged over the attention mask, L2-normalised: sentence-transformers' recipe."""
         hidden = self.model(**batch).last_hidden_state.float()
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, dim=-1)
+        return torch.nn.functional.normalize(pooled, dim=-1).float()
 
 
 # ---- executor side ---------------------------------------------------------------------------------

@@ -15,11 +15,17 @@ scaled_dot_product_attention with a key-padding mask, so GPUs keep their fused k
 no encoder with a shared prefix, so the layer loop is written here over BERT's own modules (weights,
 layer norms, dropouts): an artifact is the same safetensors BertForSequenceClassification either way,
 and tests check the result equals HF BERT run on the literal concatenated sequence and mask.
+
+"late_context" also keeps each item from the context in the first half of the layers (the item reads
+only itself there, from position 1 as if alone), as PreTTR does for query and document: below the join
+an item's states depend on its text alone, so the scorer computes them once per distinct item of a
+batch, however many candidate lists hold it, and only the upper layers run per (context, item).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -29,8 +35,8 @@ from torch.nn.functional import scaled_dot_product_attention
 from llmrank_spark.rerank.layout import PADDING, padded_rows
 from llmrank_spark.text import shared_context_split
 
-Architecture = Literal["pair", "shared_context"]
-ARCHITECTURES: tuple[Architecture, ...] = ("pair", "shared_context")
+Architecture = Literal["pair", "shared_context", "late_context"]
+ARCHITECTURES: tuple[Architecture, ...] = ("pair", "shared_context", "late_context")
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,22 @@ class SharedContextEncoded:
     context_kept: np.ndarray  # (rows,) the same for every row of one context
     item_start: np.ndarray  # (rows,)
     item_kept: np.ndarray  # (rows,)
+    # "late_context": items are read alone first, from position 1 as if after their own [CLS], so their
+    # first layers' states are the same in every row that holds them.
+    items_alone_first: bool = False
+
+    @cached_property
+    def distinct_items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(a row of each distinct kept item, each row's item code, where each code's states start in the
+        concatenated unpadded states of the distinct items read alone)."""
+        _, first_row, code = np.unique(
+            np.stack([self.item_start, self.item_kept], axis=1),
+            axis=0,
+            return_index=True,
+            return_inverse=True,
+        )
+        tokens = self.item_kept[first_row] + 1
+        return first_row, code.reshape(-1), np.cumsum(tokens) - tokens
 
     @property
     def lengths(self) -> np.ndarray:
@@ -62,6 +84,7 @@ class SharedContextEncoded:
         context_codes: np.ndarray,
         item_codes: np.ndarray,
         max_length: int,
+        items_alone_first: bool = False,
     ) -> SharedContextEncoded:
         """Rows from `_distinct_token_ids`' output: codes index `offsets` and `counts`."""
         budget = max_length - 3  # as a pair: [CLS] context [SEP] item [SEP]
@@ -73,6 +96,7 @@ class SharedContextEncoded:
             context_kept,
             offsets[item_codes],
             item_kept,
+            items_alone_first,
         )
 
     def model_inputs(
@@ -94,6 +118,42 @@ class SharedContextEncoded:
             pad_id,
             width_multiple,
         )
+        # Each item's positions continue after its context's [CLS] context [SEP], or from 1 when read alone.
+        after_context = 1 if self.items_alone_first else (self.context_kept[heads] + 2)[item_context]
+        arrays = {
+            "context_ids": context_ids,
+            "context_mask": context_piece != PADDING,
+            **self._item_arrays(rows, source, sep_at, pad_id, width_multiple, after_context),
+            "item_context": item_context.astype(np.int64).reshape(-1),
+        }
+        if self.items_alone_first:
+            first_row, code, state_start = self.distinct_items
+            tokens = self.item_kept[rows] + 1
+            arrays["item_state_at"] = np.repeat(
+                state_start[code[rows]] - (np.cumsum(tokens) - tokens), tokens
+            )
+            arrays["item_state_at"] += np.arange(int(tokens.sum()))
+        return _tensors(arrays)
+
+    def alone_item_inputs(
+        self, codes: np.ndarray, special: tuple[int, int, int], width_multiple: int = 1
+    ) -> dict[str, torch.Tensor]:
+        """Tensors of `alone_item_states` for the distinct items `codes` (of `distinct_items`)."""
+        _, sep_id, pad_id = special
+        source = np.concatenate([self.flat, [sep_id]])
+        rows = self.distinct_items[0][codes]
+        return _tensors(self._item_arrays(rows, source, len(self.flat), pad_id, width_multiple, 1))
+
+    def _item_arrays(
+        self,
+        rows: np.ndarray,
+        source: np.ndarray,
+        sep_at: int,
+        pad_id: int,
+        width_multiple: int,
+        first_position: int | np.ndarray,
+    ) -> dict[str, np.ndarray]:
+        """Each row's item and [SEP], padded; positions from `first_position` on (padding reads 0)."""
         ones = np.ones(len(rows), dtype=np.int64)
         item_ids, item_piece = padded_rows(
             source,
@@ -103,18 +163,13 @@ class SharedContextEncoded:
             width_multiple,
         )
         item_mask = item_piece != PADDING
-        # Each item's positions continue after its context's [CLS] context [SEP]; padding reads position 0.
-        after_context = (self.context_kept[heads] + 2)[item_context]
-        positions = np.where(item_mask, after_context[:, None] + np.arange(item_ids.shape[1]), 0)
-        arrays = {
-            "context_ids": context_ids,
-            "context_mask": context_piece != PADDING,
-            "item_ids": item_ids,
-            "item_mask": item_mask,
-            "item_context": item_context.astype(np.int64).reshape(-1),
-            "item_positions": positions,
-        }
-        return {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in arrays.items()}
+        first = np.broadcast_to(np.asarray(first_position), (len(rows),))
+        positions = np.where(item_mask, first[:, None] + np.arange(item_ids.shape[1]), 0)
+        return {"item_ids": item_ids, "item_mask": item_mask, "item_positions": positions}
+
+
+def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in arrays.items()}
 
 
 def _padded(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -139,63 +194,95 @@ def _unpadded(attended: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return attended.transpose(1, 2).reshape(rows, width, -1)[mask]
 
 
-def _shared_context_layer(
-    layer, context: torch.Tensor, items: torch.Tensor, inputs: dict[str, torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One BERT layer under the shared-context mask: the context attends to itself; each item attends to
-    its context and itself.
+def _layer(
+    layer,
+    hidden: torch.Tensor,
+    mask: torch.Tensor,
+    prefix: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One BERT layer over unpadded rows `hidden` laid out by `mask`: each row attends to itself and, with
+    `prefix` (keys, values and mask gathered per row), to those first. Returns the layer's output and the
+    rows' own keys and values, which the context lends its items.
 
     Hidden states stay unpadded (one row per real token) through the linear layers, which are nearly
     all of the cost: only attention sees padded rows, so a micro-batch of items of mixed lengths pays
     for no padding there.
     """
     attention = layer.attention.self
-    dropout = attention.dropout.p if layer.training else 0.0
-    context_mask, item_mask, owner = inputs["context_mask"], inputs["item_mask"], inputs["item_context"]
-    query, key, value = _heads(context, context_mask, attention)
-    context_attended = scaled_dot_product_attention(
-        query, key, value, attn_mask=context_mask[:, None, None, :], dropout_p=dropout
+    query, key, value = _heads(hidden, mask, attention)
+    keys, values, visible = key, value, mask
+    if prefix is not None:
+        prefix_key, prefix_value, prefix_mask = prefix
+        keys = torch.cat([prefix_key, key], dim=2)
+        values = torch.cat([prefix_value, value], dim=2)
+        visible = torch.cat([prefix_mask, mask], dim=1)
+    attended = scaled_dot_product_attention(
+        query,
+        keys,
+        values,
+        attn_mask=visible[:, None, None, :],
+        dropout_p=attention.dropout.p if layer.training else 0.0,
     )
-    item_query, item_key, item_value = _heads(items, item_mask, attention)
-    keys = torch.cat([key[owner], item_key], dim=2)
-    values = torch.cat([value[owner], item_value], dim=2)
-    visible = torch.cat([context_mask[owner], item_mask], dim=1)[:, None, None, :]
-    item_attended = scaled_dot_product_attention(
-        item_query, keys, values, attn_mask=visible, dropout_p=dropout
-    )
-
-    def feed_forward(attended: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        hidden = layer.attention.output(attended, hidden)
-        return layer.output(layer.intermediate(hidden), hidden)
-
-    return (
-        feed_forward(_unpadded(context_attended, context_mask), context),
-        feed_forward(_unpadded(item_attended, item_mask), items),
-    )
+    hidden = layer.attention.output(_unpadded(attended, mask), hidden)
+    return layer.output(layer.intermediate(hidden), hidden), key, value
 
 
-def shared_context_logits(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+def _embedded(
+    bert, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, segment: int
+) -> torch.Tensor:
+    """BERT's input embeddings of the real tokens of `ids`, unpadded, all of segment id `segment`."""
+    real = ids[mask]
+    return bert.embeddings(
+        input_ids=real[None],
+        token_type_ids=torch.full_like(real, segment)[None],
+        position_ids=positions[mask][None],
+    )[0]
+
+
+def alone_layers(model, architecture: Architecture) -> int:
+    """Encoder layers in which an item reads only itself: the first half under "late_context", else none.
+
+    Half is where PreTTR (MacAvaney et al., SIGIR 2020) found BERT rankers lose little when the query and
+    document are read apart below the join; below it an item's states depend on its text alone.
+    """
+    return len(model.base_model.encoder.layer) // 2 if architecture == "late_context" else 0
+
+
+def alone_item_states(model, inputs: dict[str, torch.Tensor], layers: int) -> torch.Tensor:
+    """Items' unpadded hidden states after their first `layers` encoder layers, each item attending to
+    itself only (`SharedContextEncoded.alone_item_inputs`): computed once per distinct item of a batch."""
+    bert, mask = model.base_model, inputs["item_mask"]
+    items = _embedded(bert, inputs["item_ids"], mask, inputs["item_positions"], 1)
+    for layer in bert.encoder.layer[:layers]:
+        items, _, _ = _layer(layer, items, mask)
+    return items
+
+
+def shared_context_logits(
+    model, inputs: dict[str, torch.Tensor], alone: int = 0, item_states: torch.Tensor | None = None
+) -> torch.Tensor:
     """One logit per item of `inputs` (`SharedContextEncoded.model_inputs`), from a
-    BertForSequenceClassification with one label; differentiable, so training runs it too."""
+    BertForSequenceClassification with one label; differentiable, so training runs it too.
+
+    The first `alone` layers read each item alone (`alone_layers`); `item_states`, their output for
+    the batch's distinct items (`alone_item_states`), spares recomputing them for every row.
+    """
     bert = model.base_model
-    context_mask, item_mask = inputs["context_mask"], inputs["item_mask"]
-    context_ids = inputs["context_ids"][context_mask]
-    item_ids = inputs["item_ids"][item_mask]
+    context_mask, item_mask, owner = inputs["context_mask"], inputs["item_mask"], inputs["item_context"]
     context_positions = torch.arange(context_mask.shape[1], device=context_mask.device).expand_as(
         context_mask
     )
-    context = bert.embeddings(
-        input_ids=context_ids[None],
-        token_type_ids=torch.zeros_like(context_ids)[None],
-        position_ids=context_positions[context_mask][None],
-    )[0]
-    items = bert.embeddings(
-        input_ids=item_ids[None],
-        token_type_ids=torch.ones_like(item_ids)[None],
-        position_ids=inputs["item_positions"][item_mask][None],
-    )[0]
-    for layer in bert.encoder.layer:
-        context, items = _shared_context_layer(layer, context, items, inputs)
+    context = _embedded(bert, inputs["context_ids"], context_mask, context_positions, 0)
+    if item_states is None:
+        items = _embedded(bert, inputs["item_ids"], item_mask, inputs["item_positions"], 1)
+    else:
+        items = item_states[inputs["item_state_at"]]
+    for index, layer in enumerate(bert.encoder.layer):
+        context, key, value = _layer(layer, context, context_mask)
+        if index >= alone:
+            items, _, _ = _layer(layer, items, item_mask, (key[owner], value[owner], context_mask[owner]))
+        elif item_states is None:
+            items, _, _ = _layer(layer, items, item_mask)
     weights = item_mask.unsqueeze(-1).to(items.dtype)
     pooled = _padded(items, item_mask).sum(1) / weights.sum(1).clamp(min=1.0)
     pooled = bert.pooler.activation(bert.pooler.dense(pooled))
