@@ -127,12 +127,11 @@ class SharedContextEncoded:
             "item_context": item_context.astype(np.int64).reshape(-1),
         }
         if self.items_alone_first:
-            first_row, code, state_start = self.distinct_items
+            # Where each real item token's states lie in `alone_item_states`' output, in `item_mask` order.
+            _, code, state_start = self.distinct_items
             tokens = self.item_kept[rows] + 1
-            arrays["item_state_at"] = np.repeat(
-                state_start[code[rows]] - (np.cumsum(tokens) - tokens), tokens
-            )
-            arrays["item_state_at"] += np.arange(int(tokens.sum()))
+            row_start = np.repeat(state_start[code[rows]] - (np.cumsum(tokens) - tokens), tokens)
+            arrays["item_state_at"] = row_start + np.arange(int(tokens.sum()))
         return _tensors(arrays)
 
     def alone_item_inputs(
