@@ -99,11 +99,17 @@ class _Encoded:
         return 1 + (self.kept + 1).sum(axis=1)
 
 
-def encoder_logits(model, inputs: dict[str, torch.Tensor], architecture: Architecture) -> torch.Tensor:
-    """A cross-encoder's logits for `PairScorer.model_inputs` of its architecture: one per row."""
+def encoder_logits(
+    model,
+    inputs: dict[str, torch.Tensor],
+    architecture: Architecture,
+    item_states: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A cross-encoder's logits for `PairScorer.model_inputs` of its architecture: one per row.
+    `item_states`: late_context's lower layers already run once per distinct item (`alone_item_states`)."""
     if architecture == "pair":
         return model(**inputs).logits[:, 0]
-    return shared_context_logits(model, inputs, alone_layers(model, architecture))
+    return shared_context_logits(model, inputs, alone_layers(model, architecture), item_states)
 
 
 class PairScorer:
@@ -353,17 +359,14 @@ class PairScorer:
             torch.cuda.empty_cache()
 
     def _logit(self, batch: dict[str, torch.Tensor], item_states: torch.Tensor | None = None) -> torch.Tensor:
-        if item_states is None:
-            return encoder_logits(self.model, batch, self.architecture).float()
-        layers = alone_layers(self.model, self.architecture)
-        return shared_context_logits(self.model, batch, layers, item_states).float()
+        return encoder_logits(self.model, batch, self.architecture, item_states).float()
 
     def _mean_pooled(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Token embeddings averaged over the attention mask, L2-normalised: sentence-transformers' recipe."""
         hidden = self.model(**batch).last_hidden_state.float()
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, dim=-1).float()
+        return torch.nn.functional.normalize(pooled, dim=-1)
 
 
 # ---- executor side ---------------------------------------------------------------------------------
